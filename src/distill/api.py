@@ -1,0 +1,153 @@
+"""The Python API: run a recipe, load a trained student, or distil in a notebook.
+
+    import distill
+    summary = distill.run("recipes/quickstart.yaml", overrides=["train.epochs=5"])
+    student = distill.load_student("runs/quickstart/student")
+
+    from distill import Distiller
+    student = Distiller(teacher, student, method="kd", temperature=4.0).fit(train_loader, val_loader)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from distill.config import RunConfig, load_config
+from distill.errors import ConfigError
+from distill.utils import atomic_write_text
+
+_VOLATILE = ("progress", "tensorboard")  # engine settings that may differ on resume
+
+
+def _comparable(cfg: RunConfig) -> dict:
+    d = cfg.model_dump(mode="json")
+    for k in _VOLATILE:
+        d.get("engine", {}).pop(k, None)
+    return d
+
+
+def prepare_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Path:
+    """Pick the run folder: resume in place (config must match), overwrite, or a fresh `name-N`."""
+    import shutil
+
+    import yaml
+
+    base = cfg.run_dir
+    if resume:
+        if not (base / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {base} has no config.yaml to resume from; run without --resume.")
+        old = yaml.safe_load((base / "config.yaml").read_text())
+        if old != _comparable(cfg):
+            raise ConfigError(f"--resume: the recipe differs from the one {base} was started with "
+                              f"({base / 'config.yaml'}); resume with the same recipe and overrides, or start a new run.")
+        return base
+    if overwrite and base.exists():
+        shutil.rmtree(base)
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        path = base.with_name(f"{base.name}-{n}")
+        n += 1
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run(recipe: str | os.PathLike | dict, overrides: Sequence[str] = (), *, resume: bool = False,
+        overwrite: bool = False, log: Callable[[str], None] | None = None, show_table: bool = True) -> dict[str, Any]:
+    """Run a recipe end to end. Returns the summary (also written to `<run dir>/summary.json`)."""
+    import yaml
+
+    from distill.registry import runners
+
+    cfg = load_config(recipe, list(overrides))
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
+    log = log or _console_log
+    log(f"run folder: {run_dir}")
+    summary = runners[cfg.family](cfg, run_dir=run_dir, log=log)
+    summary["run_dir"] = str(run_dir)
+    if show_table and cfg.family == "classifier":
+        from distill.report.classifier import print_table
+
+        print_table(summary, title=f"{cfg.name}: teacher vs students (test set)")
+        log(f"report: {run_dir / 'report.md'}")
+    return summary
+
+
+def _console_log(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[dim]distill[/dim] {msg}", highlight=False)
+
+
+def load_student(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Load a student saved by a run (`runs/NAME/student`) in eval mode."""
+    from distill.models.io import load_model
+
+    return load_model(folder, device=device)
+
+
+def _as_dict_batches(loader: Iterable) -> list[dict[str, torch.Tensor]]:
+    out, offset = [], 0
+    for b in loader:
+        if isinstance(b, dict):
+            x, y = b["x"], b.get("y")
+        else:
+            x, y = b[0], b[1] if len(b) > 1 else None
+        y = torch.full((x.shape[0],), -1, dtype=torch.long) if y is None else y.long()
+        out.append({"x": x, "y": y, "idx": torch.arange(offset, offset + x.shape[0])})
+        offset += x.shape[0]
+    return out
+
+
+class Distiller:
+    """Notebook-sized API over the same methods and engine the recipes use.
+
+    `teacher` is an nn.Module (frozen here), `student` the model to train; `method` is a
+    registered classifier method and `**params` its parameters (e.g. temperature, alpha).
+    Loaders yield (x, y) tuples or {"x", "y"} dicts; y = -1 marks an unlabeled sample.
+    """
+
+    def __init__(self, teacher: nn.Module | None, student: nn.Module, method: str = "kd", *,
+                 epochs: int = 10, lr: float = 1e-3, optimizer: str = "adam", precision: str = "fp32",
+                 device: str = "auto", seed: int = 0, **params: Any):
+        from distill.config import EngineConfig, OptimizerConfig, TrainConfig
+        from distill.registry import methods
+        from distill.teacher import Teacher
+
+        entry = methods.get(method, "classifier", where="method")
+        params = entry.validate(params, "params")
+        self.teacher = Teacher(teacher) if teacher is not None else None
+        self.student = student
+        self.method = entry.builder(student, self.teacher if entry.builder.needs_teacher else None, **params)
+        self.train_cfg = TrainConfig(epochs=epochs, optimizer=OptimizerConfig(name=optimizer, lr=lr))
+        self.engine_cfg = EngineConfig(precision=precision, device=device, progress=False)
+        self.seed = seed
+        self.history: list[dict] = []
+
+    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None) -> nn.Module:
+        """Train the student; returns it (in eval mode). Validation accuracy per epoch is in `.history`."""
+        from distill.data.base import ArrayDataset
+        from distill.engine import Engine
+        from distill.eval.metrics import classification_metrics, predict
+        from distill.families.classifier.runner import train_phase
+
+        batches = _as_dict_batches(train_loader)
+        train = ArrayDataset(torch.cat([b["x"] for b in batches]), torch.cat([b["y"] for b in batches]))
+        bs = batches[0]["x"].shape[0]
+        val = None
+        if val_loader is not None:
+            vb = _as_dict_batches(val_loader)
+            val = ArrayDataset(torch.cat([b["x"] for b in vb]), torch.cat([b["y"] for b in vb]))
+        device = Engine(self.engine_cfg, None, seed=self.seed).device
+        if self.teacher is not None:
+            self.teacher.to(device)
+        eval_fn = (lambda: classification_metrics(predict(self.student, val.x, device=device), val.y)) if val else (lambda: {})
+        engine = train_phase(self.method, train, val or train, self.train_cfg, self.engine_cfg, batch_size=bs,
+                             seed=self.seed, out_dir=None, eval_fn=eval_fn)
+        self.history = engine.history
+        return self.student.eval()

@@ -1,0 +1,78 @@
+"""`distill run | list` (more subcommands register here as families land)."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Knowledge distillation: classifiers, language models, diffusion, data sets, graphs.")
+
+
+def fail(msg: str, code: int = 2) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print("[bold red]error:[/bold red] " + _escape(msg), highlight=False)
+    raise typer.Exit(code)
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.epochs=5"),
+    resume: bool = typer.Option(False, "--resume", help="continue runs/NAME from its last checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete runs/NAME first (default: a new NAME-N folder)"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (same as name=...)"),
+) -> None:
+    """Run a recipe: train/load the teacher, distil each method, evaluate, write the run folder."""
+    from distill.api import run as run_recipe
+    from distill.errors import DistillError
+
+    ov = list(overrides or [])
+    if name:
+        ov.append(f"name={name}")
+    try:
+        run_recipe(recipe, ov, resume=resume, overwrite=overwrite)
+    except DistillError as e:
+        fail(str(e))
+
+
+@app.command("list")
+def list_(what: str = typer.Argument("methods", help="methods | models | datasets"),
+          family: Optional[str] = typer.Option(None, "--family", help="only this family")) -> None:
+    """List registered methods, models or data sets with their family and a one-line description."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from distill import registry
+
+    tables = {"methods": registry.methods, "models": registry.models, "datasets": registry.datasets}
+    if what not in tables:
+        from distill.errors import did_you_mean
+
+        fail(f"list: unknown kind {what!r}.{did_you_mean(what, tables)} Allowed: methods, models, datasets.")
+    table = Table(title=f"registered {what}")
+    for col in ("name", "family", "description"):
+        table.add_column(col)
+    for e in tables[what].entries(family):
+        table.add_row(e.name, e.family, e.description.splitlines()[0])
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; resume with `distill run RECIPE --resume`\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

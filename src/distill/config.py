@@ -1,0 +1,231 @@
+"""Recipes: YAML validated by pydantic models, with dotted CLI overrides (`train.epochs=5`).
+
+A recipe names its family; each family owns a `RunConfig` subclass (`register_config`).
+`load_config` validates structure and types, then the family checks registry names and each
+component's `params` against its builder, so that every mistake is reported before work starts.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distill.errors import ConfigError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Component(Strict):
+    """A registered thing by name, with keyword parameters for its builder."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
+    nesterov: bool = False
+
+
+class ScheduleConfig(Strict):
+    name: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    step_fraction: float = Field(0.5, gt=0, le=1)  # "step": divide lr by `gamma` after this fraction
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+
+class EngineConfig(Strict):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    deterministic: bool = False
+    eval_every: int = Field(0, ge=0, description="steps between evaluations; 0 = at each epoch end")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = at each epoch end")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+class RunConfig(Strict):
+    """Fields every family shares. Families subclass it and add their sections."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
+    family: str = "classifier"
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    cache_dir: Path = Path("runs/cache")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def check_components(self) -> None:
+        """Check registry names and component params (families override)."""
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_CONFIGS: dict[str, type[RunConfig]] = {}
+
+
+def register_config(family: str):
+    def deco(cls: type[RunConfig]) -> type[RunConfig]:
+        _CONFIGS[family] = cls
+        return cls
+
+    return deco
+
+
+def config_class(family: str) -> type[RunConfig]:
+    from distill.registry import load_all
+
+    load_all()
+    if family not in _CONFIGS:
+        raise ConfigError(
+            f"family: unknown family {family!r}.{did_you_mean(family, _CONFIGS)} Allowed: {', '.join(sorted(_CONFIGS))}."
+        )
+    return _CONFIGS[family]
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.0.c=value` -> (["a","b","0","c"], parsed value). Values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value (e.g. train.epochs=5).")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key segment; expected key.sub=value.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            where = ".".join(path[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {where} is not an index of a list of {len(node)}.")
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+                if node is None:
+                    node = {}
+            else:
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section.")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {text!r}: {last} is not an index of a list of {len(node)}.")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {text!r}: cannot set a key under a value.")
+    return data
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_validation_error(e: ValidationError, cls: type[BaseModel], data: dict) -> str:
+    lines = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        where = ".".join(loc) or "(root)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(cls, loc[:-1])
+            hint = did_you_mean(loc[-1], allowed) if allowed else ""
+            lines.append(f"{where}: unknown key.{hint} Allowed here: {', '.join(allowed)}.")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: required field is missing.")
+        else:
+            lines.append(f"{where}: {err['msg']} (given: {err.get('input')!r}).")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the pydantic model found at `loc` (list indices skipped)."""
+    import typing
+
+    model: Any = cls
+    for part in loc:
+        if part.isdigit():
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return []
+        ann = model.model_fields[part].annotation
+        # unwrap Optional[...] / list[...]
+        for _ in range(3):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                break
+            if args:
+                ann = args[0]
+        model = ann
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r}: file not found.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {str(path)!r}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r}: top level must be a mapping of sections.")
+    return data
+
+
+def load_config(
+    source: str | os.PathLike | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Read a recipe (path or dict), apply overrides, validate everything. Raises ConfigError."""
+    data = dict(source) if isinstance(source, dict) else read_yaml(source)
+    data = apply_overrides(data, list(overrides))
+    family = data.get("family", "classifier")
+    if not isinstance(family, str):
+        raise ConfigError(f"family: expected a name (given: {family!r}).")
+    cls = config_class(family)
+    try:
+        cfg = cls(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, cls, data)) from None
+    cfg.check_components()
+    return cfg

@@ -1,0 +1,424 @@
+"""The loop machinery every family uses: device, precision, accumulation, clipping, schedules,
+checkpoints with exact resume, metrics, progress. `accelerate` does devices, mixed precision
+and distributed wrapping; this module keeps the loop itself in the family's runner:
+
+    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, total_steps=n)
+    model, opt, sched = engine.prepare(model, opt, sched)
+    engine.resume(model, opt, sched)                    # no-op on a fresh run
+    for batch in engine.batches(loader, epochs):        # skips what a resumed run already saw
+        with engine.autocast():
+            terms = objective(batch)                    # dict of named loss terms
+        engine.step(terms, weights)                     # backward, accumulate, clip, step, log
+        engine.checkpoint_if_due(model, opt, sched)
+    engine.finish()
+
+A run killed at any point and resumed from its last checkpoint ends with the same weights as an
+uninterrupted run (same seed, CPU): data order is a function of (seed, epoch), and the checkpoint
+holds model, optimiser, scheduler, scaler, RNG states and the loop position.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.config import EngineConfig, OptimizerConfig, ScheduleConfig
+from distill.errors import ConfigError, DistillError
+from distill.utils import atomic_torch_save, seed_everything
+
+# Fault injection for reliability tests: SIGKILL this process right after the checkpoint written
+# at this optimiser step (e.g. DISTILL_FAULT_STEP=30). Unset in normal use.
+_FAULT_STEP = int(os.environ.get("DISTILL_FAULT_STEP", "0") or 0)
+
+_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("engine.device: 'cuda' was asked for but torch sees no CUDA device "
+                          f"(torch {torch.__version__}). Use engine.device=cpu or install a CUDA build of torch.")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("engine.device: 'mps' is not available on this machine; use engine.device=cpu.")
+    return name
+
+
+def make_accelerator(device: str, precision: str):
+    """An accelerate.Accelerator for these settings (its global state is reset if they changed)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    device = resolve_device(device)
+    if precision == "fp16" and device != "cuda":
+        raise ConfigError("engine.precision: fp16 needs a CUDA device (loss scaling); use bf16 or fp32 on CPU.")
+    mp = _PRECISION[precision]
+    state = AcceleratorState._shared_state
+    if state and (state.get("_mixed_precision") != mp or str(state.get("device", "")) != device
+                  and not str(state.get("device", "")).startswith(device)):
+        AcceleratorState._reset_state(reset_partial_state=False)
+    try:
+        return Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
+    except ValueError:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(cpu=(device == "cpu"), mixed_precision=mp)
+
+
+def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise DistillError("nothing to optimise: no parameter requires grad")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def schedule_factor(cfg: ScheduleConfig, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` of `total`."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.name == "constant" or total <= 0:
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    if cfg.name == "cosine":
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.name == "linear":
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - progress)
+    return cfg.gamma if progress >= cfg.step_fraction else 1.0  # "step"
+
+
+def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(cfg, s, total_steps))
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel) or (
+            type(module).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel") and hasattr(module, "module")
+        ):
+            module = module.module
+        else:
+            return module
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    st: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                          "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st["numpy"] = {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached": float(cached)}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class Engine:
+    """One training phase (e.g. the teacher, or one student) with its own folder and checkpoints."""
+
+    def __init__(self, cfg: EngineConfig, out_dir: str | os.PathLike | None, *, seed: int = 0,
+                 total_steps: int = 0, name: str = "train"):
+        self.cfg, self.seed, self.name = cfg, seed, name
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.total_steps = total_steps
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        seed_everything(seed)
+        self.accelerator = make_accelerator(cfg.device, cfg.precision)
+        self.device = self.accelerator.device
+        self.step_count = 0          # optimiser steps done
+        self.epoch = 0
+        self.batch_in_epoch = 0      # micro-batches consumed in the current epoch
+        self._micro = 0              # micro-batches since the last optimiser step
+        self._skip = 0               # micro-batches to skip after a resume
+        self.history: list[dict[str, Any]] = []  # evaluation records (kept in checkpoints)
+        self.last_terms: dict[str, float] = {}
+        self._model = self._opt = self._sched = None
+        self._progress = None
+        self._task = None
+        self._tb = None
+        self._t0 = time.perf_counter()
+        self._metrics_path = self.out_dir / "metrics.jsonl" if self.out_dir else None
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler=None):
+        """Move to the device and wrap for distributed runs. Teachers never pass through here."""
+        objs = [o for o in (model, optimizer, scheduler) if o is not None]
+        prepared = self.accelerator.prepare(*objs)
+        prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
+        model = prepared.pop(0)
+        optimizer = prepared.pop(0) if optimizer is not None else None
+        scheduler = prepared.pop(0) if scheduler is not None else None
+        self._model, self._opt, self._sched = model, optimizer, scheduler
+        return model, optimizer, scheduler
+
+    def autocast(self):
+        return self.accelerator.autocast() if self.cfg.precision != "fp32" else nullcontext()
+
+    def to_device(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(v) for v in batch)
+        return batch
+
+    # ------------------------------------------------------------------ loop
+    def batches(self, loader, epochs: int, max_steps: int | None = None) -> Iterator[Any]:
+        """Yield device batches for `epochs` epochs (or until `max_steps` optimiser steps)."""
+        per_epoch = math.ceil(len(loader) / self.cfg.grad_accum)
+        total = per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
+        self.total_steps = self.total_steps or total
+        self._start_progress(total)
+        try:
+            for epoch in range(self.epoch, epochs):
+                self.epoch = epoch
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                for i, batch in enumerate(loader):
+                    if i < self.batch_in_epoch:   # seen before the resume
+                        continue
+                    if max_steps is not None and self.step_count >= max_steps:
+                        return
+                    self.batch_in_epoch = i + 1
+                    self._last_batch_of_epoch = (i + 1 == len(loader))
+                    yield self.to_device(batch)
+                self.batch_in_epoch = 0
+                if max_steps is not None and self.step_count >= max_steps:
+                    return
+        finally:
+            self._stop_progress()
+
+    def step(self, terms: dict[str, torch.Tensor], weights: dict[str, float] | None = None) -> torch.Tensor:
+        """Weighted sum of loss terms, backward, and an optimiser step every `grad_accum` batches."""
+        weights = weights or {}
+        total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+        if not isinstance(total, torch.Tensor):
+            raise DistillError(f"objective returned no loss terms ({list(terms)})")
+        if not torch.isfinite(total.detach()):
+            raise DistillError(f"non-finite loss at step {self.step_count}: "
+                               + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                               + ". Lower the learning rate, enable engine.clip_grad_norm, or use fp32.")
+        self._micro += 1
+        boundary = self._micro >= self.cfg.grad_accum or getattr(self, "_last_batch_of_epoch", False)
+        ctx = nullcontext() if boundary or self._model is None else self.accelerator.no_sync(self._model)
+        with ctx:
+            self.accelerator.backward(total / self.cfg.grad_accum)
+        for k, v in terms.items():
+            self.last_terms[k] = float(v.detach())
+        self.last_terms["loss"] = float(total.detach())
+        if boundary:
+            if self.cfg.clip_grad_norm and self._model is not None:
+                self.accelerator.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
+            if self._opt is not None:
+                self._opt.step()
+                self._opt.zero_grad(set_to_none=True)
+            if self._sched is not None:
+                self._sched.step()
+            self._micro = 0
+            self.step_count += 1
+            if self.step_count % self.cfg.log_every == 0:
+                self.log({"loss/" + k: v for k, v in self.last_terms.items()}
+                         | {"lr": self.lr, "epoch": self.epoch})
+            self._update_progress()
+            if (_FAULT_STEP and self.step_count == _FAULT_STEP
+                    and os.environ.get("DISTILL_FAULT_PHASE", self.name) == self.name):
+                self._pending_fault = True
+        return total.detach()
+
+    @property
+    def at_step_boundary(self) -> bool:
+        return self._micro == 0
+
+    @property
+    def lr(self) -> float:
+        return float(self._opt.param_groups[0]["lr"]) if self._opt is not None else 0.0
+
+    def eval_due(self) -> bool:
+        """True right after the optimiser step at which an evaluation is scheduled."""
+        if not self.at_step_boundary:
+            return False
+        if self.cfg.eval_every:
+            return self.step_count % self.cfg.eval_every == 0
+        return self.batch_in_epoch == 0 or getattr(self, "_last_batch_of_epoch", False)
+
+    def record_eval(self, metrics: dict[str, float]) -> None:
+        rec = {"step": self.step_count, "epoch": self.epoch + (1 if getattr(self, "_last_batch_of_epoch", False) else 0)}
+        rec.update(metrics)
+        self.history.append(rec)
+        self.log({"eval/" + k: v for k, v in metrics.items()})
+
+    # ------------------------------------------------------------------ logging
+    def log(self, values: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        rec = {"phase": self.name, "step": self.step_count, "time": round(time.perf_counter() - self._t0, 3)}
+        rec.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()})
+        if self._metrics_path is not None:
+            self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.cfg.tensorboard and self.out_dir is not None:
+            if self._tb is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as e:
+                    raise DistillError("engine.tensorboard=true needs `pip install distill[tensorboard]`") from e
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{self.name}/{k}", v, self.step_count)
+
+    def _start_progress(self, total: int) -> None:
+        if not (self.cfg.progress and self.is_main):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[terms]}"), TimeRemainingColumn(), transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(self.name, total=total, completed=self.step_count, terms="")
+
+    def _update_progress(self) -> None:
+        if self._progress is not None:
+            terms = " ".join(f"{k}={v:.3g}" for k, v in self.last_terms.items())
+            self._progress.update(self._task, completed=self.step_count, terms=terms)
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.out_dir / "checkpoints" if self.out_dir else None
+
+    def checkpoint_due(self) -> bool:
+        if not self.at_step_boundary or self.checkpoint_dir is None:
+            return False
+        if self.cfg.checkpoint_every:
+            return self.step_count > 0 and self.step_count % self.cfg.checkpoint_every == 0
+        return getattr(self, "_last_batch_of_epoch", False)
+
+    def checkpoint_if_due(self, model: nn.Module, optimizer=None, scheduler=None, extra: dict | None = None) -> None:
+        if self.checkpoint_due():
+            self.save_checkpoint(model, optimizer, scheduler, extra)
+
+    def save_checkpoint(self, model: nn.Module, optimizer=None, scheduler=None, extra: dict | None = None) -> Path | None:
+        """Write checkpoints/step_XXXXXXXX.pt atomically, point `latest` at it, keep the newest few."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main or self.checkpoint_dir is None:
+            return None
+        state = {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
+            "rng": _rng_state(),
+            "loop": {"step": self.step_count, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+            "history": json.dumps(self.history),
+            "extra": json.dumps(extra or {}),
+        }
+        d = self.checkpoint_dir
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"step_{self.step_count:08d}.pt"
+        atomic_torch_save(state, path)
+        from distill.utils import atomic_write_text
+
+        atomic_write_text(d / "latest", path.name)
+        if getattr(self, "_pending_fault", False):  # fault injection: die right after this checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)
+        for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        d = self.checkpoint_dir
+        if d is None or not (d / "latest").is_file():
+            return None
+        path = d / (d / "latest").read_text().strip()
+        return path if path.is_file() else None
+
+    def resume(self, model: nn.Module, optimizer=None, scheduler=None) -> dict[str, Any] | None:
+        """Restore the latest checkpoint if there is one; return its `extra` dict (None if fresh)."""
+        path = self.latest_checkpoint()
+        if path is None:
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise DistillError(f"checkpoint {path} cannot be read ({e}); delete it to restart that phase.") from None
+        unwrap(model).load_state_dict(state["model"])
+        if optimizer is not None and state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        loop = state["loop"]
+        self.step_count, self.epoch, self.batch_in_epoch = loop["step"], loop["epoch"], loop["batch_in_epoch"]
+        self.history = json.loads(state["history"])
+        self._truncate_metrics(self.step_count)
+        return json.loads(state["extra"])
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop this phase's metric lines written after the checkpoint (they will be written again)."""
+        p = self._metrics_path
+        if p is None or not p.is_file() or not self.is_main:
+            return
+        keep = []
+        for line in p.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if rec.get("phase") == self.name and rec.get("step", 0) > step:
+                continue
+            keep.append(line)
+        from distill.utils import atomic_write_text
+
+        atomic_write_text(p, "\n".join(keep) + ("\n" if keep else ""))
+
+    def finish(self) -> None:
+        self._stop_progress()
+        if self._tb is not None:
+            self._tb.close()
+        self.accelerator.wait_for_everyone()

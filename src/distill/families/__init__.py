@@ -1,0 +1,1 @@
+"""Families of distillation: each registers its config, methods and runner on import."""

@@ -1,0 +1,80 @@
+"""The shape every classifier method shares.
+
+A method is an nn.Module that owns the student (a submodule, so it is optimised and saved) and
+any extra modules it needs (projectors, queues, discriminators): the engine optimises
+`method.parameters()`. The teacher is held by reference (a `Teacher`, not a submodule).
+
+    method = KD(student, teacher, temperature=4.0, alpha=0.9)
+    method.setup(example_batch)       # build modules whose shapes are known only at run time
+    terms = method(batch)             # {"kd": ..., "ce": ...}; the engine weights and sums them
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.losses import divergence, sparse_divergence
+from distill.teacher import CachedOutputs, Teacher, TeacherCache
+
+
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean CE over samples with a label (y >= 0); 0 (not NaN) when the batch has none. (B, C), (B,)."""
+    labeled = y >= 0
+    ce = F.cross_entropy(logits.float(), y.clamp(min=0), reduction="none")
+    return (ce * labeled).sum() / labeled.sum().clamp(min=1)
+
+
+class ClassifierMethod(nn.Module):
+    """Base class. Subclasses set `needs_teacher`, `supports_cache` and implement `forward`."""
+
+    needs_teacher: bool = True
+    supports_cache: bool = False  # True when only the teacher's logits are used
+
+    def __init__(self, student: nn.Module, teacher: Teacher | None):
+        super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"{type(self).__name__} needs a teacher")
+        self.student = student
+        self._teacher = teacher  # plain attribute: not registered, never optimised
+        self.cache: TeacherCache | None = None
+        self.weights: dict[str, float] = {}
+        self.step = 0
+        self.epoch = 0
+
+    @property
+    def teacher(self) -> Teacher | None:
+        return self._teacher
+
+    def setup(self, batch: dict[str, torch.Tensor]) -> None:
+        """Called once with an example batch before the optimiser is built."""
+
+    def on_step(self, step: int, epoch: int) -> None:
+        self.step, self.epoch = step, epoch
+
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | CachedOutputs:
+        """Teacher logits (B, C), or the cached top-k when a cache is attached."""
+        if self.cache is not None:
+            return self.cache.lookup(batch["idx"], device=batch["x"].device)
+        assert self._teacher is not None
+        return self._teacher(batch["x"])
+
+    def kd_loss(self, student_logits: torch.Tensor, t_out: torch.Tensor | CachedOutputs, temperature: float,
+                kind: str = "forward_kl") -> torch.Tensor:
+        """T^2-scaled divergence (Hinton et al. 2015) against dense or cached teacher outputs."""
+        if isinstance(t_out, CachedOutputs):
+            d = sparse_divergence(student_logits, t_out.indices, t_out.logprobs, kind, temperature=temperature)  # type: ignore[arg-type]
+        else:
+            d = divergence(student_logits, t_out, kind, temperature=temperature)  # type: ignore[arg-type]
+        return d * temperature**2
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
+
+    def hparams(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,177 @@
+"""The classifier family's run: teacher (trained once and cached, or loaded), then one student per
+method from the same initialisation, each evaluated; a table, summary.json, report and plots.
+
+The loop in `train_phase` reads top to bottom; the engine does devices, precision, accumulation,
+checkpoints and logging.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from distill.config import EngineConfig, TrainConfig
+from distill.data.base import ArrayDataset, DataBundle, TensorLoader
+from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.eval.efficiency import cpu_latency_ms, size_on_disk
+from distill.eval.metrics import classification_metrics, predict
+from distill.families.classifier.base import ClassifierMethod
+from distill.families.classifier.config import ClassifierRunConfig, MethodConfig
+from distill.models.io import build_model, count_parameters, load_model, save_model
+from distill.registry import datasets, methods, register_runner
+from distill.teacher import Teacher, TeacherCache
+from distill.utils import atomic_write_text, hash_json, seed_everything
+
+
+def train_phase(method: ClassifierMethod, train: ArrayDataset, test: ArrayDataset, train_cfg: TrainConfig,
+                engine_cfg: EngineConfig, *, batch_size: int, seed: int, out_dir: Path | None,
+                metrics_path: Path | None = None, name: str = "train",
+                weights: dict[str, float] | None = None, eval_fn: Callable | None = None) -> Engine:
+    """Optimise `method.parameters()` on `train`; evaluate on `test`; resume if `out_dir` has checkpoints."""
+    loader = TensorLoader(train, batch_size, shuffle=True, seed=seed)
+    steps_per_epoch = -(-len(loader) // engine_cfg.grad_accum)
+    total = steps_per_epoch * train_cfg.epochs
+    if train_cfg.max_steps:
+        total = min(total, train_cfg.max_steps)
+    engine = Engine(engine_cfg, out_dir, seed=seed, total_steps=total, name=name)
+    if metrics_path is not None:
+        engine._metrics_path = metrics_path
+    method.to(engine.device)
+    method.setup(engine.to_device(next(iter(loader))))
+    optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
+    scheduler = build_scheduler(train_cfg.schedule, optimizer, total)
+    model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
+    engine.resume(model, optimizer, scheduler)
+    weights = {**method.weights, **(weights or {})}
+    eval_fn = eval_fn or (lambda: classification_metrics(
+        predict(method.student, test.x, device=engine.device), test.y))
+
+    model.train()
+    for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
+        method.on_step(engine.step_count, engine.epoch)
+        with engine.autocast():
+            terms = model(batch)
+        engine.step(terms, weights)
+        if engine.eval_due():
+            engine.record_eval(eval_fn())
+        engine.checkpoint_if_due(model, optimizer, scheduler)
+    engine.finish()
+    model.eval()
+    return engine
+
+
+def evaluate(model: nn.Module, bundle: DataBundle, folder: Path | None, cfg: ClassifierRunConfig,
+             device: torch.device | str) -> tuple[dict[str, Any], torch.Tensor]:
+    """Quality on the test split plus size and CPU latency. Returns (metrics, test logits)."""
+    logits = predict(model, bundle.test.x, device=device)
+    m = classification_metrics(logits, bundle.test.y, cfg.eval.ece_bins)
+    m["params"] = count_parameters(model)
+    if folder is not None and (folder / "model.safetensors").is_file():
+        m["size_bytes"] = size_on_disk(folder / "model.safetensors")
+    m["latency_ms"] = cpu_latency_ms(model, bundle.test.x[:1], runs=cfg.eval.latency_runs)
+    return m, logits
+
+
+def teacher_key(cfg: ClassifierRunConfig) -> str:
+    """Identifies a trained teacher: its model, training, data and seed (not the students)."""
+    return hash_json({"model": cfg.teacher.model.model_dump(), "train": cfg.teacher.train.model_dump(),
+                      "data": {"name": cfg.data.name, "params": cfg.data.params, "batch_size": cfg.data.batch_size},
+                      "seed": cfg.seed, "precision": cfg.engine.precision})
+
+
+def get_teacher(cfg: ClassifierRunConfig, bundle: DataBundle, log: Callable[[str], None]) -> tuple[nn.Module, Path]:
+    """Load the teacher from teacher.checkpoint or the cache; train and cache it if absent."""
+    if cfg.teacher.checkpoint is not None:
+        log(f"teacher: loading {cfg.teacher.checkpoint}")
+        return load_model(cfg.teacher.checkpoint), Path(cfg.teacher.checkpoint)
+    folder = Path(cfg.cache_dir) / "teachers" / f"{cfg.data.name}-{cfg.teacher.model.name}-{teacher_key(cfg)}"
+    if (folder / "model.safetensors").is_file():
+        log(f"teacher: reusing the cached teacher in {folder}")
+        return load_model(folder), folder
+    log(f"teacher: training {cfg.teacher.model.name} on {cfg.data.name} (cached in {folder})")
+    seed_everything(cfg.seed)
+    model = build_model(cfg.teacher.model.name, cfg.teacher.model.params, bundle.input_shape, bundle.num_classes)
+    scratch = methods.get("scratch", "classifier").builder(model, None)
+    train_phase(scratch, bundle.teacher_train, bundle.test, cfg.teacher.train, cfg.engine,
+                batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=folder, name="teacher")
+    save_model(model.cpu(), folder)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return load_model(folder), folder
+
+
+def build_method(mcfg: MethodConfig, student: nn.Module, teacher: Teacher) -> ClassifierMethod:
+    entry = methods.get(mcfg.name, "classifier")
+    return entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
+
+
+@register_runner("classifier")
+def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    entry = datasets.get(cfg.data.name, "classifier")
+    bundle: DataBundle = entry.builder(**cfg.data.params)
+    log(f"data: {bundle.name}: {len(bundle.train)} train ({100 * bundle.labeled_fraction:.0f}% labeled for the "
+        f"student), {len(bundle.test)} test, {bundle.num_classes} classes, input {bundle.input_shape}")
+    metrics_path = run_dir / "metrics.jsonl"
+
+    teacher_model, teacher_dir = get_teacher(cfg, bundle, log)
+    device = Engine(cfg.engine, None, seed=cfg.seed).device
+    teacher = Teacher(teacher_model.to(device))
+    results: dict[str, Any] = {"teacher": None, "students": {}}
+    t_metrics, t_logits = evaluate(teacher.module, bundle, teacher_dir, cfg, device)
+    t_metrics["model"] = cfg.teacher.model.name
+    results["teacher"] = t_metrics
+    logits = {"teacher": t_logits}
+    histories: dict[str, list] = {}
+
+    for mcfg in cfg.methods:
+        label = mcfg.display
+        out = run_dir / "students" / label
+        done = out / "result.json"
+        if done.is_file() and (out / "model.safetensors").is_file():
+            log(f"student [{label}]: already trained (resumed run), reusing {out}")
+            res = json.loads(done.read_text())
+            student = load_model(out, device=device)
+        else:
+            log(f"student [{label}]: training {cfg.student.model.name} with {mcfg.name}")
+            seed_everything(cfg.seed)  # every method starts from the same student initialisation
+            student = build_model(cfg.student.model.name, cfg.student.model.params, bundle.input_shape,
+                                  bundle.num_classes)
+            method = build_method(mcfg, student, teacher)
+            if cfg.teacher.cache_outputs and method.supports_cache:
+                t = getattr(method, "temperature", 1.0)
+                k = cfg.teacher.cache_top_k or bundle.num_classes
+                method.cache = TeacherCache.load_or_build(
+                    Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{bundle.train.fingerprint()}-T{t}-k{k}",
+                    teacher, bundle.train.x, data_hash=bundle.train.fingerprint(), temperature=t, k=k, device=device)
+            engine = train_phase(method, bundle.train, bundle.test, mcfg.train or cfg.train, cfg.engine,
+                                 batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out,
+                                 metrics_path=metrics_path, name=label, weights=mcfg.weights)
+            save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
+            student.to(device)
+            res = {"history": engine.history, "method": mcfg.name}
+            atomic_write_text(done, json.dumps(res))
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        m, lg = evaluate(student, bundle, out, cfg, device)
+        m["method"] = mcfg.name
+        results["students"][label] = m
+        histories[label] = res.get("history", [])
+        logits[label] = lg
+
+    # the student/ folder holds the best distilled student (highest test accuracy; baselines excluded)
+    distilled = [k for k, v in results["students"].items() if methods.get(v["method"], "classifier").builder.needs_teacher]
+    pool = distilled or list(results["students"])
+    best = max(pool, key=lambda k: results["students"][k]["accuracy"])
+    results["best"] = best
+    shutil.copytree(run_dir / "students" / best, run_dir / "student", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("checkpoints"))
+    results["data"] = {"name": bundle.name, "train": len(bundle.train), "test": len(bundle.test),
+                       "labeled_fraction": bundle.labeled_fraction, "classes": bundle.num_classes}
+    atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
+
+    from distill.report.classifier import write_report
+
+    write_report(run_dir, cfg, results, histories, logits, bundle.test.y)
+    return results

@@ -1,0 +1,1 @@
+"""Run cards and plots."""

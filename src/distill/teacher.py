@@ -1,0 +1,178 @@
+"""The frozen teacher, and the on-disk cache of its outputs.
+
+`Teacher` is not an nn.Module: it cannot become a submodule of a student or method, so it is
+never in an optimiser, a DDP wrapper or a student's state dict. It is in eval mode, its
+parameters do not require grad, and it runs under no_grad.
+
+`TeacherCache` stores, per sample id, the teacher's top-k logits (fp16), their indices, and the
+log-sum-exp at the distillation temperature (so top-k log-probs and the tail mass are exact),
+with metadata (teacher weights hash, data hash, temperature, k, augmentation) and a sha256 of
+the tensor file. A cache that does not match the run, or whose checksum fails, is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.errors import CacheMismatchError
+from distill.utils import atomic_write_bytes, atomic_write_text, hash_state_dict, sha256_file
+
+CACHE_FORMAT = 1
+
+
+class Teacher:
+    """A frozen model. Calling it runs the wrapped module in eval mode without gradients."""
+
+    def __init__(self, module: nn.Module, name: str = "teacher"):
+        module.eval()
+        module.requires_grad_(False)
+        self._module = module
+        self.name = name
+        self._hash: str | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        return self._module
+
+    def __call__(self, *args, **kwargs):
+        if self._module.training:  # someone called .train() on it: put it back
+            self._module.eval()
+        with torch.no_grad():
+            return self._module(*args, **kwargs)
+
+    def to(self, device) -> Teacher:
+        self._module.to(device)
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of the weights (names, shapes, values): identifies the teacher for caches."""
+        if self._hash is None:
+            self._hash = hash_state_dict(self._module.state_dict())
+        return self._hash
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self._module.parameters())
+
+
+class Ensemble(nn.Module):
+    """Several models whose softmax outputs are averaged; returns log of the mean probability."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B, C) log mean prob
+        logp = torch.stack([F.log_softmax(m(x).float(), -1) for m in self.members])  # (M, B, C)
+        return torch.logsumexp(logp, 0) - torch.log(torch.tensor(float(len(self.members))))
+
+
+@dataclass
+class CachedOutputs:
+    """Teacher outputs for a batch as read from a cache: top-k indices and log-probs at T."""
+
+    indices: torch.Tensor   # (B, k) long
+    logprobs: torch.Tensor  # (B, k) float32, normalised over all classes at temperature T
+
+
+class TeacherCache:
+    FILE, META = "outputs.safetensors", "meta.json"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        self.folder, self.meta = folder, meta
+        self.indices = tensors["indices"].long()      # (N, k)
+        self.logits = tensors["logits"]               # (N, k) fp16
+        self.lse = tensors["lse"]                     # (N,) fp32: logsumexp(z / T)
+
+    @staticmethod
+    def expected_meta(teacher: Teacher, data_hash: str, temperature: float, k: int, num_samples: int,
+                      augmentation: str = "none") -> dict[str, Any]:
+        return {"format": CACHE_FORMAT, "teacher": teacher.fingerprint(), "data": data_hash,
+                "temperature": float(temperature), "k": int(k), "augmentation": augmentation,
+                "num_samples": int(num_samples)}
+
+    @classmethod
+    def build(cls, folder: str | os.PathLike, teacher: Teacher, inputs: torch.Tensor, *, data_hash: str,
+              temperature: float, k: int, augmentation: str = "none", batch_size: int = 512,
+              device: str | torch.device = "cpu") -> TeacherCache:
+        """Run the teacher once over `inputs` (N, ...) in id order and write the cache."""
+        from safetensors.torch import save
+
+        if augmentation != "none":
+            raise CacheMismatchError(
+                "teacher cache: outputs under random augmentation differ at every epoch, so a per-sample "
+                "cache would be wrong. Turn augmentation off or set teacher.cache_outputs=false.")
+        folder = Path(folder)
+        idx_l, logit_l, lse_l = [], [], []
+        for i in range(0, inputs.shape[0], batch_size):
+            z = teacher(inputs[i:i + batch_size].to(device)).float().cpu()  # (b, C)
+            kk = min(k, z.shape[-1])
+            top = z.topk(kk, dim=-1)
+            idx_l.append(top.indices.int())
+            logit_l.append(top.values.half())
+            lse_l.append(torch.logsumexp(z / temperature, dim=-1))
+        tensors = {"indices": torch.cat(idx_l), "logits": torch.cat(logit_l), "lse": torch.cat(lse_l)}
+        meta = cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation)
+        atomic_write_bytes(folder / cls.FILE, save(tensors))
+        meta["sha256"] = sha256_file(folder / cls.FILE)
+        atomic_write_text(folder / cls.META, json.dumps(meta, indent=2))
+        return cls(folder, meta, tensors)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, expected: dict[str, Any]) -> TeacherCache:
+        """Open a cache, refusing it if its metadata differs from `expected` or its checksum fails."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_p, file_p = folder / cls.META, folder / cls.FILE
+        if not meta_p.is_file() or not file_p.is_file():
+            raise CacheMismatchError(f"teacher cache {folder}: missing {cls.META} or {cls.FILE}.")
+        try:
+            meta = json.loads(meta_p.read_text())
+        except json.JSONDecodeError:
+            raise CacheMismatchError(f"teacher cache {folder}: {cls.META} is corrupt; delete the folder.") from None
+        diffs = [f"{key}: cache has {meta.get(key)!r}, this run needs {val!r}"
+                 for key, val in expected.items() if meta.get(key) != val]
+        if diffs:
+            raise CacheMismatchError(
+                f"teacher cache {folder} was made for another setting and will not be reused:\n  "
+                + "\n  ".join(diffs) + f"\nDelete {folder} (or point the cache elsewhere) to rebuild it.")
+        if sha256_file(file_p) != meta.get("sha256"):
+            raise CacheMismatchError(f"teacher cache {folder}: checksum mismatch ({cls.FILE} is corrupt "
+                                     "or was modified). Delete the folder to rebuild it.")
+        return cls(folder, meta, load_file(str(file_p)))
+
+    @classmethod
+    def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, inputs: torch.Tensor, *, data_hash: str,
+                      temperature: float, k: int, augmentation: str = "none", **kw) -> TeacherCache:
+        """Reuse a matching cache; build one if the folder is empty; refuse a mismatching one."""
+        folder = Path(folder)
+        if (folder / cls.META).exists():
+            expected = cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation)
+            return cls.load(folder, expected)
+        return cls.build(folder, teacher, inputs, data_hash=data_hash, temperature=temperature, k=k,
+                         augmentation=augmentation, **kw)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["temperature"])
+
+    def lookup(self, ids: torch.Tensor, device: str | torch.device | None = None) -> CachedOutputs:
+        """Top-k indices and log-probs at the cache temperature for sample ids (B,)."""
+        ids = ids.cpu()
+        z = self.logits[ids].float()
+        logprobs = z / self.temperature - self.lse[ids].unsqueeze(-1)
+        out = CachedOutputs(self.indices[ids], logprobs)
+        if device is not None:
+            out = CachedOutputs(out.indices.to(device), out.logprobs.to(device))
+        return out
+
+    def size_bytes(self) -> int:
+        return (self.folder / self.FILE).stat().st_size
