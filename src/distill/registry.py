@@ -24,6 +24,11 @@ _PLUGIN_MODULES = [
     "distill.models",
     "distill.data",
     "distill.families.classifier",
+    "distill.families.llm",
+    "distill.families.diffusion",
+    "distill.families.dataset",
+    "distill.families.graph",
+    "distill.families.encoder",
 ]
 
 
@@ -146,7 +151,11 @@ def load_all() -> None:
         return
     _loaded = True
     for mod in _PLUGIN_MODULES:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a family that exists but misses a dependency is a real error
+                raise
 
 
 # family name -> callable(cfg, *, resume: bool) -> summary dict

@@ -119,7 +119,7 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
     teacher_model, teacher_dir = get_teacher(cfg, bundle, log)
     device = Engine(cfg.engine, None, seed=cfg.seed).device
     teacher = Teacher(teacher_model.to(device))
-    results: dict[str, Any] = {"teacher": None, "students": {}}
+    results: dict[str, Any] = {"family": "classifier", "primary_metric": "accuracy", "teacher": None, "students": {}}
     t_metrics, t_logits = evaluate(teacher.module, bundle, teacher_dir, cfg, device)
     t_metrics["model"] = cfg.teacher.model.name
     results["teacher"] = t_metrics
@@ -156,6 +156,8 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         m, lg = evaluate(student, bundle, out, cfg, device)
         m["method"] = mcfg.name
+        accs = [h["accuracy"] for h in res.get("history", []) if "accuracy" in h]
+        m["best_accuracy"] = max(accs) if accs else m["accuracy"]
         results["students"][label] = m
         histories[label] = res.get("history", [])
         logits[label] = lg
