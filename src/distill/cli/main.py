@@ -66,6 +66,11 @@ def list_(what: str = typer.Argument("methods", help="methods | models | dataset
     Console().print(table)
 
 
+from distill.cli.convert import app as _convert_app  # noqa: E402
+
+app.add_typer(_convert_app, name="convert")
+
+
 def main() -> None:
     try:
         app()
