@@ -1,0 +1,5 @@
+"""LLM family: teacher LM -> student LM. Importing registers config, methods and runner.
+
+transformers is imported lazily (inside functions), so `distill list` works without it.
+"""
+from distill.families.llm import config, on_policy, runner, seq_kd, sft, token_kd  # noqa: F401

@@ -1,0 +1,111 @@
+"""The shape every language-model method shares.
+
+A method is an nn.Module owning the student (so it is optimised and saved); the teacher is a
+frozen `Teacher` held by reference. `forward(batch)` returns named loss terms, each a sum over
+counted tokens divided by `batch["norm"]` (see `data.LMLoader`), so the engine's weighted sum is a
+per-token mean over the accumulation window.
+
+Class attributes the runner reads (never method names):
+- `needs_teacher`: the teacher is passed in;
+- `uses_prompts`: batches are one example per row with left-padded `prompt_ids` (generation);
+- `prepare_examples(examples, tokenizer)`: rewrite the training set once before training
+  (e.g. replace responses with the teacher's, for sequence-level KD).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.families.llm.data import IGNORE, Example, collate
+from distill.families.llm.models import head_of, hidden_states
+from distill.losses.lm import hidden_cross_entropy, hidden_divergence
+from distill.teacher import Teacher
+
+
+class LMMethod(nn.Module):
+    needs_teacher: bool = True
+    uses_prompts: bool = False
+
+    def __init__(self, student: nn.Module, teacher: Teacher | None, *, chunk_size: int = 1024):
+        super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"{type(self).__name__} needs a teacher")
+        self.student = student
+        self._teacher = teacher  # plain attribute: never a submodule, never optimised
+        self.chunk_size = chunk_size
+        self.weights: dict[str, float] = {}
+        self.step = 0
+        self.pad_id = 0
+        self.eos_id: int | None = None
+
+    @property
+    def teacher(self) -> Teacher | None:
+        return self._teacher
+
+    def on_step(self, step: int, epoch: int) -> None:
+        self.step = step
+
+    def prepare_examples(self, examples: list[Example], tokenizer) -> list[Example]:
+        return examples
+
+    # ---------------------------------------------------------------- shared pieces
+    def student_hidden(self, batch: dict[str, Any]) -> torch.Tensor:
+        return hidden_states(self.student, batch)  # (B, T, D)
+
+    def teacher_hidden(self, batch: dict[str, Any]) -> torch.Tensor:
+        assert self._teacher is not None
+        with torch.no_grad():
+            return hidden_states(self._teacher.module, batch)  # (B, T, Dt)
+
+    def ce_sum(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        w, b = head_of(self.student)
+        return hidden_cross_entropy(h, w, labels, bias=b, chunk_size=self.chunk_size)
+
+    def kd_sum(self, h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, kind: str, *, temperature: float = 1.0,
+               beta: float = 0.5, alpha: float = 0.1, top_k: int | None = None) -> torch.Tensor:
+        assert self._teacher is not None
+        ws, bs = head_of(self.student)
+        wt, bt = head_of(self._teacher.module)
+        return hidden_divergence(h_s, ws, h_t, wt, kind, student_bias=bs, teacher_bias=bt,  # type: ignore[arg-type]
+                                 temperature=temperature, mask=mask, beta=beta, alpha=alpha, top_k=top_k,
+                                 chunk_size=self.chunk_size)
+
+    def hparams(self) -> dict[str, Any]:
+        return {}
+
+
+@torch.no_grad()
+def sample(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+           temperature: float, eos_id: int | None, pad_id: int) -> list[list[int]]:
+    """Continuations (token lists, up to and including EOS) of left-padded prompts (B, P).
+    temperature 0 = greedy; otherwise plain sampling from the full distribution."""
+    was_training = model.training
+    model.eval()
+    kw: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens,
+                          "pad_token_id": pad_id, "eos_token_id": eos_id}
+    if temperature > 0:
+        kw.update(temperature=temperature, top_k=0, top_p=1.0)
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)[:, prompt_ids.shape[1]:]
+    model.train(was_training)
+    conts = []
+    for row in out.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id) + 1]
+        conts.append(row)
+    return conts
+
+
+def continuation_batch(prompts: list[list[int]], conts: list[list[int]], pad_id: int,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """A one-example-per-row batch of prompt + continuation with targets on the continuation."""
+    rows = [[Example(p + c, start=len(p), prompt_len=len(p))] for p, c in zip(prompts, conts)]
+    b = collate(rows, pad_id, packed=False)
+    b["norm"] = (b["labels"] != IGNORE).sum().clamp(min=1).float()
+    return {k: v.to(device) for k, v in b.items()}
+
+
+def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    """Unpadded prompt token lists from a left-padded (B, P) prompt batch."""
+    return [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"].cpu(), batch["prompt_mask"].cpu())]

@@ -1,0 +1,120 @@
+"""The llm family's recipe sections.
+
+Paths may start with `$DISTILL_ASSETS/`: that is the variable's value, else `../shared/assets`
+beside the repository root.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from distill.config import Component, RunConfig, Strict, TrainConfig, register_config
+from distill.errors import ConfigError
+
+
+def assets_dir() -> Path:
+    env = os.environ.get("DISTILL_ASSETS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[4].parent / "shared" / "assets"
+
+
+def expand(path: str | None) -> str | None:
+    """`$DISTILL_ASSETS/...` or `${DISTILL_ASSETS}/...` -> the assets folder; other paths unchanged."""
+    if path is None:
+        return None
+    for key in ("${DISTILL_ASSETS}", "$DISTILL_ASSETS"):
+        if path.startswith(key):
+            return str(assets_dir()) + path[len(key):]
+    return path
+
+
+class LMTeacherConfig(Strict):
+    path: str = Field(..., description="transformers folder, hub id, or llama2.c .bin (converted once)")
+    tokenizer: str | None = Field(None, description="tokenizer folder/id; the SentencePiece model for a llama2.c .bin")
+
+
+class LMStudentConfig(Strict):
+    path: str | None = Field(None, description="start from this transformers folder instead of a fresh model")
+    arch: Literal["llama", "gpt2"] = "llama"
+    hidden_size: int = Field(32, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=1)
+    tie_embeddings: bool = True
+    pad_vocab_to: int = Field(1, ge=1, description="round the vocabulary up (padded rows are masked in losses)")
+
+
+class LMDataConfig(Strict):
+    source: Literal["text", "jsonl", "hf", "teacher"] = "teacher"
+    path: str | None = Field(None, description="text file/folder, JSONL file, or HF data set name/path")
+    eval_path: str | None = None
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when eval_path is not given")
+    separator: str = Field("\n\n", description="document separator in text files")
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    split: str = "train"
+    eval_split: str | None = None
+    max_docs: int | None = Field(None, ge=1)
+    # source = teacher: the training text is sampled from the teacher (TinyStories-like for stories260K)
+    num_samples: int = Field(1000, ge=1)
+    eval_samples: int = Field(200, ge=1)
+    sample_tokens: int = Field(256, ge=8)
+    sample_temperature: float = Field(1.0, gt=0)
+    seq_len: int = Field(256, ge=8)
+    pack: bool = True
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    prompt_tokens: int = Field(16, ge=1, description="prompt length of plain-text examples for generation methods")
+    ood_path: str | None = Field(None, description="out-of-domain text for bits per byte (e.g. tinyshakespeare)")
+    ood_max_chars: int = Field(20000, ge=100)
+
+
+class LMMethodConfig(Component):
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="name in tables (default: name)")
+    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
+    train: TrainConfig | None = Field(None, description="override the shared student training settings")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class LMEvalConfig(Strict):
+    ece_bins: int = Field(15, ge=2)
+    samples: int = Field(2, ge=0, description="generated samples per model in the report")
+    sample_prompt: str = "Once upon a time"
+    sample_tokens: int = Field(48, ge=1)
+
+
+@register_config("llm")
+class LLMRunConfig(RunConfig):
+    family: Literal["llm"] = "llm"
+    teacher: LMTeacherConfig
+    student: LMStudentConfig = Field(default_factory=LMStudentConfig)
+    data: LMDataConfig = Field(default_factory=LMDataConfig)
+    methods: list[LMMethodConfig] = Field(default_factory=lambda: [LMMethodConfig(name="sft"),
+                                                                   LMMethodConfig(name="token_kd")], min_length=1)
+    eval: LMEvalConfig = Field(default_factory=LMEvalConfig)
+
+    def check_components(self) -> None:
+        from distill.registry import methods
+
+        seen = set()
+        for i, m in enumerate(self.methods):
+            entry = methods.get(m.name, "llm", where=f"methods.{i}.name")
+            m.params = entry.validate(m.params, f"methods.{i}.params")
+            if m.display in seen:
+                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
+            seen.add(m.display)
+        if self.data.source != "teacher" and not self.data.path:
+            raise ConfigError(f"data.path: required for data.source={self.data.source!r}.")
+        for where, p in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path),
+                         ("data.ood_path", self.data.ood_path)):
+            if p and self.data.source != "hf" and not Path(expand(p)).exists():  # type: ignore[arg-type]
+                raise ConfigError(f"{where}: {expand(p)!r} does not exist.")

@@ -1,0 +1,80 @@
+"""Held-out evaluation of a causal LM: loss (nats/token), perplexity, bits per byte (comparable
+across tokenizers: total nats / ln 2 / UTF-8 bytes of the target text), top-1 agreement with the
+teacher, next-token accuracy and expected calibration error (ECE) of the top-1 prediction."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.families.llm.data import IGNORE, Example, collate, model_inputs, rows_of
+
+
+@torch.no_grad()
+def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int, seq_len: int,
+               device: torch.device | str, teacher: nn.Module | None = None, ece_bins: int = 15,
+               chunk: int = 2048) -> dict[str, Any]:
+    was = model.training
+    model.eval()
+    nats = 0.0
+    tokens = 0
+    n_bytes = 0
+    agree = 0
+    correct = 0
+    conf_sum = torch.zeros(ece_bins, dtype=torch.float64)
+    acc_sum = torch.zeros(ece_bins, dtype=torch.float64)
+    cnt = torch.zeros(ece_bins, dtype=torch.float64)
+    rows = rows_of(examples, seq_len, packed=True)
+    for i in range(0, len(rows), batch_size):
+        b = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id, packed=True).items()}
+        mask = b["labels"] != IGNORE
+        logits = model(**model_inputs(b)).logits[mask].float()  # (N, V)
+        y = b["labels"][mask]
+        t_top = teacher(**model_inputs(b)).logits[mask].argmax(-1) if teacher is not None else None
+        for j in range(0, y.numel(), chunk):  # the (N, V) log-probs a chunk at a time
+            lp = F.log_softmax(logits[j:j + chunk], -1)
+            yj = y[j:j + chunk]
+            nats += float(-lp.gather(-1, yj[:, None]).sum())
+            conf, pred = lp.max(-1)
+            hit = (pred == yj)
+            correct += int(hit.sum())
+            if t_top is not None:
+                agree += int((pred == t_top[j:j + chunk]).sum())
+            conf = conf.exp().double().cpu()
+            idx = (conf * ece_bins).long().clamp(max=ece_bins - 1)
+            cnt += torch.bincount(idx, minlength=ece_bins).double()
+            conf_sum += torch.bincount(idx, weights=conf, minlength=ece_bins)
+            acc_sum += torch.bincount(idx, weights=hit.double().cpu(), minlength=ece_bins)
+        tokens += int(y.numel())
+        n_bytes += int(b["n_bytes"])
+    model.train(was)
+    loss = nats / max(tokens, 1)
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": nats / math.log(2) / max(n_bytes, 1),
+           "token_accuracy": correct / max(tokens, 1), "ece": float((conf_sum - acc_sum).abs().sum() / max(tokens, 1)),
+           "tokens": tokens, "bytes": n_bytes}
+    if teacher is not None:
+        out["teacher_agreement"] = agree / max(tokens, 1)
+    return out
+
+
+@torch.no_grad()
+def generate_text(model: nn.Module, tokenizer, prompt: str, *, max_new_tokens: int, device, greedy: bool = True,
+                  seed: int = 0) -> str:
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    x = torch.tensor([ids], device=device)
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = {"do_sample": not greedy, "max_new_tokens": max_new_tokens,
+                          "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if not greedy:
+        kw.update(temperature=1.0, top_k=0, top_p=1.0)
+    was = model.training
+    model.eval()
+    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kw)
+    model.train(was)
+    return tokenizer.decode(out[0], skip_special_tokens=True)

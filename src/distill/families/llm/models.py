@@ -1,0 +1,107 @@
+"""Loading teachers and students: a local transformers folder, a hub id (fails offline with a clear
+message), a llama2.c checkpoint (converted once into the cache), or a student built from sizes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+from distill.utils import hash_json, sha256_file
+
+
+def _offline_error(what: str, source: str, e: Exception) -> ConfigError:
+    return ConfigError(
+        f"{what}: {source!r} is not a local folder, and loading it as a Hugging Face hub id failed "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). This machine may be offline: download the "
+        "model elsewhere (`huggingface-cli download ID --local-dir DIR`) and give the folder instead.")
+
+
+def resolve_source(path: str, tokenizer: str | None, cache_dir: Path) -> str:
+    """A llama2.c `.bin` becomes a converted folder under the cache (made once); others pass through."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".bin":
+        from distill.cli.convert import convert_llama2c
+
+        if tokenizer is None or not Path(tokenizer).is_file():
+            raise ConfigError(f"teacher.tokenizer: a llama2.c checkpoint ({path}) needs its SentencePiece model "
+                              "(e.g. tok512.model) in teacher.tokenizer.")
+        key = hash_json({"bin": sha256_file(p), "tok": sha256_file(tokenizer)})
+        out = cache_dir / "converted" / f"{p.stem}-{key}"
+        if not (out / "config.json").is_file():
+            convert_llama2c(p, out, tokenizer)
+        return str(out)
+    return path
+
+
+def load_tokenizer(source: str, what: str = "tokenizer"):
+    from transformers import AutoTokenizer
+
+    local = Path(source).is_dir()
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except Exception as e:
+        if local:
+            raise ConfigError(f"{what}: cannot load a tokenizer from {source!r}: {e}") from None
+        raise _offline_error(what, source, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_causal_lm(source: str, what: str = "teacher.path") -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    local = Path(source).is_dir()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, dtype=torch.float32)
+    except Exception as e:
+        if local:
+            raise ConfigError(f"{what}: cannot load a causal LM from {source!r}: {e}") from None
+        raise _offline_error(what, source, e) from None
+    return model
+
+
+def build_student(arch: str, vocab_size: int, bos_id: int | None, eos_id: int | None, *, hidden_size: int,
+                  num_layers: int, num_heads: int, num_kv_heads: int | None = None,
+                  intermediate_size: int | None = None, max_positions: int = 1024, tie_embeddings: bool = True,
+                  pad_vocab_to: int = 1) -> nn.Module:
+    """A fresh `llama` or `gpt2` causal LM; its vocabulary is rounded up to a multiple of `pad_vocab_to`."""
+    vocab = -(-vocab_size // pad_vocab_to) * pad_vocab_to
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=intermediate_size or 4 * hidden_size,
+                          num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                          num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
+                          tie_word_embeddings=tie_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
+                          rms_norm_eps=1e-5)
+        return LlamaForCausalLM(cfg)
+    if arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=vocab, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
+                         n_inner=intermediate_size, n_positions=max_positions, bos_token_id=bos_id,
+                         eos_token_id=eos_id, tie_word_embeddings=tie_embeddings)
+        return GPT2LMHeadModel(cfg)
+    raise ConfigError(f"student.arch: unknown architecture {arch!r}; allowed: llama, gpt2.")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (V, D), bias or None) of a causal LM's output layer."""
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def hidden_states(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Final hidden states (B, T, D) (after the final norm) of a transformers causal LM."""
+    from distill.families.llm.data import model_inputs
+
+    return model.base_model(**model_inputs(batch)).last_hidden_state

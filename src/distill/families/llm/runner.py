@@ -1,0 +1,209 @@
+"""The llm family's run: load the teacher (converting a llama2.c checkpoint once), build the data,
+then one student per method from the same initialisation, each evaluated on held-out and
+out-of-domain text; summary.json and report.md in the run folder.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.families.llm.base import LMMethod, sample
+from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
+from distill.families.llm.data import (Example, LMLoader, prompt_response_examples, read_hf_dataset, read_jsonl,
+                                       read_texts, rows_of, text_examples)
+from distill.families.llm.evaluate import generate_text, lm_metrics
+from distill.families.llm.models import (build_student, count_parameters, load_causal_lm, load_tokenizer,
+                                         resolve_source)
+from distill.registry import methods, register_runner
+from distill.teacher import Teacher
+from distill.utils import atomic_write_text, hash_json, seed_everything
+
+
+def load_teacher(cfg: LLMRunConfig, device) -> tuple[Teacher, Any, str]:
+    """(frozen teacher, tokenizer, resolved source)."""
+    tok_src = expand(cfg.teacher.tokenizer)
+    src = resolve_source(expand(cfg.teacher.path), tok_src, Path(cfg.cache_dir))  # type: ignore[arg-type]
+    if tok_src is None or Path(tok_src).suffix == ".model":
+        tok_src = src
+    tok = load_tokenizer(tok_src, "teacher.tokenizer")
+    return Teacher(load_causal_lm(src).to(device)), tok, src
+
+
+def teacher_samples(teacher: Teacher, tok, n: int, tokens: int, temperature: float, seed: int, device,
+                    batch: int = 128) -> list[list[int]]:
+    """`n` continuations of BOS sampled from the teacher (deterministic given the seed)."""
+    torch.manual_seed(seed)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out: list[list[int]] = []
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        ids = torch.full((m, 1), bos, dtype=torch.long, device=device)
+        out += sample(teacher.module, ids, torch.ones_like(ids), max_new_tokens=tokens, temperature=temperature,
+                      eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    return out
+
+
+def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher, device, log) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, held-out, out-of-domain) examples."""
+    d = cfg.data
+    if d.source == "teacher":
+        key = hash_json({"teacher": teacher.fingerprint(), "n": d.num_samples, "e": d.eval_samples,
+                         "t": d.sample_tokens, "temp": d.sample_temperature, "seed": cfg.seed})
+        path = Path(cfg.cache_dir) / "llm_data" / f"teacher-samples-{key}.json"
+        if path.is_file():
+            seqs = json.loads(path.read_text())
+        else:
+            log(f"data: sampling {d.num_samples}+{d.eval_samples} texts from the teacher (cached in {path})")
+            seqs = teacher_samples(teacher, tok, d.num_samples + d.eval_samples, d.sample_tokens,
+                                   d.sample_temperature, cfg.seed, device)
+            atomic_write_text(path, json.dumps(seqs))
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        exs = [Example(bos + s, start=1, prompt_len=min(d.prompt_tokens, len(s)),
+                       n_bytes=len(tok.decode(s, skip_special_tokens=True).encode()))
+               for s in seqs if len(s) > d.prompt_tokens]
+        split = len(exs) - min(d.eval_samples, len(exs) // 2)
+        train, held = exs[:split], exs[split:]
+    else:
+        def load(path: str | None, split: str | None) -> list[Example]:
+            if d.source == "jsonl":
+                pairs = read_jsonl(expand(path), d.prompt_field, d.response_field)[: d.max_docs]  # type: ignore[arg-type]
+                return prompt_response_examples(pairs, tok, d.seq_len)
+            texts = read_hf_dataset(path, split or d.split, d.text_field) if d.source == "hf" \
+                else read_texts(expand(path), d.separator)  # type: ignore[arg-type]
+            return text_examples(texts[: d.max_docs], tok, d.seq_len, d.prompt_tokens)
+
+        if d.eval_path or d.eval_split:
+            train, held = load(d.path, d.split), load(d.eval_path or d.path, d.eval_split)
+        else:
+            exs = load(d.path, d.split)
+            g = torch.Generator().manual_seed(cfg.seed)
+            perm = torch.randperm(len(exs), generator=g).tolist()
+            n_eval = max(1, int(len(exs) * d.eval_fraction))
+            held, train = [exs[i] for i in perm[:n_eval]], [exs[i] for i in perm[n_eval:]]
+    ood: list[Example] = []
+    if d.ood_path:
+        text = Path(expand(d.ood_path)).read_text(encoding="utf-8")[: d.ood_max_chars]  # type: ignore[arg-type]
+        ood = text_examples([text], tok, d.seq_len, d.prompt_tokens)
+    return train, held, ood
+
+
+def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcfg: LMMethodConfig, pad_id: int,
+                  out_dir: Path, metrics_path: Path, label: str) -> Engine:
+    """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
+    train_cfg = mcfg.train or cfg.train
+    packed = cfg.data.pack and not method.uses_prompts
+    loader = LMLoader(rows_of(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
+                      seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts)
+    total = -(-len(loader) // cfg.engine.grad_accum) * train_cfg.epochs
+    if train_cfg.max_steps:
+        total = min(total, train_cfg.max_steps)
+    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, total_steps=total, name=label)
+    engine._metrics_path = metrics_path
+    method.to(engine.device)
+    optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
+    scheduler = build_scheduler(train_cfg.schedule, optimizer, total)
+    model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
+    engine.resume(model, optimizer, scheduler)
+    weights = {**method.weights, **mcfg.weights}
+
+    model.train()
+    for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
+        method.on_step(engine.step_count, engine.epoch)
+        with engine.autocast():
+            terms = model(batch)
+        engine.step(terms, weights)
+        engine.checkpoint_if_due(model, optimizer, scheduler)
+    engine.finish()
+    model.eval()
+    return engine
+
+
+def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Teacher | None) -> dict[str, Any]:
+    kw = dict(pad_id=tok.pad_token_id, batch_size=cfg.data.eval_batch_size, seq_len=cfg.data.seq_len, device=device,
+              ece_bins=cfg.eval.ece_bins)
+    m = lm_metrics(model, held, teacher=teacher.module if teacher is not None else None, **kw)
+    if ood:
+        o = lm_metrics(model, ood, **kw)
+        m.update({"ood_loss": o["loss"], "ood_bits_per_byte": o["bits_per_byte"]})
+    m["params"] = count_parameters(model)
+    m["samples"] = [generate_text(model, tok, cfg.eval.sample_prompt, max_new_tokens=cfg.eval.sample_tokens,
+                                  device=device, greedy=(i == 0), seed=cfg.seed + i) for i in range(cfg.eval.samples)]
+    return m
+
+
+@register_runner("llm")
+def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    device = Engine(cfg.engine, None, seed=cfg.seed).device
+    teacher, tok, src = load_teacher(cfg, device)
+    log(f"teacher: {src} ({count_parameters(teacher.module):,} parameters, vocab {len(tok)})")
+    train, held, ood = build_examples(cfg, tok, teacher, device, log)
+    log(f"data: {len(train)} train / {len(held)} held-out examples, {len(ood)} out-of-domain windows")
+    metrics_path = run_dir / "metrics.jsonl"
+    results: dict[str, Any] = {"family": "llm", "primary_metric": "bits_per_byte", "teacher": None, "students": {}}
+    t_metrics = evaluate_model(teacher.module, tok, held, ood, cfg, device, None)
+    t_metrics["source"] = src
+    results["teacher"] = t_metrics
+
+    for mcfg in cfg.methods:
+        label = mcfg.display
+        out = run_dir / "students" / label
+        done = out / "result.json"
+        entry = methods.get(mcfg.name, "llm")
+        if done.is_file():
+            log(f"student {label}: already trained (resumed run), reusing {out}")
+            student = load_causal_lm(str(out), "student").to(device)
+        else:
+            log(f"student {label}: training with {mcfg.name}")
+            seed_everything(cfg.seed)  # every method starts from the same student initialisation
+            s = cfg.student
+            if s.path:
+                student = load_causal_lm(expand(s.path), "student.path")  # type: ignore[arg-type]
+            else:
+                student = build_student(s.arch, len(tok), tok.bos_token_id, tok.eos_token_id, hidden_size=s.hidden_size,
+                                        num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
+                                        intermediate_size=s.intermediate_size, max_positions=max(cfg.data.seq_len, 64) * 2,
+                                        tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to)
+            student.to(device)
+            method: LMMethod = entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
+            method.pad_id, method.eos_id = tok.pad_token_id, tok.eos_token_id
+            examples = method.prepare_examples(train, tok)
+            engine = train_student(method, examples, cfg, mcfg, tok.pad_token_id, out, metrics_path, label)
+            student.save_pretrained(out)
+            tok.save_pretrained(out)
+            atomic_write_text(done, json.dumps({"method": mcfg.name, "params": mcfg.params, "steps": engine.step_count,
+                                                "last_terms": engine.last_terms}))
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        m = evaluate_model(student, tok, held, ood, cfg, device, teacher)
+        m["method"] = mcfg.name
+        results["students"][label] = m
+        log(f"student {label}: bits/byte {m['bits_per_byte']:.4f}, teacher agreement {m['teacher_agreement']:.3f}")
+
+    results["best"] = min(results["students"], key=lambda k: results["students"][k]["bits_per_byte"])
+    results["data"] = {"source": cfg.data.source, "train": len(train), "held_out": len(held), "ood": len(ood)}
+    atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
+    atomic_write_text(run_dir / "report.md", report(cfg, results))
+    return results
+
+
+def report(cfg: LLMRunConfig, results: dict[str, Any]) -> str:
+    cols = ["params", "loss", "perplexity", "bits_per_byte", "ood_bits_per_byte", "teacher_agreement",
+            "token_accuracy", "ece"]
+    rows = [("teacher", results["teacher"])] + list(results["students"].items())
+    lines = [f"# {cfg.name}: language-model distillation", "",
+             f"Teacher `{cfg.teacher.path}`; data source `{cfg.data.source}` "
+             f"({results['data']['train']} train / {results['data']['held_out']} held-out examples). "
+             "Lower bits per byte is better; `ood` is out-of-domain text.", "",
+             "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in rows:
+        cells = [f"{m[c]:,}" if c == "params" else (f"{m[c]:.4f}" if c in m else "-") for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Samples (first greedy, then sampled)", ""]
+    for name, m in rows:
+        for s in m.get("samples", []):
+            lines.append(f"- **{name}**: " + s.replace("\n", " "))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""Language-model losses that never build the full (batch, seq, vocab) logits.
+
+`hidden_divergence` takes the final hidden states and output-head weights of both models and
+computes the logits one chunk of positions at a time inside activation checkpointing: forward
+and backward each hold (chunk, V) logits in fp32 at most, not (B*T, V). The divergence per
+position is the one of `distill.losses.divergences` (same kinds, top-k, vocab-padding handling).
+
+`hidden_cross_entropy` is the matching next-token CE. Both return a "sum" by default so the caller
+can divide by the number of counted tokens in a whole accumulation window (`token_mean`), which
+keeps the per-token normalisation exact under padding and gradient accumulation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from distill.losses.divergences import Kind, Reduction, _align_vocab, _per_position, _reduce
+
+
+def _logits(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return F.linear(h, w, b)  # (N, V)
+
+
+def _div_chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None,
+               kind: Kind, temperature: float, beta: float, alpha: float, top_k: int | None) -> Tensor:
+    with torch.no_grad():
+        zt = _logits(ht, wt, bt)
+    zs, zt = _align_vocab(_logits(hs, ws, bs), zt)
+    return _per_position(zs, zt, kind, temperature, beta, alpha, top_k)
+
+
+def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor) -> Tensor:
+    return F.cross_entropy(_logits(h, w, b).float(), y, reduction="none")
+
+
+def _flat_selected(x: Tensor, keep: Tensor | None) -> Tensor:
+    x = x.reshape(-1, x.shape[-1])
+    return x if keep is None else x[keep]
+
+
+def hidden_divergence(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    teacher_hidden: Tensor,
+    teacher_head: Tensor,
+    kind: Kind = "forward_kl",
+    *,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    top_k: int | None = None,
+    chunk_size: int = 1024,
+    reduction: Reduction = "sum",
+) -> Tensor:
+    """Divergence between teacher and student next-token distributions from hidden states.
+
+    student_hidden: (..., Ds); student_head: (Vs, Ds); teacher_hidden: (..., Dt); teacher_head:
+    (Vt, Dt) (Vs != Vt: the extra padded rows are dropped). mask: (...) bool. Masked positions are
+    skipped before any logits are computed. Returns a scalar, or (...) for reduction="none".
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    lead = student_hidden.shape[:-1]
+    if teacher_hidden.shape[:-1] != lead:
+        raise ValueError(f"student hidden {tuple(student_hidden.shape)} and teacher hidden "
+                         f"{tuple(teacher_hidden.shape)} differ in leading dims")
+    keep = mask.reshape(-1) if mask is not None else None
+    hs, ht = _flat_selected(student_hidden, keep), _flat_selected(teacher_hidden.detach(), keep)
+    wt = teacher_head.detach()
+    bt = teacher_bias.detach() if teacher_bias is not None else None
+    parts = []
+    for i in range(0, hs.shape[0], chunk_size):
+        args = (hs[i:i + chunk_size], student_head, student_bias, ht[i:i + chunk_size], wt, bt,
+                kind, temperature, beta, alpha, top_k)
+        if torch.is_grad_enabled() and (hs.requires_grad or student_head.requires_grad):
+            parts.append(checkpoint(_div_chunk, *args, use_reentrant=False))
+        else:
+            parts.append(_div_chunk(*args))
+    return _scatter_reduce(parts, hs, keep, lead, mask, reduction)
+
+
+def hidden_cross_entropy(
+    hidden: Tensor,
+    head: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_size: int = 1024,
+    reduction: Reduction = "sum",
+) -> Tensor:
+    """Next-token cross-entropy from hidden states (..., D), head (V, D) and labels (...) already
+    aligned with positions (labels[t] is the token after position t; `ignore_index` = not counted).
+    """
+    mask = labels != ignore_index
+    keep = mask.reshape(-1)
+    h = _flat_selected(hidden, keep)
+    y = labels.reshape(-1)[keep]
+    parts = []
+    for i in range(0, h.shape[0], chunk_size):
+        args = (h[i:i + chunk_size], head, bias, y[i:i + chunk_size])
+        if torch.is_grad_enabled() and (h.requires_grad or head.requires_grad):
+            parts.append(checkpoint(_ce_chunk, *args, use_reentrant=False))
+        else:
+            parts.append(_ce_chunk(*args))
+    return _scatter_reduce(parts, h, keep, labels.shape, mask, reduction)
+
+
+def _scatter_reduce(parts: list[Tensor], h: Tensor, keep: Tensor | None, lead, mask: Tensor | None,
+                    reduction: Reduction) -> Tensor:
+    flat = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    if keep is not None:
+        flat = flat.new_zeros(keep.shape[0]).masked_scatter(keep, flat)
+    return _reduce(flat.reshape(lead), mask, reduction)
+
+
+def token_mean(total: Tensor, num_tokens: Tensor | float) -> Tensor:
+    """`total` (a "sum" loss) divided by the number of counted tokens (at least 1)."""
+    n = torch.as_tensor(num_tokens, dtype=torch.float32, device=total.device)
+    return total / n.clamp(min=1.0)
