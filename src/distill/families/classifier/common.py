@@ -1,0 +1,146 @@
+"""Pieces shared by the classifier methods: layer taps on student and teacher, small projectors,
+dense teacher logits from a cache, and re-initialised copies of a model.
+
+Layer names are module names (`features.6`, `layer2`), or `penultimate`: the input of the model's
+last nn.Linear (the embedding the classifier head reads), which exists in MLPs, ConvNets and ResNets
+alike, so a recipe can pair a CNN teacher with an MLP student without knowing either's layout.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.errors import ConfigError
+from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.taps import Taps, module_names
+from distill.teacher import CachedOutputs
+
+PENULTIMATE = "penultimate"
+
+
+def last_linear_name(model: nn.Module) -> str:
+    names = [n for n, m in module_names(model).items() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear head, so it has no `penultimate` layer; "
+                          "name a module instead.")
+    return names[-1]
+
+
+class LayerTaps:
+    """Taps on several layers of one model, read in the order given (after each forward)."""
+
+    def __init__(self, model: nn.Module, layers: list[str]):
+        self.layers = list(layers)
+        self.taps: list[tuple[Taps, str]] = []
+        for name in self.layers:
+            if name == PENULTIMATE:
+                real = last_linear_name(model)
+                self.taps.append((Taps(model, [real], inputs=True).attach(), real))
+            else:
+                self.taps.append((Taps(model, [name]).attach(), name))
+
+    def read(self) -> list[torch.Tensor]:
+        return [t[n] for t, n in self.taps]
+
+    def detach(self) -> None:
+        for t, _ in self.taps:
+            t.detach()
+
+
+class FeatureMethod(ClassifierMethod):
+    """Base of methods that compare student and teacher features at named layers.
+
+    Subclasses call `self.features(batch)` -> (student logits, teacher logits, [f_s], [f_t]) and
+    build their modules in `build(f_s, f_t)` (called once by `setup` with example features).
+    These methods need the live teacher (its features are not in the output cache).
+    """
+
+    def __init__(self, student, teacher, student_layers: list[str], teacher_layers: list[str]):
+        super().__init__(student, teacher)
+        if len(student_layers) != len(teacher_layers):
+            raise ConfigError(f"{type(self).__name__}: {len(student_layers)} student layers but "
+                              f"{len(teacher_layers)} teacher layers; give one teacher layer per student layer.")
+        self.s_taps = LayerTaps(student, student_layers)
+        self.t_taps = LayerTaps(teacher.module, teacher_layers)
+
+    def features(self, batch: dict[str, torch.Tensor]):
+        logits = self.student(batch["x"])
+        t_logits = self._teacher(batch["x"])
+        return logits, t_logits, self.s_taps.read(), [f.detach() for f in self.t_taps.read()]
+
+    def setup(self, batch: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            _, _, f_s, f_t = self.features(batch)
+        self.build(f_s, f_t)
+        self.to(batch["x"].device)
+
+    def build(self, f_s: list[torch.Tensor], f_t: list[torch.Tensor]) -> None:
+        """Create shape-dependent modules from example features."""
+
+    def base_terms(self, logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, kd_weight: float,
+                   temperature: float = 4.0) -> dict[str, torch.Tensor]:
+        """CE on labels, plus Hinton KD when `kd_weight` > 0 (feature losses are often paired with it)."""
+        terms = {"ce": masked_cross_entropy(logits, y)}
+        if kd_weight > 0:
+            terms["kd"] = self.kd_loss(logits, t_logits, temperature)
+        return terms
+
+
+def embedder(shape: torch.Size, dim: int) -> nn.Module:
+    """Features (B, ...) -> (B, dim): global average pooling of maps, then a linear layer."""
+    if len(shape) == 4:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(shape[1], dim))
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.Size(shape[1:]).numel()), dim))
+
+
+def flat_features(f: torch.Tensor) -> torch.Tensor:
+    """Maps (B, C, H, W) -> their global average (B, C); vectors unchanged. Used by relation losses
+    so that a CNN's and an MLP's embeddings can be compared."""
+    return f.mean((2, 3)) if f.dim() == 4 else f.flatten(1)
+
+
+def regressor(s_shape: torch.Size, t_shape: torch.Size, hidden: int | None = None) -> nn.Module:
+    """Student features -> teacher feature shape: 1x1 convs for maps, linear layers for vectors.
+    Maps of a different size are resized by the caller (`losses.features.match_spatial`)."""
+    if len(s_shape) == 4 and len(t_shape) == 4:
+        h = hidden or t_shape[1]
+        return nn.Sequential(nn.Conv2d(s_shape[1], h, 1), nn.ReLU(), nn.Conv2d(h, t_shape[1], 1))
+    if len(s_shape) == 2 and len(t_shape) == 2:
+        h = hidden or t_shape[1]
+        return nn.Sequential(nn.Linear(s_shape[1], h), nn.ReLU(), nn.Linear(h, t_shape[1]))
+    raise ConfigError(f"cannot regress teacher features {tuple(t_shape)} from student features {tuple(s_shape)}: "
+                      "pick layers that are both maps (B, C, H, W) or both vectors (B, D).")
+
+
+def dense_teacher_logits(t_out: torch.Tensor | CachedOutputs, num_classes: int, temperature: float) -> torch.Tensor:
+    """Teacher logits (B, C), up to a per-row shift, from live outputs or a full-k cache.
+
+    A cache holds log-probs at T; T * log-probs = logits - T * logsumexp: softmax at any
+    temperature and z-scores are unchanged by that shift.
+    """
+    if not isinstance(t_out, CachedOutputs):
+        return t_out
+    if t_out.indices.shape[-1] < num_classes:
+        raise ConfigError("this method needs the teacher's full distribution: set teacher.cache_top_k to "
+                          f"the number of classes ({num_classes}) or leave it unset.")
+    out = torch.empty(t_out.indices.shape[0], num_classes, device=t_out.logprobs.device)
+    return out.scatter_(1, t_out.indices, t_out.logprobs * temperature)
+
+
+def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A deep copy of `model` with every resettable layer re-drawn from `seed` (same architecture)."""
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in clone.modules():
+            if hasattr(m, "reset_parameters") and m is not clone:
+                m.reset_parameters()
+    return clone
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """-sum_c q_c log softmax(z)_c, batch mean. (B, C), (B, C)."""
+    return -(target_probs.detach() * F.log_softmax(logits.float(), -1)).sum(-1).mean()
