@@ -36,8 +36,8 @@ from distill.config import EngineConfig, OptimizerConfig, ScheduleConfig
 from distill.errors import ConfigError, DistillError
 from distill.utils import atomic_torch_save, seed_everything
 
-# Fault injection for reliability tests: SIGKILL this process right after the checkpoint written
-# at this optimiser step (e.g. DISTILL_FAULT_STEP=30). Unset in normal use.
+# Fault injection for reliability tests: SIGKILL this process right after optimiser step N
+# (DISTILL_FAULT_STEP=N, optionally only in phase DISTILL_FAULT_PHASE). Unset in normal use.
 _FAULT_STEP = int(os.environ.get("DISTILL_FAULT_STEP", "0") or 0)
 
 _PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -218,6 +218,8 @@ class Engine:
                         return
                     self.batch_in_epoch = i + 1
                     self._last_batch_of_epoch = (i + 1 == len(loader))
+                    if self._micro == 0:  # a new accumulation window; the epoch's last may be short
+                        self._window = min(self.cfg.grad_accum, len(loader) - i)
                     yield self.to_device(batch)
                 self.batch_in_epoch = 0
                 if max_steps is not None and self.step_count >= max_steps:
@@ -236,10 +238,11 @@ class Engine:
                                + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
                                + ". Lower the learning rate, enable engine.clip_grad_norm, or use fp32.")
         self._micro += 1
-        boundary = self._micro >= self.cfg.grad_accum or getattr(self, "_last_batch_of_epoch", False)
+        window = getattr(self, "_window", self.cfg.grad_accum)
+        boundary = self._micro >= window
         ctx = nullcontext() if boundary or self._model is None else self.accelerator.no_sync(self._model)
         with ctx:
-            self.accelerator.backward(total / self.cfg.grad_accum)
+            self.accelerator.backward(total / window)
         for k, v in terms.items():
             self.last_terms[k] = float(v.detach())
         self.last_terms["loss"] = float(total.detach())
@@ -259,7 +262,7 @@ class Engine:
             self._update_progress()
             if (_FAULT_STEP and self.step_count == _FAULT_STEP
                     and os.environ.get("DISTILL_FAULT_PHASE", self.name) == self.name):
-                self._pending_fault = True
+                os.kill(os.getpid(), signal.SIGKILL)
         return total.detach()
 
     @property
@@ -363,8 +366,6 @@ class Engine:
         from distill.utils import atomic_write_text
 
         atomic_write_text(d / "latest", path.name)
-        if getattr(self, "_pending_fault", False):  # fault injection: die right after this checkpoint
-            os.kill(os.getpid(), signal.SIGKILL)
         for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path

@@ -1,0 +1,133 @@
+"""GNN teachers in plain torch: GCN (Kipf & Welling 2017), GraphSAGE with the mean aggregator
+(Hamilton et al. 2017) and GAT (Velickovic et al. 2018). Each is called as model(x, ops) with
+node features x (N, F) and a `GraphOps` of the same N nodes; it returns logits (N, C).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from typing_extensions import Annotated
+
+from distill.families.graph.ops import GraphOps, scatter_sum, segment_softmax
+from distill.registry import register_model
+
+
+class GCNLayer(nn.Module):
+    """H' = A_hat H W, A_hat = D^-1/2 (A + I) D^-1/2."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+
+    def forward(self, h: Tensor, ops: GraphOps) -> Tensor:  # (N, d_in) -> (N, d_out)
+        hw = h @ self.lin.weight.T  # transform first: d_out <= d_in keeps the sparse product small
+        return torch.sparse.mm(ops.gcn_adj(), hw) + self.lin.bias
+
+
+class SAGELayer(nn.Module):
+    """h_i' = W_self h_i + W_nbr mean_{j in N(i)} h_j."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.self_lin = nn.Linear(d_in, d_out)
+        self.nbr_lin = nn.Linear(d_in, d_out, bias=False)
+
+    def forward(self, h: Tensor, ops: GraphOps) -> Tensor:
+        return self.self_lin(h) + torch.sparse.mm(ops.mean_adj(), self.nbr_lin(h))
+
+
+class GATLayer(nn.Module):
+    """Multi-head attention over neighbours and self: e_ij = LeakyReLU(a_l . W h_i + a_r . W h_j),
+    alpha = softmax_j(e_ij), h_i' = sum_j alpha_ij W h_j (heads concatenated or averaged)."""
+
+    def __init__(self, d_in: int, d_out: int, heads: int = 1, concat: bool = True, attn_dropout: float = 0.0,
+                 negative_slope: float = 0.2):
+        super().__init__()
+        self.heads, self.d_out, self.concat = heads, d_out, concat
+        self.lin = nn.Linear(d_in, heads * d_out, bias=False)
+        self.att_dst = nn.Parameter(torch.empty(heads, d_out))
+        self.att_src = nn.Parameter(torch.empty(heads, d_out))
+        self.bias = nn.Parameter(torch.zeros(heads * d_out if concat else d_out))
+        self.attn_dropout, self.negative_slope = attn_dropout, negative_slope
+        nn.init.xavier_uniform_(self.att_dst)
+        nn.init.xavier_uniform_(self.att_src)
+
+    def attention(self, h: Tensor, ops: GraphOps) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(alpha (E', H), W h (N, H, d), src, dst) over edges with self loops."""
+        src, dst = ops.edges_with_self_loops()
+        wh = self.lin(h).view(-1, self.heads, self.d_out)                           # (N, H, d)
+        score = (wh * self.att_dst).sum(-1)[dst] + (wh * self.att_src).sum(-1)[src]  # (E', H)
+        alpha = segment_softmax(F.leaky_relu(score, self.negative_slope), dst, h.shape[0])
+        return alpha, wh, src, dst
+
+    def forward(self, h: Tensor, ops: GraphOps) -> Tensor:
+        alpha, wh, src, dst = self.attention(h, ops)
+        alpha = F.dropout(alpha, self.attn_dropout, self.training)
+        out = scatter_sum(alpha.unsqueeze(-1) * wh[src], dst, h.shape[0])  # (N, H, d)
+        out = out.flatten(1) if self.concat else out.mean(1)
+        return out + self.bias
+
+
+class GNN(nn.Module):
+    """Stacked graph layers with ReLU and dropout between them."""
+
+    def __init__(self, layers: list[nn.Module], dropout: float, input_dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.dropout, self.input_dropout = dropout, input_dropout
+
+    @property
+    def hops(self) -> int:
+        """How many edges away a node's output can see (the neighbourhood inference must fetch)."""
+        return len(self.layers)
+
+    def forward(self, x: Tensor, ops: GraphOps) -> Tensor:  # (N, F) -> (N, C)
+        h = F.dropout(x, self.input_dropout, self.training)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, ops)
+            if i < len(self.layers) - 1:
+                h = F.dropout(F.elu(h) if isinstance(layer, GATLayer) else F.relu(h), self.dropout, self.training)
+        return h
+
+
+def _dims(input_shape: tuple[int, ...], num_classes: int, hidden: int, num_layers: int) -> list[tuple[int, int]]:
+    sizes = [input_shape[0]] + [hidden] * (num_layers - 1) + [num_classes]
+    return list(zip(sizes[:-1], sizes[1:]))
+
+
+Layers = Annotated[int, Field(ge=1, le=8)]
+Prob = Annotated[float, Field(ge=0, lt=1)]
+
+
+@register_model("gcn", family="graph", description="graph convolutional network, sparse (Kipf & Welling 2017)",
+                injected=("input_shape", "num_classes"))
+def gcn(input_shape: tuple[int, ...], num_classes: int, hidden: Annotated[int, Field(ge=1)] = 64,
+        num_layers: Layers = 2, dropout: Prob = 0.5, input_dropout: Prob = 0.0) -> GNN:
+    return GNN([GCNLayer(a, b) for a, b in _dims(input_shape, num_classes, hidden, num_layers)], dropout, input_dropout)
+
+
+@register_model("sage", family="graph", description="GraphSAGE with the mean aggregator, full neighbourhood (Hamilton 2017)",
+                injected=("input_shape", "num_classes"))
+def sage(input_shape: tuple[int, ...], num_classes: int, hidden: Annotated[int, Field(ge=1)] = 128,
+         num_layers: Layers = 2, dropout: Prob = 0.5, input_dropout: Prob = 0.0) -> GNN:
+    return GNN([SAGELayer(a, b) for a, b in _dims(input_shape, num_classes, hidden, num_layers)], dropout, input_dropout)
+
+
+@register_model("gat", family="graph", description="graph attention network, multi-head (Velickovic 2018)",
+                injected=("input_shape", "num_classes"))
+def gat(input_shape: tuple[int, ...], num_classes: int, hidden: Annotated[int, Field(ge=1)] = 8,
+        heads: Annotated[int, Field(ge=1)] = 8, num_layers: Layers = 2, dropout: Prob = 0.6,
+        attn_dropout: Prob = 0.6, input_dropout: Prob = 0.6) -> GNN:
+    layers: list[nn.Module] = []
+    d_in = input_shape[0]
+    for _ in range(num_layers - 1):
+        layers.append(GATLayer(d_in, hidden, heads, concat=True, attn_dropout=attn_dropout))
+        d_in = hidden * heads
+    layers.append(GATLayer(d_in, num_classes, 1, concat=False, attn_dropout=attn_dropout))
+    return GNN(layers, dropout, input_dropout)
+
+
+def is_gnn(model: nn.Module) -> bool:
+    return isinstance(model, GNN)

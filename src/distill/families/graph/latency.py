@@ -1,0 +1,55 @@
+"""Inference time per node on CPU, counting what each model must read.
+
+An MLP reads one feature row. A GNN with L layers must fetch the node's L-hop neighbourhood
+(CSR look-ups), gather those features, build the operators of the induced subgraph and run on
+it; all of that is timed (GLNN, Zhang et al. 2022, sec. 6: "inference time ... with neighbour
+fetching"). Median over nodes, batch size 1, one CPU thread.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from distill.families.graph.ops import CSRGraph, GraphOps
+
+
+@torch.no_grad()
+def gnn_latency_ms(model: nn.Module, x: Tensor, csr: CSRGraph, nodes: Tensor, hops: int, warmup: int = 3) -> float:
+    """Median ms to predict one node with a GNN, neighbourhood fetching included."""
+    model = model.cpu().eval()
+    times = []
+    for k, v in enumerate(nodes.tolist()):
+        t0 = time.perf_counter()
+        sub = csr.khop(np.array([v]), hops)
+        ei = torch.from_numpy(csr.subgraph_edges(sub))
+        out = model(x[torch.from_numpy(sub)], GraphOps(ei, len(sub)))
+        _ = out[int(np.searchsorted(sub, v))]
+        if k >= warmup or len(nodes) <= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+@torch.no_grad()
+def mlp_latency_ms(model: nn.Module, x: Tensor, nodes: Tensor, warmup: int = 3) -> float:
+    """Median ms to predict one node from its own features."""
+    model = model.cpu().eval()
+    times = []
+    for k, v in enumerate(nodes.tolist()):
+        t0 = time.perf_counter()
+        _ = model(x[v:v + 1])
+        if k >= warmup or len(nodes) <= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def single_thread(fn, *args, **kw):
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kw)
+    finally:
+        torch.set_num_threads(old)
