@@ -53,7 +53,7 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
         raise ConfigError(
             f"tap {name!r}: no module of that name in {type(model).__name__}."
             + (f" Closest: {', '.join(near)}." if near else "")
-            + " List them with `distill list modules` or model.named_modules()."
+            + " Module names are those of model.named_modules()."
         )
     return mods[key]
 

@@ -1,0 +1,106 @@
+"""Chunked-from-hidden-states losses against the dense divergences: values and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import divergence
+from distill.losses.divergences import DIVERGENCES
+from distill.losses.lm import hidden_cross_entropy, hidden_divergence, token_mean
+
+B, T, D, V = 2, 7, 8, 50
+
+
+def _setup(seed=0, vs=V, vt=V):
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(B, T, D, generator=g, requires_grad=True)
+    ws = torch.randn(vs, D, generator=g, requires_grad=True)
+    ht = torch.randn(B, T, D + 3, generator=g)
+    wt = torch.randn(vt, D + 3, generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    return hs, ws, ht, wt, mask
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_hidden_chunked_equals_dense(kind, chunk):
+    hs, ws, ht, wt, mask = _setup()
+    kw = dict(temperature=2.0, mask=mask, beta=0.3, alpha=0.2)
+    dense = divergence(hs @ ws.T, ht @ wt.T, kind, reduction="sum", **kw)
+    g_dense = torch.autograd.grad(dense, (hs, ws))
+    chunked = hidden_divergence(hs, ws, ht, wt, kind, chunk_size=chunk, **kw)
+    g_chunk = torch.autograd.grad(chunked, (hs, ws))
+    torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_chunk, g_dense):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_topk_full_vocab_equals_dense(kind):
+    hs, ws, ht, wt, mask = _setup(1)
+    dense = hidden_divergence(hs, ws, ht, wt, kind, mask=mask, chunk_size=4)
+    topk = hidden_divergence(hs, ws, ht, wt, kind, mask=mask, chunk_size=4, top_k=V)
+    torch.testing.assert_close(topk, dense, rtol=1e-4, atol=1e-5)
+    g1 = torch.autograd.grad(dense, hs)[0]
+    g2 = torch.autograd.grad(topk, hs)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-5)
+
+
+def test_topk_small_k_is_finite_and_bounded():
+    hs, ws, ht, wt, mask = _setup(2)
+    d = hidden_divergence(hs, ws, ht, wt, "forward_kl", mask=mask, top_k=3, chunk_size=5)
+    assert torch.isfinite(d) and d >= 0
+
+
+def test_jsd_beta_limits():
+    hs, ws, ht, wt, mask = _setup(3)
+    fkl = hidden_divergence(hs, ws, ht, wt, "forward_kl", mask=mask)
+    rkl = hidden_divergence(hs, ws, ht, wt, "reverse_kl", mask=mask)
+    torch.testing.assert_close(hidden_divergence(hs, ws, ht, wt, "jsd", beta=0.0, mask=mask), fkl)
+    torch.testing.assert_close(hidden_divergence(hs, ws, ht, wt, "jsd", beta=1.0, mask=mask), rkl)
+    # inside (0, 1) JSD is bounded by the (beta-weighted) entropy bound and is symmetric at 0.5 when swapped
+    mid = hidden_divergence(hs, ws, ht, wt, "jsd", beta=0.5, mask=mask)
+    assert 0 < mid < min(fkl, rkl)
+    zs, zt = hs @ ws.T, ht @ wt.T
+    torch.testing.assert_close(divergence(zs, zt, "jsd", beta=0.5), divergence(zt, zs, "jsd", beta=0.5))
+
+
+def test_kl_to_itself_is_zero():
+    hs, ws, _, _, mask = _setup(4)
+    d = hidden_divergence(hs, ws, hs.detach(), ws.detach(), "jsd", mask=mask)
+    assert abs(float(d.detach())) < 1e-5
+
+
+def test_vocab_padding_rows_are_dropped():
+    """A student whose vocabulary is padded with extra rows equals the unpadded one on the shared rows."""
+    hs, ws, ht, wt, mask = _setup(5)
+    pad = torch.randn(14, D) * 5
+    ws_pad = torch.cat([ws.detach(), pad]).requires_grad_(True)
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        ref = hidden_divergence(hs, ws, ht, wt, kind, mask=mask)
+        padded = hidden_divergence(hs, ws_pad, ht, wt, kind, mask=mask)
+        torch.testing.assert_close(padded, ref)
+        g = torch.autograd.grad(padded, ws_pad)[0]
+        assert torch.all(g[V:] == 0)  # padded rows take no gradient
+    # and the other way round: a padded teacher
+    wt_pad = torch.cat([wt, torch.randn(6, D + 3)])
+    torch.testing.assert_close(hidden_divergence(hs, ws, ht, wt_pad, mask=mask), hidden_divergence(hs, ws, ht, wt, mask=mask))
+
+
+def test_hidden_cross_entropy_matches_f_cross_entropy():
+    hs, ws, _, _, mask = _setup(6)
+    y = torch.randint(0, V, (B, T)).masked_fill(~mask, -100)
+    ref = F.cross_entropy((hs @ ws.T).reshape(-1, V), y.reshape(-1), reduction="sum", ignore_index=-100)
+    got = hidden_cross_entropy(hs, ws, y, chunk_size=3)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.autograd.grad(got, ws)[0], torch.autograd.grad(ref, ws)[0])
+
+
+def test_all_masked_is_zero_not_nan():
+    hs, ws, ht, wt, _ = _setup(7)
+    none = torch.zeros(B, T, dtype=torch.bool)
+    assert float(hidden_divergence(hs, ws, ht, wt, mask=none)) == 0.0
+    assert float(hidden_divergence(hs, ws, ht, wt, mask=none, reduction="mean")) == 0.0
+    y = torch.full((B, T), -100)
+    assert float(token_mean(hidden_cross_entropy(hs, ws, y), 0)) == 0.0
