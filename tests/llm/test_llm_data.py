@@ -97,7 +97,7 @@ def test_padding_does_not_change_the_loss():
 def test_text_and_prompt_response_examples(tiny_tok, tmp_path):
     exs = text_examples(corpus(5), tiny_tok, seq_len=16, prompt_tokens=4)
     assert all(len(e.ids) <= 16 and e.ids[0] == tiny_tok.bos_token_id for e in exs)
-    assert exs[-1].ids[-1] == tiny_tok.eos_token_id and all(e.n_bytes > 0 for e in exs)
+    assert exs[-1].ids[-1] == tiny_tok.eos_token_id and sum(e.n_bytes for e in exs) > 0
     p = tmp_path / "pairs.jsonl"
     p.write_text("\n".join(json.dumps({"prompt": a, "response": b}) for a, b in zip(corpus(4), corpus(4, 1))))
     pr = prompt_response_examples(read_jsonl(p), tiny_tok, seq_len=256)
