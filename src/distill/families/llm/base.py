@@ -47,6 +47,13 @@ class LMMethod(nn.Module):
     def on_step(self, step: int, epoch: int) -> None:
         self.step = step
 
+    def shared_vocab(self) -> int | None:
+        """Rows both output layers have (vocabularies padded to different sizes)."""
+        if self._teacher is None:
+            return None
+        return min(self.student.get_output_embeddings().weight.shape[0],
+                   self._teacher.module.get_output_embeddings().weight.shape[0])
+
     def prepare_examples(self, examples: list[Example], tokenizer) -> list[Example]:
         return examples
 
@@ -78,15 +85,19 @@ class LMMethod(nn.Module):
 
 @torch.no_grad()
 def sample(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-           temperature: float, eos_id: int | None, pad_id: int) -> list[list[int]]:
+           temperature: float, eos_id: int | None, pad_id: int, vocab_limit: int | None = None) -> list[list[int]]:
     """Continuations (token lists, up to and including EOS) of left-padded prompts (B, P).
-    temperature 0 = greedy; otherwise plain sampling from the full distribution."""
+    temperature 0 = greedy; otherwise plain sampling from the full distribution. Ids at or above
+    `vocab_limit` (padded rows the other model lacks) are never produced."""
     was_training = model.training
     model.eval()
     kw: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens,
                           "pad_token_id": pad_id, "eos_token_id": eos_id}
     if temperature > 0:
         kw.update(temperature=temperature, top_k=0, top_p=1.0)
+    n_out = model.get_output_embeddings().weight.shape[0]
+    if vocab_limit is not None and vocab_limit < n_out:
+        kw["suppress_tokens"] = list(range(vocab_limit, n_out))
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)[:, prompt_ids.shape[1]:]
     model.train(was_training)
     conts = []

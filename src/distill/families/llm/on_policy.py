@@ -40,7 +40,8 @@ class OnPolicy(LMMethod):
         if torch.rand(()).item() < self.lmbda:  # torch RNG: restored exactly on resume
             prompts = prompts_of(batch)
             conts = sample(self.student, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, eos_id=self.eos_id, pad_id=self.pad_id)
+                           temperature=self.temperature, eos_id=self.eos_id, pad_id=self.pad_id,
+                           vocab_limit=self.shared_vocab())
             batch = continuation_batch(prompts, conts, self.pad_id, batch["input_ids"].device)
         h_s, h_t = self.student_hidden(batch), self.teacher_hidden(batch)
         mask = batch["labels"] != IGNORE

@@ -42,7 +42,8 @@ class SeqKD(LMMethod):
             for b, p in enumerate(prompts):
                 ids[b, P - len(p):], mask[b, P - len(p):] = torch.tensor(p), 1
             conts = sample(model, ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, eos_id=self.eos_id, pad_id=self.pad_id)
+                           temperature=self.temperature, eos_id=self.eos_id, pad_id=self.pad_id,
+                           vocab_limit=self.shared_vocab())
             for p, c in zip(prompts, conts):
                 if c:
                     text_bytes = len(tokenizer.decode(c, skip_special_tokens=True).encode("utf-8"))

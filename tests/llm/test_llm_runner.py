@@ -1,0 +1,67 @@
+"""End-to-end llm runs on a tiny local teacher folder: text and JSONL data, every method, summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+from llm_helpers import corpus, tiny_lm  # noqa: E402
+
+import distill  # noqa: E402
+from distill.config import load_config  # noqa: E402
+from distill.errors import ConfigError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_tok):
+    d = tmp_path_factory.mktemp("teacher")
+    tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(d)
+    tiny_tok.save_pretrained(d)
+    return d
+
+
+def _recipe(tmp_path: Path, teacher_dir: Path, data: dict, methods: list[dict]) -> dict:
+    return {"name": "t", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+            "teacher": {"path": str(teacher_dir)},
+            "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "pad_vocab_to": 64},
+            "data": {"seq_len": 48, "batch_size": 4, "eval_batch_size": 8, "prompt_tokens": 4, **data},
+            "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
+            "eval": {"samples": 1, "sample_tokens": 4}, "methods": methods}
+
+
+def test_text_run_with_every_method(tmp_path, teacher_dir):
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(40)))
+    methods = [{"name": "sft"}, {"name": "token_kd", "params": {"divergence": "jsd", "ce_weight": 0.1}},
+               {"name": "on_policy", "params": {"lmbda": 1.0, "max_new_tokens": 4}},
+               {"name": "seq_kd", "params": {"max_new_tokens": 4}}]
+    s = distill.run(_recipe(tmp_path, teacher_dir, {"source": "text", "path": str(text), "ood_path": str(text)}, methods),
+                    log=lambda m: None)
+    run = Path(s["run_dir"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["family"] == "llm" and summary["primary_metric"] == "bits_per_byte"
+    assert set(summary["students"]) == {"sft", "token_kd", "on_policy", "seq_kd"}
+    for m in [summary["teacher"], *summary["students"].values()]:
+        assert m["bits_per_byte"] > 0 and m["perplexity"] > 1 and "ood_bits_per_byte" in m
+    assert 0 <= summary["students"]["token_kd"]["teacher_agreement"] <= 1
+    assert (run / "report.md").is_file() and (run / "students" / "sft" / "config.json").is_file()
+
+
+def test_jsonl_run_and_config_errors(tmp_path, teacher_dir):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": a, "response": b}) for a, b in zip(corpus(20), corpus(20, 1))))
+    s = distill.run(_recipe(tmp_path, teacher_dir, {"source": "jsonl", "path": str(p), "pack": True},
+                            [{"name": "token_kd"}]), log=lambda m: None)
+    assert s["students"]["token_kd"]["tokens"] > 0
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(_recipe(tmp_path, teacher_dir, {"source": "jsonl", "path": str(p)},
+                            [{"name": "token_kd", "params": {"temprature": 2}}]))
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config(_recipe(tmp_path, teacher_dir, {"source": "text"}, [{"name": "sft"}]))
+
+
+def test_recipes_validate():
+    for path in sorted(Path(__file__).resolve().parents[2].glob("recipes/llm/*.yaml")):
+        load_config(path)
