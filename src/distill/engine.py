@@ -177,13 +177,28 @@ class Engine:
         return self.accelerator.is_main_process
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler=None):
-        """Move to the device and wrap for distributed runs. Teachers never pass through here."""
-        objs = [o for o in (model, optimizer, scheduler) if o is not None]
-        prepared = self.accelerator.prepare(*objs)
-        prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
-        model = prepared.pop(0)
-        optimizer = prepared.pop(0) if optimizer is not None else None
-        scheduler = prepared.pop(0) if scheduler is not None else None
+        """Move to the device and wrap for distributed runs. Teachers never pass through here.
+
+        The optimiser goes through accelerate only where accelerate must act on it (fp16 loss
+        scaling, DeepSpeed, XLA); otherwise it stays a plain torch optimiser, which keeps the
+        per-step overhead at that of a hand-written loop. The scheduler always stays plain: it is
+        stepped once per optimiser step, whatever the number of processes.
+        """
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        special = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.XLA,
+                                           DistributedType.MEGATRON_LM)
+        self._plain_backward = acc.scaler is None and not special
+        if special:
+            prepared = acc.prepare(*[o for o in (model, optimizer) if o is not None])
+            prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
+            model = prepared[0]
+            optimizer = prepared[1] if optimizer is not None else None
+        else:
+            model = acc.prepare_model(model)
+            if optimizer is not None and acc.scaler is not None:
+                optimizer = acc.prepare_optimizer(optimizer)
         self._model, self._opt, self._sched = model, optimizer, scheduler
         return model, optimizer, scheduler
 
@@ -242,7 +257,10 @@ class Engine:
         boundary = self._micro >= window
         ctx = nullcontext() if boundary or self._model is None else self.accelerator.no_sync(self._model)
         with ctx:
-            self.accelerator.backward(total / window)
+            if getattr(self, "_plain_backward", False):
+                (total / window).backward()
+            else:
+                self.accelerator.backward(total / window)
         for k, v in terms.items():
             self.last_terms[k] = float(v.detach())
         self.last_terms["loss"] = float(total.detach())

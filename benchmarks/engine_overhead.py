@@ -1,0 +1,91 @@
+"""Time per optimiser step: the distill engine vs a plain PyTorch loop (same model, data, seed).
+
+    python benchmarks/engine_overhead.py [--epochs 3] [--repeats 3]
+
+Prints a table with ms/step for both loops and their ratio (target: <= 1.05). The engine run has
+progress bar and metric logging on, as a user would run it; evaluation and checkpoints are off
+in both so that only the loop machinery is compared. Per-step time is the difference between a
+(1 + epochs)-epoch run and a 1-epoch run divided by the difference in steps, so one-off setup
+(building the optimiser, the accelerator) cancels out for both loops alike.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from distill.config import EngineConfig, OptimizerConfig, TrainConfig
+from distill.data.base import TensorLoader
+from distill.data.digits import digits
+from distill.families.classifier.runner import train_phase
+from distill.families.classifier.scratch import Scratch
+from distill.models.io import build_model
+
+CASES = [
+    ("mlp [256,256], digits 8x8", "mlp", {"hidden": [256, 256]}, dict(layout="flat"), 64),
+    ("convnet w32 d2, digits 16x16", "convnet", {"width": 32, "depth": 2}, dict(size=16), 64),
+]
+
+
+def plain(model, loader, epochs, lr):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    steps = 0
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            loss = F.cross_entropy(model(batch["x"]), batch["y"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+    return steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for label, name, params, data_kw, bs in CASES:
+        b = digits(**data_kw)
+        t_plain, t_engine = [], []
+
+        def timed_plain(epochs, r):
+            torch.manual_seed(r)
+            m = build_model(name, params, b.input_shape, 10)
+            t0 = time.perf_counter()
+            steps = plain(m, TensorLoader(b.train, bs, seed=r), epochs, 1e-3)
+            return time.perf_counter() - t0, steps
+
+        def timed_engine(epochs, r):
+            torch.manual_seed(r)
+            m = build_model(name, params, b.input_shape, 10)
+            cfg = EngineConfig(device="cpu", progress=True, eval_every=10**9, log_every=10)
+            t0 = time.perf_counter()
+            eng = train_phase(Scratch(m), b.train, b.test, TrainConfig(epochs=epochs, optimizer=OptimizerConfig(lr=1e-3)),
+                              cfg, batch_size=bs, seed=r, out_dir=None, eval_fn=lambda: {})
+            return time.perf_counter() - t0, eng.step_count
+
+        timed_plain(1, 0), timed_engine(1, 0)  # warm-up
+        for r in range(args.repeats):
+            for fn, out in ((timed_plain, t_plain), (timed_engine, t_engine)):
+                (t1, s1), (t2, s2) = fn(1, r), fn(1 + args.epochs, r)
+                out.append((t2 - t1) / (s2 - s1))
+        p, e = statistics.median(t_plain), statistics.median(t_engine)
+        rows.append((label, bs, 1000 * p, 1000 * e, e / p))
+    print(f"\nengine overhead ({args.epochs} epochs, median of {args.repeats} runs, {args.threads} thread(s), CPU)")
+    print("| model | batch | plain ms/step | engine ms/step | ratio |")
+    print("|---|---|---|---|---|")
+    for label, bs, p, e, ratio in rows:
+        print(f"| {label} | {bs} | {p:.3f} | {e:.3f} | {ratio:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
