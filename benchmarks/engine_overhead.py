@@ -30,14 +30,16 @@ CASES = [
 ]
 
 
-def plain(model, loader, epochs, lr):
+def plain(model, loader, epochs, lr, device="cpu"):
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     steps = 0
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for batch in loader:
-            loss = F.cross_entropy(model(batch["x"]), batch["y"])
+            x, y = batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -50,7 +52,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     rows = []
     for label, name, params, data_kw, bs in CASES:
@@ -60,17 +64,21 @@ def main() -> None:
         def timed_plain(epochs, r):
             torch.manual_seed(r)
             m = build_model(name, params, b.input_shape, 10)
+            sync()
             t0 = time.perf_counter()
-            steps = plain(m, TensorLoader(b.train, bs, seed=r), epochs, 1e-3)
+            steps = plain(m, TensorLoader(b.train, bs, seed=r), epochs, 1e-3, args.device)
+            sync()
             return time.perf_counter() - t0, steps
 
         def timed_engine(epochs, r):
             torch.manual_seed(r)
             m = build_model(name, params, b.input_shape, 10)
-            cfg = EngineConfig(device="cpu", progress=True, eval_every=10**9, log_every=10)
+            cfg = EngineConfig(device=args.device, progress=True, eval_every=10**9, log_every=10)
+            sync()
             t0 = time.perf_counter()
             eng = train_phase(Scratch(m), b.train, b.test, TrainConfig(epochs=epochs, optimizer=OptimizerConfig(lr=1e-3)),
                               cfg, batch_size=bs, seed=r, out_dir=None, eval_fn=lambda: {})
+            sync()
             return time.perf_counter() - t0, eng.step_count
 
         timed_plain(1, 0), timed_engine(1, 0)  # warm-up
@@ -80,7 +88,8 @@ def main() -> None:
                 out.append((t2 - t1) / (s2 - s1))
         p, e = statistics.median(t_plain), statistics.median(t_engine)
         rows.append((label, bs, 1000 * p, 1000 * e, e / p))
-    print(f"\nengine overhead ({args.epochs} epochs, median of {args.repeats} runs, {args.threads} thread(s), CPU)")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
+    print(f"\nengine overhead ({args.epochs} epochs, median of {args.repeats} runs, {where})")
     print("| model | batch | plain ms/step | engine ms/step | ratio |")
     print("|---|---|---|---|---|")
     for label, bs, p, e, ratio in rows:

@@ -1,0 +1,84 @@
+"""Run the classifier suite (benchmarks/classifier.yaml) with one shared teacher.
+
+1. trains (or reuses from the cache) the suite's ConvNet teacher once, with seed 0, and pins it
+   with `teacher.checkpoint`, so the 3 seeds vary the student's initialisation and batch order;
+2. trains two small MLP teachers for the `ensemble` method (a heterogeneous 3-teacher ensemble);
+3. runs the grid with `distill.bench` (resumable: rerun the same command to continue);
+4. times `kd` with and without the teacher-output cache (the cache's speed-up).
+
+    OMP_NUM_THREADS=1 python benchmarks/classifier.py [--output-dir runs/bench/classifier] [--skip-cache-check]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from distill.bench import load_suite, run_suite
+from distill.config import load_config
+from distill.families.classifier.runner import get_teacher
+from distill.registry import datasets
+
+HERE = Path(__file__).parent
+
+
+def train_teacher(recipe: dict, overrides: list[str]) -> Path:
+    cfg = load_config(recipe, overrides)
+    bundle = datasets.get(cfg.data.name, "classifier").builder(**cfg.data.params)
+    _, folder = get_teacher(cfg, bundle, log=print)
+    return Path(folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default=str(HERE / "classifier.yaml"))
+    ap.add_argument("--output-dir", default=None)
+    ap.add_argument("--skip-cache-check", action="store_true")
+    args = ap.parse_args()
+
+    raw = yaml.safe_load(Path(args.suite).read_text())
+    recipe = raw["recipe"]
+    t0 = time.perf_counter()
+    teacher = train_teacher(recipe, ["seed=0"])
+    extra = [train_teacher(recipe, ["seed=0", "teacher.model.name=mlp", f"teacher.model.params={{hidden: [{h}]}}"])
+             for h in (256, 512)]
+    t_teachers = time.perf_counter() - t0
+    print(f"teachers ready in {t_teachers:.0f}s: {teacher}, ensemble members {[str(e) for e in extra]}")
+
+    suite = load_suite(args.suite, args.output_dir)
+    suite.overrides.append(f"teacher.checkpoint={teacher}")
+    for m in suite.methods:
+        if m.name == "ensemble":
+            m.params["checkpoints"] = [str(e) for e in extra]
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/classifier.py " + " ".join(sys.argv[1:])
+    t1 = time.perf_counter()
+    out = run_suite(suite, command=cmd)
+    t_suite = time.perf_counter() - t1
+    report = {"teachers_s": round(t_teachers, 1), "suite_session_s": round(t_suite, 1),
+              "cells": len(out["cells"]), "sum_cell_wall_s": round(sum(c["wall_s"] for c in out["cells"]), 1)}
+
+    if not args.skip_cache_check:
+        from distill.api import run
+
+        timings = {}
+        for cache in (False, True):
+            ov = [*suite.overrides, *suite.recipes[0].overrides, "seed=0", f"teacher.cache_outputs={str(cache).lower()}",
+                  f"name=cache_check_{cache}", f"output_dir={suite.output_dir / 'cache_check'}",
+                  'methods=[{"name": "kd"}]']
+            run(recipe, ov, overwrite=True, show_table=False, log=lambda m: None)  # warm: builds the cache once
+            t = time.perf_counter()
+            run(recipe, ov, overwrite=True, show_table=False, log=lambda m: None)
+            timings[cache] = time.perf_counter() - t
+        report["kd_run_s_live_teacher"] = round(timings[False], 2)
+        report["kd_run_s_cached_teacher"] = round(timings[True], 2)
+        report["cache_speedup"] = round(timings[False] / timings[True], 2)
+    (suite.output_dir / "timing.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
