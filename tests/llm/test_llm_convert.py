@@ -19,9 +19,13 @@ def test_stories260k_greedy_reproduces_published_sample(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.cli.convert import convert_llama2c
+    from typer.testing import CliRunner
 
-    convert_llama2c(STORIES / "stories260K.bin", tmp_path / "m", STORIES / "tok512.model")
+    from distill.cli.main import app
+
+    res = CliRunner().invoke(app, ["convert", "llama2c", str(STORIES / "stories260K.bin"), str(tmp_path / "m"),
+                                   "--tokenizer", str(STORIES / "tok512.model")])
+    assert res.exit_code == 0, res.output
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     ids = [tok.bos_token_id] + tok("Once upon a time", add_special_tokens=False)["input_ids"]
