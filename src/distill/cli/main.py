@@ -71,6 +71,12 @@ from distill.cli.convert import app as _convert_app  # noqa: E402
 app.add_typer(_convert_app, name="convert")
 
 
+# `distill bench` lives in cli/bench.py (it imports only typer at module level)
+from distill.cli.bench import bench as _bench  # noqa: E402
+
+app.command("bench")(_bench)
+
+
 def main() -> None:
     try:
         app()

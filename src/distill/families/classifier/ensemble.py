@@ -1,7 +1,8 @@
 """Ensemble distillation (Shen & Savvides 2020, "MEAL V2: Boosting Vanilla ResNet-50 to 80%+ Top-1
 Accuracy on ImageNet without Tricks").
 
-Several frozen teachers (the run's teacher plus saved models listed in `checkpoints`) are averaged
+Several frozen teachers (the run's teacher unless `include_run_teacher: false`, plus saved models
+listed in `checkpoints`) are averaged
 in probability space; the student matches the mean softmax with the shared KL (MEAL V2 uses it
 without one-hot labels: ce_weight 0). An optional output discriminator, owned by the method,
 tells teacher from student probability vectors; a gradient-reversal layer lets the same single
@@ -41,14 +42,18 @@ def reverse_grad(x: torch.Tensor) -> torch.Tensor:
 @register_method("ensemble", family="classifier", description="MEAL V2: mean softmax of several teachers + optional output discriminator (Shen 2020)",
                  injected=("student", "teacher"))
 class EnsembleKD(ClassifierMethod):
-    def __init__(self, student, teacher, checkpoints: list[str] = [],  # noqa: B006
+    def __init__(self, student, teacher, checkpoints: list[str] = [], include_run_teacher: bool = True,  # noqa: B006
                  temperature: Annotated[float, Field(gt=0)] = 1.0, ce_weight: Annotated[float, Field(ge=0)] = 0.0,
                  discriminator_weight: Annotated[float, Field(ge=0)] = 0.1,
                  discriminator_hidden: Annotated[int, Field(ge=1)] = 64):
         super().__init__(student, teacher)
         from distill.models.io import load_model
 
-        members = [teacher.module] + [load_model(Path(p)) for p in checkpoints]
+        members = ([teacher.module] if include_run_teacher else []) + [load_model(Path(p)) for p in checkpoints]
+        if not members:
+            from distill.errors import ConfigError
+
+            raise ConfigError("ensemble: no teachers (include_run_teacher is false and checkpoints is empty).")
         self.num_teachers = len(members)
         self.ensemble = Teacher(Ensemble(members), name="ensemble")  # frozen, not a submodule
         self.temperature = temperature

@@ -1,0 +1,103 @@
+"""`distill bench`: grid, baselines, resume, outputs, dry run; family-agnostic aggregation."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from distill import bench as B
+
+
+def write_suite(tmp_path, methods, seeds=(0, 1)):
+    recipe = {
+        "name": "tiny", "family": "classifier", "cache_dir": str(tmp_path / "cache"),
+        "data": {"name": "digits", "params": {"layout": "flat"}, "batch_size": 128},
+        "teacher": {"model": {"name": "mlp", "params": {"hidden": [32]}}, "train": {"epochs": 2}},
+        "student": {"model": {"name": "mlp", "params": {"hidden": [8]}}},
+        "train": {"epochs": 1, "optimizer": {"lr": 0.01}},
+        "engine": {"device": "cpu", "progress": False}, "eval": {"latency_runs": 1},
+    }
+    suite = {"name": "t", "output_dir": str(tmp_path / "bench"), "seeds": list(seeds), "recipe": recipe,
+             "recipes": [{"label": "mlp8"}, {"label": "mlp4", "overrides": ["student.model.params={hidden: [4]}"]}],
+             "methods": methods}
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump(suite))
+    return p
+
+
+def test_grid_adds_baselines_and_respects_only(tmp_path):
+    s = B.load_suite(write_suite(tmp_path, [{"name": "dist", "only": ["mlp8"]}, {"name": "kd", "params": {"alpha": 0.5}}]))
+    assert [m.label for m in s.methods] == ["scratch", "dist", "kd"]  # the suite's own kd replaces the default one
+    keys = [c.key for c in s.cells()]
+    assert len(keys) == 2 * 2 * 2 + 2  # dist only on mlp8
+    assert "mlp4__dist__s0" not in keys
+    ov = B.cell_overrides(s, next(c for c in s.cells() if c.method.name == "dist"))
+    assert ov[-1].startswith("methods=") and json.loads(ov[-1].split("=", 1)[1])[0]["name"] == "dist"
+    assert "student.model.params={hidden: [4]}" in B.cell_overrides(s, [c for c in s.cells() if c.recipe.label == "mlp4"][0])
+
+
+def test_run_resume_and_outputs(tmp_path, monkeypatch):
+    path = write_suite(tmp_path, [{"name": "ls_kd"}])
+    s = B.load_suite(path)
+    s.recipes = s.recipes[:1]
+    out = B.run_suite(s, log=lambda m: None, command="distill bench suite.yaml")
+    rows = list(csv.DictReader(open(s.output_dir / "results.csv")))
+    assert len(rows) == 3 * 2 and {r["method"] for r in rows} == {"scratch", "kd", "ls_kd"}
+    for r in rows:
+        assert 0 <= float(r["last"]) <= 100 and float(r["best"]) >= float(r["last"]) - 1e-9
+    md = (s.output_dir / "results.md").read_text()
+    assert "+-" in md and "vs scratch" in md and "vs kd" in md and "distill bench suite.yaml" in md
+    assert (s.output_dir / "results.png").stat().st_size > 1000
+    # mean over seeds in the table equals the mean of the csv rows
+    kd = [float(r["last"]) for r in rows if r["method"] == "kd"]
+    assert f"{sum(kd) / 2:.2f} +- " in md
+    # resume: finished cells are skipped; a deleted cell is the only one run again
+    calls = []
+    B.cell_path(s, s.cells()[0]).unlink()
+
+    def fake(suite, cell, log):
+        calls.append(cell.key)
+        rec = dict(out["cells"][0], seed=cell.seed, method=cell.method.label)
+        B.cell_path(suite, cell).write_text(json.dumps(rec))
+        return rec
+
+    monkeypatch.setattr(B, "run_cell", fake)
+    B.run_suite(s, log=lambda m: None)
+    assert calls == [s.cells()[0].key]
+
+
+def test_dry_run_lists_cells_and_estimate(tmp_path):
+    s = B.load_suite(write_suite(tmp_path, [{"name": "dist"}], seeds=(0, 1, 2)))
+    text = B.dry_run_text(s)
+    assert text.count("[todo]") == 2 * 3 * 3 and "estimated" in text
+
+
+def test_aggregation_is_family_agnostic(tmp_path):
+    """Any summary with primary_metric/students works: here a made-up family scored by 'bpb'."""
+    s = B.Suite(name="x", path=tmp_path, output_dir=tmp_path, seeds=[0, 1], recipes=[B.Recipe("r", {}, [])],
+                methods=[B.Method("scratch", "scratch"), B.Method("kd", "kd"), B.Method("m", "m")], overrides=[],
+                baselines=["scratch", "kd"])
+    res = [{"recipe": "r", "method": m, "method_name": m, "seed": sd, "primary_metric": "bpb", "last": v + sd,
+            "best": v + sd, "teacher": 1.0, "wall_s": 1.0, "metrics": {"bpb": v + sd}}
+           for m, v in (("scratch", 3.0), ("kd", 2.0), ("m", 1.0)) for sd in (0, 1)]
+    rows = {r["method"]: r for r in B.aggregate(s, res)}
+    assert rows["m"]["last_mean"] == pytest.approx(1.5) and rows["m"]["last_std"] == pytest.approx(0.7071, abs=1e-4)
+    B.write_outputs(s, res)
+    md = (tmp_path / "results.md").read_text()
+    assert "bpb last" in md and "| m | 2 | 1.50 +- 0.71" in md and "-2.00" in md
+
+
+def test_cli_dry_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli.main import app
+
+    r = CliRunner().invoke(app, ["bench", str(write_suite(tmp_path, [])), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "cells to run" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: [0]\nmethodz: []\n")
+    r = CliRunner().invoke(app, ["bench", str(bad)])
+    assert r.exit_code == 2 and "methodz" in r.output
