@@ -115,5 +115,32 @@ class _Tok:
 
 
 def test_every_registered_llm_method_is_covered():
-    covered = {n for n, _ in CASES} | {"on_policy", "seq_kd"}
-    assert set(methods.names("llm")) <= covered | {"redi", "first"}
+    covered = {n for n, _ in CASES} | {"on_policy", "seq_kd", "redi"}
+    assert set(methods.names("llm")) <= covered
+
+
+def test_redi_raises_positive_and_lowers_negative_likelihood():
+    m = _build("redi", {"alpha": 0.5}, arch="llama")
+    exs = _data(8)
+    for i, e in enumerate(exs):
+        e.sign = 1.0 if i % 2 == 0 else -1.0
+        e.start = 3
+    packed = LMLoader(rows_of(exs, 64, True), 8, 0, packed=True, shuffle=False)
+    batch = next(iter(packed))
+    with torch.no_grad():
+        before = m(batch)
+    opt = torch.optim.Adam(m.parameters(), lr=5e-3)
+    for _ in range(10):
+        terms = m(batch)
+        assert all(torch.isfinite(v) for v in terms.values())
+        opt.zero_grad()
+        sum(terms.values()).backward()
+        opt.step()
+    with torch.no_grad():
+        after = m(batch)
+    assert after["pos"] < before["pos"]          # positive NLL down
+    assert after["neg"] < before["neg"] < 0      # negative NLL up (the term is -alpha * NLL)
+    # the packed batch gives the same terms as one example per row
+    single = next(iter(LMLoader(rows_of(exs, 64, False), 8, 0, packed=False, shuffle=False)))
+    with torch.no_grad():
+        torch.testing.assert_close(m(single)["pos"], after["pos"], rtol=1e-4, atol=1e-5)

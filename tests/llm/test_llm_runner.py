@@ -51,10 +51,11 @@ def test_text_run_with_every_method(tmp_path, teacher_dir):
 
 def test_jsonl_run_and_config_errors(tmp_path, teacher_dir):
     p = tmp_path / "pairs.jsonl"
-    p.write_text("\n".join(json.dumps({"prompt": a, "response": b}) for a, b in zip(corpus(20), corpus(20, 1))))
-    s = distill.run(_recipe(tmp_path, teacher_dir, {"source": "jsonl", "path": str(p), "pack": True},
-                            [{"name": "token_kd"}]), log=lambda m: None)
-    assert s["students"]["token_kd"]["tokens"] > 0
+    p.write_text("\n".join(json.dumps({"prompt": a, "response": b, "ok": i % 3 > 0})
+                           for i, (a, b) in enumerate(zip(corpus(20), corpus(20, 1)))))
+    s = distill.run(_recipe(tmp_path, teacher_dir, {"source": "jsonl", "path": str(p), "pack": True, "label_field": "ok"},
+                            [{"name": "token_kd"}, {"name": "redi"}]), log=lambda m: None)
+    assert s["students"]["token_kd"]["tokens"] > 0 and s["students"]["redi"]["bits_per_byte"] > 0
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(_recipe(tmp_path, teacher_dir, {"source": "jsonl", "path": str(p)},
                             [{"name": "token_kd", "params": {"temprature": 2}}]))

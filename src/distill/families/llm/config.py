@@ -58,6 +58,7 @@ class LMDataConfig(Strict):
     text_field: str = "text"
     prompt_field: str = "prompt"
     response_field: str = "response"
+    label_field: str | None = Field(None, description="JSONL key marking a response correct (true) or not (redi)")
     split: str = "train"
     eval_split: str | None = None
     max_docs: int | None = Field(None, ge=1)

@@ -30,6 +30,7 @@ class Example:
     start: int = 1        # index of the first target token (>= 1)
     prompt_len: int = 1   # prompt given to generation-based methods (ids[:prompt_len])
     n_bytes: int = 0      # UTF-8 bytes of the target text (for bits per byte)
+    sign: float = 1.0     # +1 a positive (correct) trace, -1 a negative one (used by `redi`)
 
 
 # ------------------------------------------------------------------ sources
@@ -58,11 +59,11 @@ def text_examples(texts: Sequence[str], tok, seq_len: int, prompt_tokens: int = 
     return out
 
 
-def prompt_response_examples(pairs: Sequence[tuple[str, str]], tok, seq_len: int) -> list[Example]:
-    """Prompt/response pairs; the chat template is applied when the tokenizer has one."""
+def prompt_response_examples(pairs: Sequence[tuple], tok, seq_len: int) -> list[Example]:
+    """(prompt, response[, positive]) tuples; the chat template is applied when the tokenizer has one."""
     out = []
     bos, eos = tok.bos_token_id, tok.eos_token_id
-    for prompt, response in pairs:
+    for prompt, response, *label in pairs:
         if getattr(tok, "chat_template", None):
             p_text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
@@ -73,8 +74,8 @@ def prompt_response_examples(pairs: Sequence[tuple[str, str]], tok, seq_len: int
         ids = (p_ids + r_ids)[:seq_len]
         if len(p_ids) < 1 or len(ids) <= len(p_ids):
             continue
-        out.append(Example(ids, start=len(p_ids), prompt_len=len(p_ids),
-                           n_bytes=_bytes_of(tok, ids[len(p_ids):])))
+        out.append(Example(ids, start=len(p_ids), prompt_len=len(p_ids), n_bytes=_bytes_of(tok, ids[len(p_ids):]),
+                           sign=1.0 if (not label or label[0]) else -1.0))
     return out
 
 
@@ -90,7 +91,9 @@ def read_texts(path: str | Path, separator: str = "\n\n") -> list[str]:
     return docs
 
 
-def read_jsonl(path: str | Path, prompt_field: str = "prompt", response_field: str = "response") -> list[tuple[str, str]]:
+def read_jsonl(path: str | Path, prompt_field: str = "prompt", response_field: str = "response",
+               label_field: str | None = None) -> list[tuple]:
+    """(prompt, response) pairs, or (prompt, response, positive) with `label_field` (truthy = positive)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data.path: {str(path)!r} is not a file.")
@@ -104,7 +107,12 @@ def read_jsonl(path: str | Path, prompt_field: str = "prompt", response_field: s
             raise ConfigError(f"{p}:{n}: not valid JSON ({e}).") from None
         if prompt_field not in rec or response_field not in rec:
             raise ConfigError(f"{p}:{n}: expected keys {prompt_field!r} and {response_field!r}, got {sorted(rec)}.")
-        pairs.append((str(rec[prompt_field]), str(rec[response_field])))
+        pair = (str(rec[prompt_field]), str(rec[response_field]))
+        if label_field is not None:
+            if label_field not in rec:
+                raise ConfigError(f"{p}:{n}: missing the label key {label_field!r}.")
+            pair = (*pair, bool(rec[label_field]))
+        pairs.append(pair)
     return pairs
 
 
@@ -147,7 +155,8 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
             ) -> dict[str, torch.Tensor]:
     """Tensors for a batch of rows (each a list of examples; one example per row when not packed).
 
-    input_ids, labels, position_ids, seg (example number in its row, 0 = padding): (B, T);
+    input_ids, labels, position_ids, seg (example number in its row, 0 = padding), sign (the
+    example's sign at its target positions, else 0): (B, T);
     attention_mask: (B, 1, T, T) bool block-diagonal causal when packed, else (B, T) long;
     with_prompts: prompt_ids / prompt_mask (B, P), left-padded (one example per row only).
     """
@@ -157,6 +166,7 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
     labels = torch.full((B, T), IGNORE, dtype=torch.long)
     pos = torch.zeros((B, T), dtype=torch.long)
     seg = torch.zeros((B, T), dtype=torch.long)
+    sign = torch.zeros((B, T))
     n_bytes = 0
     for b, row in enumerate(rows):
         o = 0
@@ -169,9 +179,10 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
             s = max(ex.start, 1)
             if n > s:  # position t predicts token t+1 for t+1 in [start, n)
                 labels[b, o + s - 1:o + n - 1] = x[s:]
+                sign[b, o + s - 1:o + n - 1] = ex.sign
             n_bytes += ex.n_bytes
             o += n
-    batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "seg": seg,
+    batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "seg": seg, "sign": sign,
              "n_bytes": torch.tensor(n_bytes)}
     if packed:
         causal = torch.tril(torch.ones(T, T, dtype=torch.bool))

@@ -71,7 +71,7 @@ def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher, device, log) -> tup
     else:
         def load(path: str | None, split: str | None) -> list[Example]:
             if d.source == "jsonl":
-                pairs = read_jsonl(expand(path), d.prompt_field, d.response_field)[: d.max_docs]  # type: ignore[arg-type]
+                pairs = read_jsonl(expand(path), d.prompt_field, d.response_field, d.label_field)[: d.max_docs]  # type: ignore[arg-type]
                 return prompt_response_examples(pairs, tok, d.seq_len)
             texts = read_hf_dataset(path, split or d.split, d.text_field) if d.source == "hf" \
                 else read_texts(expand(path), d.separator)  # type: ignore[arg-type]
