@@ -248,10 +248,6 @@ class Engine:
         total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
         if not isinstance(total, torch.Tensor):
             raise DistillError(f"objective returned no loss terms ({list(terms)})")
-        if not torch.isfinite(total.detach()):
-            raise DistillError(f"non-finite loss at step {self.step_count}: "
-                               + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                               + ". Lower the learning rate, enable engine.clip_grad_norm, or use fp32.")
         self._micro += 1
         window = getattr(self, "_window", self.cfg.grad_accum)
         boundary = self._micro >= window
@@ -261,9 +257,8 @@ class Engine:
                 (total / window).backward()
             else:
                 self.accelerator.backward(total / window)
-        for k, v in terms.items():
-            self.last_terms[k] = float(v.detach())
-        self.last_terms["loss"] = float(total.detach())
+        # loss values stay on the device; they are read (one sync) only when logged
+        self._terms_t = {**{k: v.detach() for k, v in terms.items()}, "loss": total.detach()}
         if boundary:
             if self.cfg.clip_grad_norm and self._model is not None:
                 self.accelerator.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
@@ -274,7 +269,8 @@ class Engine:
                 self._sched.step()
             self._micro = 0
             self.step_count += 1
-            if self.step_count % self.cfg.log_every == 0:
+            if self.step_count % self.cfg.log_every == 0 or self.step_count == 1:
+                self._read_terms()
                 self.log({"loss/" + k: v for k, v in self.last_terms.items()}
                          | {"lr": self.lr, "epoch": self.epoch})
             self._update_progress()
@@ -282,6 +278,16 @@ class Engine:
                     and os.environ.get("DISTILL_FAULT_PHASE", self.name) == self.name):
                 os.kill(os.getpid(), signal.SIGKILL)
         return total.detach()
+
+    def _read_terms(self) -> None:
+        """Copy the latest loss terms to floats; fail on a non-finite loss (checked at each log step)."""
+        vals = torch.stack([v.float().reshape(()) for v in self._terms_t.values()]).tolist()
+        self.last_terms = dict(zip(self._terms_t, vals))
+        if not all(math.isfinite(v) for v in vals):
+            raise DistillError(f"non-finite loss at step {self.step_count}: "
+                               + ", ".join(f"{k}={v:.4g}" for k, v in self.last_terms.items())
+                               + ". Lower the learning rate, enable engine.clip_grad_norm, or use fp32. "
+                               "The last checkpoint is intact.")
 
     @property
     def at_step_boundary(self) -> bool:

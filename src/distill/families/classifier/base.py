@@ -22,9 +22,8 @@ from distill.teacher import CachedOutputs, Teacher, TeacherCache
 
 def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean CE over samples with a label (y >= 0); 0 (not NaN) when the batch has none. (B, C), (B,)."""
-    labeled = y >= 0
-    ce = F.cross_entropy(logits.float(), y.clamp(min=0), reduction="none")
-    return (ce * labeled).sum() / labeled.sum().clamp(min=1)
+    total = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum")
+    return total / (y >= 0).sum().clamp(min=1)
 
 
 class ClassifierMethod(nn.Module):
