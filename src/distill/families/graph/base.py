@@ -26,7 +26,7 @@ from distill.teacher import Teacher
 class NodeContext:
     """What a learner sees: the observed graph. y is -1 on nodes whose label it may not use."""
 
-    x: Tensor          # (N, F) float
+    x: Tensor          # (N, F) float, dense or sparse COO
     y: Tensor          # (N,) long, -1 = unlabelled
     ops: GraphOps      # the observed graph's operators
     nodes: Tensor      # (M,) node ids the distillation runs over (all observed nodes)
@@ -65,7 +65,7 @@ class GraphMethod(nn.Module):
 
     def student_logits(self, idx: Tensor) -> Tensor:  # (B,) -> (B, C)
         assert self.ctx is not None, "attach() was not called"
-        return self.student(self.ctx.x[idx])
+        return self.student(self.ctx.x.index_select(0, idx))  # x may be a sparse COO tensor
 
     def labels(self, idx: Tensor) -> Tensor:
         assert self.ctx is not None

@@ -35,7 +35,10 @@ class SAGELayer(nn.Module):
         self.nbr_lin = nn.Linear(d_in, d_out, bias=False)
 
     def forward(self, h: Tensor, ops: GraphOps) -> Tensor:
-        return self.self_lin(h) + torch.sparse.mm(ops.mean_adj(), self.nbr_lin(h))
+        # one (N, d_in) x (d_in, 2 d_out) product for both transforms; aggregate after (d_out <= d_in)
+        both = h @ torch.cat([self.self_lin.weight, self.nbr_lin.weight]).T  # (N, 2 d_out)
+        own, nbr = both.split(self.self_lin.out_features, dim=1)
+        return own + self.self_lin.bias + torch.sparse.mm(ops.mean_adj(), nbr)
 
 
 class GATLayer(nn.Module):
@@ -84,7 +87,10 @@ class GNN(nn.Module):
         return len(self.layers)
 
     def forward(self, x: Tensor, ops: GraphOps) -> Tensor:  # (N, F) -> (N, C)
-        h = F.dropout(x, self.input_dropout, self.training)
+        if self.input_dropout > 0 and self.training:
+            h = F.dropout(x.to_dense() if x.is_sparse else x, self.input_dropout, True)
+        else:
+            h = x  # (N, F), dense or sparse COO
         for i, layer in enumerate(self.layers):
             h = layer(h, ops)
             if i < len(self.layers) - 1:

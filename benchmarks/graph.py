@@ -1,0 +1,99 @@
+"""Graph family benchmark: GNN teacher, plain MLP, GLNN and FF-G2M on Cora, 10 seeds, mean +- std,
+in the transductive and inductive settings of GLNN; per-node CPU inference time of the MLP vs the
+GNN with neighbourhood fetching.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph.py            # 10 seeds, both settings
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph.py --seeds 2 --json runs/bench_graph.json
+
+Each seed draws its own CPF split (20 labelled / 30 validation nodes per class, the rest test)
+and trains its own teacher. Published GLNN figures (Zhang et al. 2022, SAGE teacher, Cora) are
+printed beside ours. `suite()` returns the same rows for a `distill bench` command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "graph" / "cora_glnn.yaml"
+PUBLISHED = {  # GLNN paper, Cora, SAGE teacher: transductive / production (inductive mix)
+    "teacher": (80.52, 79.29), "mlp": (59.22, 58.98), "glnn": (80.54, 78.28), "ffg2m": (None, None),
+}
+
+
+def mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.2f} +- {sd:.2f}"
+
+
+def run_setting(setting: str, seeds: int, overrides: list[str], log=print) -> dict:
+    from distill.config import load_config
+    from distill.families.graph.runner import run_graph
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    lat: list[dict] = []
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        cfg = load_config(RECIPE, [f"seed={seed}", f"split.setting={setting}", "engine.progress=false", *overrides])
+        r = run_graph(cfg, run_dir=None, log=lambda m: None)
+        for label, m in [("teacher", r["teacher"]), *r["students"].items()]:
+            d = rows.setdefault(label, {})
+            for k in ("accuracy", "accuracy_tran", "accuracy_ind"):
+                if k in m:
+                    d.setdefault(k, []).append(m[k])
+        if "latency" in r:
+            lat.append(r["latency"])
+        log(f"[{setting} seed {seed}] " + ", ".join(f"{k} {v['accuracy'][-1]:.1f}" for k, v in rows.items())
+            + f" ({time.perf_counter() - t0:.0f}s)")
+    return {"rows": rows, "latency": lat}
+
+
+def suite(seeds: int = 10, overrides: list[str] | None = None, log=print) -> dict:
+    return {s: run_setting(s, seeds, overrides or [], log) for s in ("transductive", "inductive")}
+
+
+def table(res: dict, seeds: int) -> str:
+    tr, ind = res["transductive"]["rows"], res["inductive"]["rows"]
+    lines = [f"Cora (largest component, CPF splits), {seeds} seeds, test accuracy % mean +- std",
+             "",
+             "| model | transductive | published | inductive: prod (all test) | tran | ind | published prod |",
+             "|---|---|---|---|---|---|---|"]
+    for label in tr:
+        pub = PUBLISHED.get(label, (None, None))
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        i = ind.get(label, {})
+        lines.append(f"| {label} | {mean_std(tr[label]['accuracy'])} | {fmt(pub[0])} | {mean_std(i.get('accuracy', []))} "
+                     f"| {mean_std(i.get('accuracy_tran', []))} | {mean_std(i.get('accuracy_ind', []))} | {fmt(pub[1])} |")
+    lat = res["transductive"]["latency"] + res["inductive"]["latency"]
+    if lat:
+        med = lambda k: statistics.median(x[k] for x in lat)  # noqa: E731
+        lines += ["", "Inference per node, batch size 1, one CPU thread (median over seeds of the median over 50 test nodes):",
+                  "", "| GNN (2-hop neighbourhood fetch + forward) | MLP (own features) | MLP speed-up |", "|---|---|---|",
+                  f"| {med('gnn_ms_per_node'):.3f} ms | {med('mlp_ms_per_node'):.4f} ms | {med('speedup'):.1f}x |"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher.model.name=gcn")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    res = suite(args.seeds, args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+    print(table(res, args.seeds))
+    print(f"\n({time.perf_counter() - t0:.0f}s; command: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph.py "
+          + " ".join(argv if argv is not None else sys.argv[1:]) + ")")
+
+
+if __name__ == "__main__":
+    main()
