@@ -28,6 +28,9 @@ def loss_memory():
     print(f"\n## divergences, bf16 logits ({B}x{T}x{V}), forward + backward on {torch.cuda.get_device_name()}")
     print("| kind | support | value | max abs grad diff vs dense | peak extra MiB | ms |")
     print("|---|---|---|---|---|---|")
+    for kw in ({}, {"chunk_size": 512}, {"top_k": 64}):  # warm-up: first calls pay CUDA start-up
+        w = base[:1, :64].clone().requires_grad_()
+        divergence(w, t[:1, :64], mask=mask[:1, :64], **kw).backward()
     for kind in ("forward_kl", "jsd"):
         ref_grad = None
         for label, kw in (("dense", {}), ("chunked 512", {"chunk_size": 512}), ("top-k 64", {"top_k": 64})):
@@ -47,6 +50,25 @@ def loss_memory():
                 ref_grad = grad
             print(f"| {kind} | {label} | {d.item():.6f} | {diff} | {peak:.0f} | {ms:.1f} |")
             del s, d, grad
+
+
+def autocast_probe():
+    """The dtype a student layer computes in during training, at each engine precision."""
+    from distill.config import EngineConfig, TrainConfig
+    from distill.data.digits import digits
+    from distill.families.classifier.runner import train_phase
+    from distill.families.classifier.scratch import Scratch
+    from distill.models.io import build_model
+
+    b = digits(layout="flat")
+    print("\n## dtype of a student layer's output during training")
+    for prec in ("fp32", "bf16", "fp16"):
+        m = build_model("mlp", {"hidden": [32]}, (64,), 10)
+        seen = set()
+        m.head.register_forward_hook(lambda mod, i, o: seen.add(str(o.dtype)) if mod.training else None)
+        e = train_phase(Scratch(m), b.train, b.test, TrainConfig(epochs=1), EngineConfig(device="cuda", precision=prec,
+                        progress=False), batch_size=64, seed=0, out_dir=None)
+        print(f"{prec}: {sorted(seen)}, scaler={e.accelerator.scaler is not None}, acc={e.history[-1]['accuracy']:.2f}")
 
 
 def engine_precisions():
@@ -69,4 +91,5 @@ def engine_precisions():
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, cuda {torch.version.cuda}")
     loss_memory()
+    autocast_probe()
     engine_precisions()
