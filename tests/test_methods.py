@@ -13,6 +13,7 @@ from distill.teacher import Teacher
 # features.2 = block 1 output (8x8), features.6 = block 2 output (4x4))
 SMOKE_PARAMS = {
     "fitnet": {"student_layer": "features.2", "teacher_layer": "features.6"},
+    "nst": {"student_layers": ["features.6"], "teacher_layers": ["features.6"]},
     "review_kd": {"student_layers": ["features.2", "features.6"], "teacher_layers": ["features.2", "features.6"]},
 }
 

@@ -76,9 +76,12 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
 
 def _channel_distributions(f: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, C, H*W), each channel's activation pattern L2-normalised over positions."""
-    f = f.float()
-    f = f.flatten(2) if f.dim() == 4 else f.unsqueeze(1)
-    return F.normalize(f, dim=2)
+    if f.dim() != 4:
+        from distill.errors import ConfigError
+
+        raise ConfigError(f"nst: layers must give feature maps (B, C, H, W), got {tuple(f.shape)}; "
+                          "name convolutional layers in student_layers / teacher_layers.")
+    return F.normalize(f.float().flatten(2), dim=2)
 
 
 def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
