@@ -74,13 +74,13 @@ class GraphRunConfig(RunConfig):
         self.data.params = entry.validate(self.data.params, "data.params")
         for where, comp in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
             entry = models.get(comp.name, "graph", where=f"{where}.name")
-            comp.params = entry.validate(comp.params, f"{where}.params")
             if where == "teacher.model" and entry.family != "graph":
                 raise ConfigError(f"teacher.model.name: {comp.name!r} is not a graph model; the teacher must be a GNN "
                                   f"({', '.join(e.name for e in models.entries('graph') if e.family == 'graph')}).")
             if where == "student.model" and entry.family == "graph":
                 raise ConfigError(f"student.model.name: {comp.name!r} is a GNN; the student reads node features only "
                                   "(e.g. mlp).")
+            comp.params = entry.validate(comp.params, f"{where}.params")
         seen = set()
         for i, m in enumerate(self.methods):
             entry = methods.get(m.name, "graph", where=f"methods.{i}.name")

@@ -26,7 +26,7 @@ def gnn_latency_ms(model: nn.Module, x: Tensor, csr: CSRGraph, nodes: Tensor, ho
         t0 = time.perf_counter()
         sub = csr.khop(np.array([v]), hops)
         ei = torch.from_numpy(csr.subgraph_edges(sub))
-        out = model(x[torch.from_numpy(sub)], GraphOps(ei, len(sub)))
+        out = model(x[torch.from_numpy(sub)], GraphOps(ei, len(sub), csr.degree(sub)))
         _ = out[int(np.searchsorted(sub, v))]
         if k >= warmup or len(nodes) <= warmup:
             times.append(time.perf_counter() - t0)

@@ -36,13 +36,17 @@ def segment_softmax(scores: Tensor, index: Tensor, n: int) -> Tensor:
 class GraphOps:
     """Cached propagation operators of one graph, on one device."""
 
-    def __init__(self, edge_index: Tensor, num_nodes: int):
+    def __init__(self, edge_index: Tensor, num_nodes: int, degree: Tensor | None = None):
         self.edge_index = edge_index.long()
         self.num_nodes = int(num_nodes)
+        # degrees in the whole graph, when this is a fetched neighbourhood whose border nodes
+        # miss some of their edges (GCN's normalisation needs the true degree)
+        self._degree = degree
         self._cache: dict[str, object] = {}
 
     def to(self, device) -> GraphOps:
-        out = GraphOps(self.edge_index.to(device), self.num_nodes)
+        out = GraphOps(self.edge_index.to(device), self.num_nodes,
+                       None if self._degree is None else self._degree.to(device))
         out._cache = {k: (v.to(device) if isinstance(v, Tensor) else tuple(t.to(device) for t in v))  # type: ignore[union-attr]
                       for k, v in self._cache.items()}
         return out
@@ -53,6 +57,8 @@ class GraphOps:
 
     def degree(self) -> Tensor:
         """Out-degree = in-degree (undirected) of each node, without self loops. (N,)"""
+        if self._degree is not None:
+            return self._degree.float()
         return torch.bincount(self.edge_index[0], minlength=self.num_nodes).float()
 
     def gcn_adj(self) -> Tensor:
@@ -98,6 +104,9 @@ class CSRGraph:
             frontier = np.setdiff1d(np.concatenate(nbrs) if nbrs else frontier[:0], seen)
             seen = np.union1d(seen, frontier)
         return seen
+
+    def degree(self, nodes: np.ndarray) -> Tensor:
+        return torch.from_numpy(self.indptr[nodes + 1] - self.indptr[nodes])
 
     def subgraph_edges(self, nodes: np.ndarray) -> np.ndarray:
         """Edges (2, E) among sorted `nodes`, renumbered 0..len(nodes)-1."""

@@ -281,6 +281,9 @@ def run_graph(cfg: GraphRunConfig, *, run_dir: Path | None, log: Callable[[str],
     results["data"] = {"name": g.name, "nodes": g.num_nodes, "edges": g.num_edges // 2, "classes": C,
                        "setting": s.setting, "train": len(s.train), "val": len(s.val), "test": len(s.test),
                        "test_ind": len(s.test_ind)}
+    for name, m in [(f"teacher ({cfg.teacher.model.name})", t_metrics), *results["students"].items()]:
+        extra = f" (tran {m['accuracy_tran']:.2f}, ind {m['accuracy_ind']:.2f})" if "accuracy_ind" in m else ""
+        log(f"{name}: test accuracy {m['accuracy']:.2f}%{extra}, validation {m['val_accuracy']:.2f}%")
     if run_dir is not None:
         distilled = [k for k, v in results["students"].items() if methods.get(v["method"], "graph").builder.needs_teacher]
         best = max(distilled or list(results["students"]), key=lambda k: results["students"][k]["val_accuracy"])
