@@ -64,5 +64,9 @@ def test_jsonl_run_and_config_errors(tmp_path, teacher_dir):
 
 
 def test_recipes_validate():
+    from distill.families.llm.config import expand
+
+    if not Path(expand("$DISTILL_ASSETS/stories260K/stories260K.bin")).exists():
+        pytest.skip("the llm recipes read ../shared/assets (or $DISTILL_ASSETS), absent here")
     for path in sorted(Path(__file__).resolve().parents[2].glob("recipes/llm/*.yaml")):
         load_config(path)
