@@ -79,13 +79,42 @@ def table(res: dict, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def latency_scaling(nodes: int = 100, seed: int = 0) -> str:
+    """Per-node time of SAGE with 1-3 layers (the neighbourhood to fetch grows with depth) vs the MLP.
+    Timing does not depend on the weights, so untrained models are timed."""
+    import numpy as np
+    import torch
+
+    from distill.data.graphs import cora
+    from distill.families.graph.gnn import sage
+    from distill.families.graph.latency import gnn_latency_ms, mlp_latency_ms, single_thread
+    from distill.families.graph.ops import CSRGraph
+    from distill.models.mlp import mlp
+
+    g = cora()
+    csr = CSRGraph(g.edge_index, g.num_nodes)
+    ids = torch.randperm(g.num_nodes, generator=torch.Generator().manual_seed(seed))[:nodes]
+    mlp_ms = single_thread(mlp_latency_ms, mlp((g.x.shape[1],), 7, hidden=[128]), g.x, ids)
+    lines = ["| SAGE layers | mean neighbourhood fetched (nodes) | GNN ms / node | MLP ms / node | MLP speed-up |",
+             "|---|---|---|---|---|"]
+    for hops in (1, 2, 3):
+        size = float(np.mean([len(csr.khop(np.array([v]), hops)) for v in ids.tolist()]))
+        ms = single_thread(gnn_latency_ms, sage((g.x.shape[1],), 7, num_layers=hops), g.x, csr, ids, hops)
+        lines.append(f"| {hops} | {size:.1f} | {ms:.3f} | {mlp_ms:.4f} | {ms / mlp_ms:.1f}x |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher.model.name=gcn")
+    ap.add_argument("--latency-scaling", action="store_true", help="only time SAGE with 1-3 layers vs the MLP")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.latency_scaling:
+        print(latency_scaling())
+        return
     res = suite(args.seeds, args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
