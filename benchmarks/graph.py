@@ -5,6 +5,8 @@ GNN with neighbourhood fetching.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph.py            # 10 seeds, both settings
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph.py --seeds 2 --json runs/bench_graph.json
 
+Recipes: recipes/graph/cora_glnn.yaml (transductive) and cora_glnn_inductive.yaml (inductive).
+`--settings inductive --merge old.json` reruns one setting and takes the other from an earlier run.
 Each seed draws its own CPF split (20 labelled / 30 validation nodes per class, the rest test)
 and trains its own teacher. Published GLNN figures (Zhang et al. 2022, SAGE teacher, Cora) are
 printed beside ours. `suite()` returns the same rows for a `distill bench` command.
@@ -19,7 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "graph" / "cora_glnn.yaml"
+RECIPES = {"transductive": ROOT / "recipes" / "graph" / "cora_glnn.yaml",
+           "inductive": ROOT / "recipes" / "graph" / "cora_glnn_inductive.yaml"}
 PUBLISHED = {  # GLNN paper, Cora, SAGE teacher: transductive / production (inductive mix)
     "teacher": (80.52, 79.29), "mlp": (59.22, 58.98), "glnn": (80.54, 78.28), "ffg2m": (None, None),
 }
@@ -40,7 +43,7 @@ def run_setting(setting: str, seeds: int, overrides: list[str], log=print) -> di
     lat: list[dict] = []
     for seed in range(seeds):
         t0 = time.perf_counter()
-        cfg = load_config(RECIPE, [f"seed={seed}", f"split.setting={setting}", "engine.progress=false", *overrides])
+        cfg = load_config(RECIPES[setting], [f"seed={seed}", f"split.setting={setting}", "engine.progress=false", *overrides])
         r = run_graph(cfg, run_dir=None, log=lambda m: None)
         for label, m in [("teacher", r["teacher"]), *r["students"].items()]:
             d = rows.setdefault(label, {})
@@ -54,8 +57,9 @@ def run_setting(setting: str, seeds: int, overrides: list[str], log=print) -> di
     return {"rows": rows, "latency": lat}
 
 
-def suite(seeds: int = 10, overrides: list[str] | None = None, log=print) -> dict:
-    return {s: run_setting(s, seeds, overrides or [], log) for s in ("transductive", "inductive")}
+def suite(seeds: int = 10, overrides: list[str] | None = None, log=print,
+          settings: tuple[str, ...] = ("transductive", "inductive")) -> dict:
+    return {s: run_setting(s, seeds, overrides or [], log) for s in settings}
 
 
 def table(res: dict, seeds: int) -> str:
@@ -109,13 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher.model.name=gcn")
+    ap.add_argument("--settings", default="transductive,inductive")
+    ap.add_argument("--merge", type=Path, default=None, help="a --json file whose other settings fill the table")
     ap.add_argument("--latency-scaling", action="store_true", help="only time SAGE with 1-3 layers vs the MLP")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.latency_scaling:
         print(latency_scaling())
         return
-    res = suite(args.seeds, args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True))
+    settings = tuple(args.settings.split(","))
+    res = suite(args.seeds, args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True), settings=settings)
+    if args.merge and args.merge.is_file():  # keep the other setting's results from an earlier run
+        res = {**json.loads(args.merge.read_text()), **res}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1))
