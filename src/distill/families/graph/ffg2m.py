@@ -1,6 +1,6 @@
 """FF-G2M (Wu, Lin, Zhao, Wang, Li 2023, "Extracting Low-/High-Frequency Knowledge from Graph
-Neural Networks and Injecting it into MLPs: An Effective GNN-to-MLP Distillation Framework",
-eq. 7-9). Teacher logits z, student logits h, softmax at temperature T:
+Neural Networks and Injecting it into MLPs: An Effective GNN-to-MLP Distillation Framework").
+Teacher logits z, student logits h, softmax at temperature T:
 
     L_LFK = mean_{(i,j) in E + self loops} KL(sigma(z_j / T) || sigma(h_i / T))          (low frequency)
     L_HFK = mean_{(i,j) in E} KL(sigma((z_i - z_j) / T) || sigma((h_i - h_j) / T))      (high frequency)

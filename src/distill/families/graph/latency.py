@@ -2,8 +2,8 @@
 
 An MLP reads one feature row. A GNN with L layers must fetch the node's L-hop neighbourhood
 (CSR look-ups), gather those features, build the operators of the induced subgraph and run on
-it; all of that is timed (GLNN, Zhang et al. 2022, sec. 6: "inference time ... with neighbour
-fetching"). Median over nodes, batch size 1, one CPU thread.
+it; all of that is timed (GLNN, Zhang et al. 2022, compares MLPs with GNNs that fetch
+neighbours). Median over nodes, batch size 1, one CPU thread.
 """
 from __future__ import annotations
 
