@@ -62,6 +62,10 @@ class EngineConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = at each epoch end")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
+    nan_policy: Literal["skip", "raise"] = Field(
+        "skip", description="skip: a step whose loss is NaN/Inf is skipped and logged (one device sync per step); "
+        "raise: checked at log steps only, and the run stops")
+    max_bad_steps: int = Field(10, ge=1, description="stop after this many consecutive skipped steps")
     tensorboard: bool = False
     progress: bool = True
 

@@ -164,6 +164,8 @@ class Engine:
         self._skip = 0               # micro-batches to skip after a resume
         self.history: list[dict[str, Any]] = []  # evaluation records (kept in checkpoints)
         self.last_terms: dict[str, float] = {}
+        self.bad_steps = 0           # optimiser steps skipped for a non-finite loss
+        self.consecutive_bad = 0
         self._model = self._opt = self._sched = None
         self._progress = None
         self._task = None
@@ -251,20 +253,41 @@ class Engine:
         self._micro += 1
         window = getattr(self, "_window", self.cfg.grad_accum)
         boundary = self._micro >= window
+        bad = self.cfg.nan_policy == "skip" and not bool(torch.isfinite(total.detach()).all())
+        self._bad_in_window = getattr(self, "_bad_in_window", False) or bad
         ctx = nullcontext() if boundary or self._model is None else self.accelerator.no_sync(self._model)
         with ctx:
-            if getattr(self, "_plain_backward", False):
+            if bad:  # no backward through NaNs: zero gradients keep every process in step under DDP
+                params = [p for p in (self._model or nn.Module()).parameters() if p.requires_grad]
+                if params:
+                    sum((p * 0).sum() for p in params).backward()
+            elif getattr(self, "_plain_backward", False):
                 (total / window).backward()
             else:
                 self.accelerator.backward(total / window)
         # loss values stay on the device; they are read (one sync) only when logged
         self._terms_t = {**{k: v.detach() for k, v in terms.items()}, "loss": total.detach()}
         if boundary:
-            if self.cfg.clip_grad_norm and self._model is not None:
-                self.accelerator.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
-            if self._opt is not None:
-                self._opt.step()
-                self._opt.zero_grad(set_to_none=True)
+            skip = self._window_is_bad()
+            if skip:
+                self.bad_steps += 1
+                self.consecutive_bad += 1
+                self.log({"skipped_step": 1, "reason": "non-finite loss",
+                          **{"loss/" + k: float(v) for k, v in self._terms_t.items()}})
+                if self.consecutive_bad >= self.cfg.max_bad_steps:
+                    raise DistillError(
+                        f"{self.consecutive_bad} consecutive steps had a non-finite loss (last at step "
+                        f"{self.step_count}); stopping. Lower the learning rate, set engine.clip_grad_norm, "
+                        "or use fp32. No weights were updated by those steps; the last checkpoint is intact.")
+                if self._opt is not None:
+                    self._opt.zero_grad(set_to_none=True)
+            else:
+                self.consecutive_bad = 0
+                if self.cfg.clip_grad_norm and self._model is not None:
+                    self.accelerator.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
+                if self._opt is not None:
+                    self._opt.step()
+                    self._opt.zero_grad(set_to_none=True)
             if self._sched is not None:
                 self._sched.step()
             self._micro = 0
@@ -279,11 +302,22 @@ class Engine:
                 os.kill(os.getpid(), signal.SIGKILL)
         return total.detach()
 
+    def _window_is_bad(self) -> bool:
+        """Whether any micro-batch of this window, on any process, had a non-finite loss."""
+        bad = getattr(self, "_bad_in_window", False)
+        self._bad_in_window = False
+        if self.cfg.nan_policy != "skip":
+            return False
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+            bad = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return bad
+
     def _read_terms(self) -> None:
         """Copy the latest loss terms to floats; fail on a non-finite loss (checked at each log step)."""
         vals = torch.stack([v.float().reshape(()) for v in self._terms_t.values()]).tolist()
         self.last_terms = dict(zip(self._terms_t, vals))
-        if not all(math.isfinite(v) for v in vals):
+        if self.cfg.nan_policy == "raise" and not all(math.isfinite(v) for v in vals):
             raise DistillError(f"non-finite loss at step {self.step_count}: "
                                + ", ".join(f"{k}={v:.4g}" for k, v in self.last_terms.items())
                                + ". Lower the learning rate, enable engine.clip_grad_norm, or use fp32. "
@@ -386,10 +420,16 @@ class Engine:
         d = self.checkpoint_dir
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"step_{self.step_count:08d}.pt"
-        atomic_torch_save(state, path)
         from distill.utils import atomic_write_text
 
-        atomic_write_text(d / "latest", path.name)
+        try:
+            atomic_torch_save(state, path)
+            atomic_write_text(d / "latest", path.name)
+        except OSError as e:  # disk full, quota, read-only: the previous checkpoint stays valid
+            prev = self.latest_checkpoint()
+            raise DistillError(
+                f"could not write checkpoint {path} ({e.strerror or e}). Free space in {d} and resume with "
+                f"--resume; the last good checkpoint is {prev.name if prev else '(none)'}.") from None
         for old in sorted(d.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
