@@ -8,6 +8,8 @@ per-token mean over the accumulation window.
 Class attributes the runner reads (never method names):
 - `needs_teacher`: the teacher is passed in;
 - `uses_prompts`: batches are one example per row with left-padded `prompt_ids` (generation);
+- `cross_tokenizer`: the method aligns a student tokenizer that differs from the teacher's
+  (`set_tokenizers(teacher_tok, student_tok)` is called before training);
 - `prepare_examples(examples, tokenizer)`: rewrite the training set once before training
   (e.g. replace responses with the teacher's, for sequence-level KD).
 """
@@ -27,6 +29,7 @@ from distill.teacher import Teacher
 class LMMethod(nn.Module):
     needs_teacher: bool = True
     uses_prompts: bool = False
+    cross_tokenizer: bool = False  # works when the student's tokenizer differs from the teacher's
 
     def __init__(self, student: nn.Module, teacher: Teacher | None, *, chunk_size: int = 1024):
         super().__init__()
@@ -53,6 +56,9 @@ class LMMethod(nn.Module):
             return None
         return min(self.student.get_output_embeddings().weight.shape[0],
                    self._teacher.module.get_output_embeddings().weight.shape[0])
+
+    def set_tokenizers(self, teacher_tok, student_tok) -> None:
+        """Called once before training with both tokenizers (the same object when they agree)."""
 
     def prepare_examples(self, examples: list[Example], tokenizer) -> list[Example]:
         return examples

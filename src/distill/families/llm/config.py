@@ -47,6 +47,8 @@ class LMStudentConfig(Strict):
     intermediate_size: int | None = Field(None, ge=1)
     tie_embeddings: bool = True
     pad_vocab_to: int = Field(1, ge=1, description="round the vocabulary up (padded rows are masked in losses)")
+    tokenizer: str | None = Field(None, description="the student's own tokenizer: `byte`, or a tokenizer folder "
+                                                    "(default: the teacher's; cross-tokenizer methods align the two)")
 
 
 class LMDataConfig(Strict):
@@ -110,6 +112,9 @@ class LLMRunConfig(RunConfig):
         for i, m in enumerate(self.methods):
             entry = methods.get(m.name, "llm", where=f"methods.{i}.name")
             m.params = entry.validate(m.params, f"methods.{i}.params")
+            if self.student.tokenizer and entry.builder.needs_teacher and not getattr(entry.builder, "cross_tokenizer", False):
+                raise ConfigError(f"methods.{i}.name: {m.name!r} needs the teacher's tokenizer, but student.tokenizer="
+                                  f"{self.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
             if m.display in seen:
                 raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
             seen.add(m.display)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.errors import ConfigError
 from distill.families.llm.base import LMMethod, sample
 from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
 from distill.families.llm.data import (Example, LMLoader, prompt_response_examples, read_hf_dataset, read_jsonl,
@@ -149,11 +150,25 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
     t_metrics["source"] = src
     results["teacher"] = t_metrics
 
+    s_tok, s_data = tok, (train, held, ood)
+    if cfg.student.tokenizer:  # the student has its own tokenizer: same texts, its own tokens
+        from distill.families.llm.cross_tokenizer.byte_tokenizer import load_student_tokenizer
+        from distill.families.llm.cross_tokenizer.data import retokenize
+
+        s_tok = load_student_tokenizer(expand(cfg.student.tokenizer))  # type: ignore[arg-type]
+        s_data = tuple(retokenize(x, tok, s_tok, cfg.data.seq_len, cfg.data.prompt_tokens) for x in (train, held, ood))
+        log(f"student tokenizer: {cfg.student.tokenizer} (vocab {len(s_tok)})")
+    s_train, s_held, s_ood = s_data
+    same_tok = s_tok is tok
+
     for mcfg in cfg.methods:
         label = mcfg.display
         out = run_dir / "students" / label
         done = out / "result.json"
         entry = methods.get(mcfg.name, "llm")
+        if not same_tok and entry.builder.needs_teacher and not entry.builder.cross_tokenizer:
+            raise ConfigError(f"methods: {mcfg.name!r} needs the teacher's tokenizer, but student.tokenizer="
+                              f"{cfg.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
         if done.is_file():
             log(f"student {label}: already trained (resumed run), reusing {out}")
             student = load_causal_lm(str(out), "student").to(device)
@@ -164,24 +179,25 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             if s.path:
                 student = load_causal_lm(expand(s.path), "student.path")  # type: ignore[arg-type]
             else:
-                student = build_student(s.arch, len(tok), tok.bos_token_id, tok.eos_token_id, hidden_size=s.hidden_size,
+                student = build_student(s.arch, len(s_tok), s_tok.bos_token_id, s_tok.eos_token_id, hidden_size=s.hidden_size,
                                         num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
                                         intermediate_size=s.intermediate_size, max_positions=max(cfg.data.seq_len, 64) * 2,
                                         tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to)
             student.to(device)
             method: LMMethod = entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
-            method.pad_id, method.eos_id = tok.pad_token_id, tok.eos_token_id
-            examples = method.prepare_examples(train, tok)
-            engine = train_student(method, examples, cfg, mcfg, tok.pad_token_id, out, metrics_path, label)
+            method.pad_id, method.eos_id = s_tok.pad_token_id, s_tok.eos_token_id
+            method.set_tokenizers(tok, s_tok)
+            examples = method.prepare_examples(s_train, s_tok)
+            engine = train_student(method, examples, cfg, mcfg, s_tok.pad_token_id, out, metrics_path, label)
             student.save_pretrained(out)
-            tok.save_pretrained(out)
+            s_tok.save_pretrained(out)
             atomic_write_text(done, json.dumps({"method": mcfg.name, "params": mcfg.params, "steps": engine.step_count,
                                                 "last_terms": engine.last_terms}))
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        m = evaluate_model(student, tok, held, ood, cfg, device, teacher)
+        m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None)
         m["method"] = mcfg.name
         results["students"][label] = m
-        log(f"student {label}: bits/byte {m['bits_per_byte']:.4f}, teacher agreement {m['teacher_agreement']:.3f}")
+        log(f"student {label}: bits/byte {m['bits_per_byte']:.4f}, teacher agreement {m.get('teacher_agreement', float('nan')):.3f}")
 
     results["best"] = min(results["students"], key=lambda k: results["students"][k]["bits_per_byte"])
     results["data"] = {"source": cfg.data.source, "train": len(train), "held_out": len(held), "ood": len(ood)}
