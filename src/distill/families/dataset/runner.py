@@ -1,0 +1,160 @@
+"""The dataset family's run: load and normalise the real data, distil one synthetic set per
+(method, set seed), evaluate every set with the fixed protocol, and always beside it the
+references: random real images at the same IPC (with and without augmentation), KD from the same
+teacher on random real images for soft-label methods, and the full-data accuracy.
+Writes synthetic/<label>_set<k>.safetensors, metrics.jsonl, summary.json, report.md, plots/.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from distill.engine import resolve_device
+from distill.errors import ConfigError
+from distill.families.dataset.base import DistillContext, SyntheticSet
+from distill.families.dataset.config import DatasetMethodConfig, DatasetRunConfig
+from distill.families.dataset.evaluate import evaluate_set, save_synthetic, train_one
+from distill.models.io import build_model
+from distill.registry import datasets, methods, register_runner
+from distill.utils import atomic_write_text
+
+
+def load_real(cfg: DatasetRunConfig) -> dict[str, Any]:
+    """Real train/test tensors, normalised per channel with the training mean and std."""
+    b = datasets.get(cfg.data.name, "dataset").builder(**cfg.data.params)
+    x, y = b.teacher_train.x, b.teacher_train.y
+    if x.dim() != 4:
+        raise ConfigError(f"data: {cfg.data.name} gives inputs of shape {tuple(x.shape[1:])}; data-set distillation "
+                          "needs images (C, H, W) (e.g. data.params.layout=image).")
+    if cfg.data.train_per_class:
+        g = torch.Generator().manual_seed(cfg.seed + 12345)
+        keep = torch.cat([(y == c).nonzero().flatten()[torch.randperm(int((y == c).sum()), generator=g)
+                                                        [:cfg.data.train_per_class]] for c in range(b.num_classes)])
+        x, y = x[keep.sort().values], y[keep.sort().values]
+    tx, ty = b.test.x, b.test.y
+    if cfg.data.test_limit:
+        tx, ty = tx[:cfg.data.test_limit], ty[:cfg.data.test_limit]
+    mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return {"x": (x - mean) / std, "y": y, "test_x": (tx - mean) / std, "test_y": ty, "num_classes": b.num_classes,
+            "mean": mean.flatten().tolist(), "std": std.flatten().tolist(), "name": b.name,
+            "class_names": b.class_names}
+
+
+def net_builder(comp, shape, num_classes: int):
+    def make(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model(comp.name, comp.params, shape, num_classes, family="dataset")
+    return make
+
+
+def _agg(accs: list[float]) -> dict[str, Any]:
+    return {"accuracy": statistics.mean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "best_accuracy": statistics.mean(accs), "n_evals": len(accs)}
+
+
+def distil_one(cfg: DatasetRunConfig, mcfg: DatasetMethodConfig, ctx: DistillContext, evaluate_curve, log_metrics,
+               ) -> tuple[Any, SyntheticSet, list[dict], float]:
+    """Build the method, run its iterations (the explicit loop), return (method, set, curve, seconds)."""
+    method = methods.get(mcfg.name, "dataset").builder(ctx, **mcfg.params)
+    t0 = time.perf_counter()
+    method.setup()
+    iters = mcfg.iterations if method.iterative else 0
+    curve, every = [], cfg.eval.curve_every
+    for it in range(iters):
+        terms = method.step(it, iters)
+        if (it + 1) % cfg.engine.log_every == 0 or it == iters - 1:
+            log_metrics({"method": mcfg.display, "set_seed": ctx.seed, "iteration": it + 1, **terms})
+        if every and (it + 1) % every == 0 and it + 1 < iters:
+            spent = time.perf_counter() - t0
+            curve.append({"iteration": it + 1, "accuracy": evaluate_curve(method.result().detach()), "distill_s": spent})
+            t0 += time.perf_counter() - t0 - spent  # curve checks do not count as distillation time
+    return method, method.result().detach(), curve, time.perf_counter() - t0
+
+
+@register_runner("dataset")
+def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    device = torch.device(resolve_device(cfg.engine.device))
+    d = load_real(cfg)
+    x, y = d["x"].to(device), d["y"].to(device)
+    tx, ty = d["test_x"].to(device), d["test_y"].to(device)
+    K, shape, p = d["num_classes"], tuple(x.shape[1:]), cfg.eval
+    make_net, make_eval = net_builder(cfg.model, shape, K), net_builder(p.model, shape, K)
+    log(f"data: {d['name']}: {len(x)} real training images, {len(tx)} test, {K} classes, IPC {cfg.ipc}")
+    card = {**p.card(), "data": d["name"], "train_images": len(x), "test_images": len(tx), "ipc": cfg.ipc,
+            "synthetic_sets": cfg.synthetic_sets, "distill_model": {"name": cfg.model.name, **cfg.model.params},
+            "device": str(device)}
+    results: dict[str, Any] = {"family": "dataset", "primary_metric": "accuracy", "teacher": {}, "students": {},
+                               "baselines": {}, "card": card}
+    metrics_path = Path(run_dir) / "metrics.jsonl" if run_dir else None
+
+    def log_metrics(rec: dict) -> None:
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    seeds = [cfg.seed + s for s in range(cfg.synthetic_sets)]
+    ctx_of = lambda seed: DistillContext(x, y, K, cfg.ipc, make_net, device, seed, cfg.model.name,  # noqa: E731
+                                         cfg.model.params)
+    if cfg.baselines:
+        if p.full_data_epochs:
+            t0 = time.perf_counter()
+            accs = [train_one(make_eval, x, y, tx, ty, p, cfg.seed * 1000 + 999 - k, epochs=p.full_data_epochs)
+                    for k in range(p.full_data_models)]
+            results["teacher"] = {**_agg(accs), "model": f"full data ({len(x)} images, {p.full_data_epochs} epochs)",
+                                  "wall_s": time.perf_counter() - t0}
+            log(f"full data: {results['teacher']['accuracy']:.2f}%")
+        for aug, key in ((True, "random_real"), (False, "random_real_noaug")):
+            accs = []
+            for seed in seeds:
+                accs += evaluate_set(make_eval, ctx_of(seed).random_real_set(), tx, ty, p, seed, augment=aug,
+                                     device=device)["accs"]
+            results["baselines"][key] = _agg(accs)
+            log(f"{key}: {results['baselines'][key]['accuracy']:.2f} +- {results['baselines'][key]['accuracy_std']:.2f}%")
+
+    grids: dict[str, SyntheticSet] = {}
+    for mcfg in cfg.methods:
+        label, accs, kd_accs, curves, secs = mcfg.display, [], [], [], []
+        soft = False
+        for seed in seeds:
+            ctx = ctx_of(seed)
+            curve_fn = lambda s, seed=seed: evaluate_set(make_eval, s, tx, ty, p, seed, n_models=1,  # noqa: E731
+                                                         device=device)["mean"]
+            method, syn, curve, spent = distil_one(cfg, mcfg, ctx, curve_fn, log_metrics)
+            soft = syn.soft
+            secs.append(spent)
+            if run_dir is not None:
+                save_synthetic(syn, Path(run_dir) / "synthetic" / f"{label}_set{seed}.safetensors",
+                               {"method": mcfg.name, "params": mcfg.params, "ipc": cfg.ipc, "data": d["name"],
+                                "mean": d["mean"], "std": d["std"], "normalised": True, "seed": seed})
+            ev = evaluate_set(make_eval, syn, tx, ty, p, seed, device=device)
+            accs += ev["accs"]
+            curves.append(curve + [{"iteration": mcfg.iterations if method.iterative else 0,
+                                    "accuracy": ev["accs"][0], "distill_s": spent}])
+            if method.soft_labels and method.teacher is not None:  # the same teacher's KD on random real images
+                rr = ctx_of(seed + 777).random_real_set()
+                with torch.no_grad():
+                    method.teacher.eval()
+                    rr.labels = method.teacher(rr.images)
+                kd_accs += evaluate_set(make_eval, rr, tx, ty, p, seed, device=device)["accs"]
+            grids.setdefault(label, syn)
+        m = {**_agg(accs), "method": mcfg.name, "soft_labels": soft, "iterations": mcfg.iterations,
+             "distill_s": statistics.mean(secs), "curve": curves[0]}
+        if kd_accs:
+            m["kd_random_real"] = statistics.mean(kd_accs)
+            m["kd_random_real_std"] = statistics.stdev(kd_accs) if len(kd_accs) > 1 else 0.0
+        if "random_real" in results["baselines"]:
+            m["vs_random_real"] = m["accuracy"] - results["baselines"]["random_real"]["accuracy"]
+        results["students"][label] = m
+        log(f"{label}: {m['accuracy']:.2f} +- {m['accuracy_std']:.2f}% ({mcfg.iterations} iterations, "
+            f"{m['distill_s']:.1f}s to distil)" + (f"; KD on random real {m['kd_random_real']:.2f}%" if kd_accs else ""))
+    if run_dir is not None:
+        from distill.families.dataset.report import write_report
+
+        atomic_write_text(Path(run_dir) / "summary.json", json.dumps(results, indent=2))
+        write_report(Path(run_dir), cfg, results, grids, d)
+    return results
