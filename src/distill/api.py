@@ -63,19 +63,50 @@ def run(recipe: str | os.PathLike | dict, overrides: Sequence[str] = (), *, resu
 
     from distill.registry import runners
 
+    from distill.dist import is_main
+
     cfg = load_config(recipe, list(overrides))
-    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
-    log = log or _console_log
+    if os.environ.get("DISTILL_RUN_DIR"):  # a worker of `distill run --nproc N`: the launcher chose the folder
+        run_dir = Path(os.environ["DISTILL_RUN_DIR"])
+    else:
+        run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
+    log = log or (_console_log if is_main() else (lambda m: None))
     log(f"run folder: {run_dir}")
     summary = runners[cfg.family](cfg, run_dir=run_dir, log=log)
     summary["run_dir"] = str(run_dir)
-    if show_table and cfg.family == "classifier":
+    if show_table and cfg.family == "classifier" and is_main():
         from distill.report.classifier import print_table
 
         print_table(summary, title=f"{cfg.name}: teacher vs students (test set)")
         log(f"report: {run_dir / 'report.md'}")
     return summary
+
+
+def launch(recipe: str, overrides: Sequence[str], nproc: int, *, resume: bool = False, overwrite: bool = False,
+           extra_args: Sequence[str] = ()) -> int:
+    """Run a recipe in `nproc` processes on this machine (torchrun; DDP over gloo on CPU, NCCL on GPUs).
+
+    The recipe is validated and the run folder chosen here, once; every worker then runs the same
+    runner in that folder. Returns the workers' exit code.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = load_config(recipe, list(overrides))
+    run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
+    with socket.socket() as sock:  # a free loopback port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "distill.cli.main", "run", str(recipe),
+           *overrides, *extra_args]
+    env = {**os.environ, "DISTILL_RUN_DIR": str(run_dir)}
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _console_log(msg: str) -> None:

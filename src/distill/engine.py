@@ -198,6 +198,9 @@ class Engine:
             model = prepared[0]
             optimizer = prepared[1] if optimizer is not None else None
         else:
+            if acc.num_processes > 1 and self.device.type == "cuda":
+                # batch statistics over the global batch; on CPU (gloo) BatchNorm stays per process
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model = acc.prepare_model(model)
             if optimizer is not None and acc.scaler is not None:
                 optimizer = acc.prepare_optimizer(optimizer)

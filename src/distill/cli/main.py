@@ -1,6 +1,7 @@
 """`distill run | list` (more subcommands register here as families land)."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -30,6 +31,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue runs/NAME from its last checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete runs/NAME first (default: a new NAME-N folder)"),
     name: Optional[str] = typer.Option(None, "--name", help="run name (same as name=...)"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="processes on this machine (DDP; data.batch_size is the global batch)"),
 ) -> None:
     """Run a recipe: train/load the teacher, distil each method, evaluate, write the run folder."""
     from distill.api import run as run_recipe
@@ -39,6 +41,10 @@ def run(
     if name:
         ov.append(f"name={name}")
     try:
+        if nproc > 1 and "LOCAL_RANK" not in os.environ:
+            from distill.api import launch
+
+            raise typer.Exit(launch(recipe, ov, nproc, resume=resume, overwrite=overwrite))
         run_recipe(recipe, ov, resume=resume, overwrite=overwrite)
     except DistillError as e:
         fail(str(e))

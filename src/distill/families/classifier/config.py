@@ -13,6 +13,7 @@ from distill.errors import ConfigError
 class DataConfig(Component):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
+    drop_last: bool = Field(False, description="drop the uneven last batch of each epoch (always done with --nproc > 1)")
 
 
 class TeacherConfig(Strict):

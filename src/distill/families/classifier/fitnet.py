@@ -19,9 +19,11 @@ from distill.registry import register_method
 from distill.taps import Taps
 
 
-def make_projector(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
+def make_projector(s_shape: torch.Size, t_shape: torch.Size, norm: bool = True) -> nn.Module:
     """Map student features (B, ...) to the teacher's feature shape (B, ...)."""
     if len(s_shape) == 4 and len(t_shape) == 4:
+        if not norm:
+            return nn.Conv2d(s_shape[1], t_shape[1], 1)
         return nn.Sequential(nn.Conv2d(s_shape[1], t_shape[1], 1, bias=False), nn.BatchNorm2d(t_shape[1]))
     if len(s_shape) == 2 and len(t_shape) == 2:
         return nn.Linear(s_shape[1], t_shape[1])
@@ -34,9 +36,10 @@ def make_projector(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
 class FitNet(ClassifierMethod):
     def __init__(self, student, teacher, student_layer: str, teacher_layer: str,
                  hint_weight: Annotated[float, Field(ge=0)] = 1.0, kd_weight: Annotated[float, Field(ge=0)] = 0.0,
-                 temperature: Annotated[float, Field(gt=0)] = 4.0):
+                 temperature: Annotated[float, Field(gt=0)] = 4.0, projector_norm: bool = True):
         super().__init__(student, teacher)
         self.student_layer, self.teacher_layer, self.temperature = student_layer, teacher_layer, temperature
+        self.projector_norm = projector_norm
         self.s_taps = Taps(student, [student_layer]).attach()
         self.t_taps = Taps(teacher.module, [teacher_layer]).attach()
         self.projector: nn.Module | None = None
@@ -50,7 +53,7 @@ class FitNet(ClassifierMethod):
             self.student(batch["x"])
             self._teacher(batch["x"])
         s, t = self.s_taps[self.student_layer], self.t_taps[self.teacher_layer]
-        self.projector = make_projector(s.shape, t.shape).to(s.device)
+        self.projector = make_projector(s.shape, t.shape, self.projector_norm).to(s.device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.student(batch["x"])

@@ -24,20 +24,26 @@ from distill.families.classifier.config import ClassifierRunConfig, MethodConfig
 from distill.models.io import build_model, count_parameters, load_model, save_model
 from distill.registry import datasets, methods, register_runner
 from distill.teacher import Teacher, TeacherCache
+from distill.dist import barrier, is_main
 from distill.utils import atomic_write_text, hash_json, seed_everything
 
 
 def train_phase(method: ClassifierMethod, train: ArrayDataset, test: ArrayDataset, train_cfg: TrainConfig,
                 engine_cfg: EngineConfig, *, batch_size: int, seed: int, out_dir: Path | None,
                 metrics_path: Path | None = None, name: str = "train",
-                weights: dict[str, float] | None = None, eval_fn: Callable | None = None) -> Engine:
+                weights: dict[str, float] | None = None, eval_fn: Callable | None = None,
+                drop_last: bool = False) -> Engine:
     """Optimise `method.parameters()` on `train`; evaluate on `test`; resume if `out_dir` has checkpoints."""
-    loader = TensorLoader(train, batch_size, shuffle=True, seed=seed)
+    engine = Engine(engine_cfg, out_dir, seed=seed, name=name)
+    acc = engine.accelerator
+    # batch_size is the global batch: each process takes its slice (the uneven last batch is dropped)
+    loader = TensorLoader(train, batch_size, shuffle=True, seed=seed, drop_last=drop_last,
+                          rank=acc.process_index, world=acc.num_processes)
     steps_per_epoch = -(-len(loader) // engine_cfg.grad_accum)
     total = steps_per_epoch * train_cfg.epochs
     if train_cfg.max_steps:
         total = min(total, train_cfg.max_steps)
-    engine = Engine(engine_cfg, out_dir, seed=seed, total_steps=total, name=name)
+    engine.total_steps = total
     if metrics_path is not None:
         engine._metrics_path = metrics_path
     method.to(engine.device)
@@ -72,7 +78,8 @@ def evaluate(model: nn.Module, bundle: DataBundle, folder: Path | None, cfg: Cla
     m["params"] = count_parameters(model)
     if folder is not None and (folder / "model.safetensors").is_file():
         m["size_bytes"] = size_on_disk(folder / "model.safetensors")
-    m["latency_ms"] = cpu_latency_ms(model, bundle.test.x[:1], runs=cfg.eval.latency_runs)
+    if is_main():  # the other processes of a multi-process run skip the timing
+        m["latency_ms"] = cpu_latency_ms(model, bundle.test.x[:1], runs=cfg.eval.latency_runs)
     return m, logits
 
 
@@ -89,6 +96,7 @@ def get_teacher(cfg: ClassifierRunConfig, bundle: DataBundle, log: Callable[[str
         log(f"teacher: loading {cfg.teacher.checkpoint}")
         return load_model(cfg.teacher.checkpoint), Path(cfg.teacher.checkpoint)
     folder = Path(cfg.cache_dir) / "teachers" / f"{cfg.data.name}-{cfg.teacher.model.name}-{teacher_key(cfg)}"
+    barrier()  # every process decides on the same state of the cache
     if (folder / "model.safetensors").is_file():
         log(f"teacher: reusing the cached teacher in {folder}")
         return load_model(folder), folder
@@ -97,9 +105,12 @@ def get_teacher(cfg: ClassifierRunConfig, bundle: DataBundle, log: Callable[[str
     model = build_model(cfg.teacher.model.name, cfg.teacher.model.params, bundle.input_shape, bundle.num_classes)
     scratch = methods.get("scratch", "classifier").builder(model, None)
     train_phase(scratch, bundle.teacher_train, bundle.test, cfg.teacher.train, cfg.engine,
-                batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=folder, name="teacher")
-    save_model(model.cpu(), folder)
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+                batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=folder, name="teacher",
+                drop_last=cfg.data.drop_last)
+    if is_main():
+        save_model(model.cpu(), folder)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    barrier()
     return load_model(folder), folder
 
 
@@ -130,6 +141,7 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
         label = mcfg.display
         out = run_dir / "students" / label
         done = out / "result.json"
+        barrier()
         if done.is_file() and (out / "model.safetensors").is_file():
             log(f"student [{label}]: already trained (resumed run), reusing {out}")
             res = json.loads(done.read_text())
@@ -143,17 +155,23 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
             if cfg.teacher.cache_outputs and method.supports_cache:
                 t = getattr(method, "temperature", 1.0)
                 k = cfg.teacher.cache_top_k or bundle.num_classes
-                method.cache = TeacherCache.load_or_build(
-                    Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{bundle.train.fingerprint()}-T{t}-k{k}",
-                    teacher, bundle.train.x, data_hash=bundle.train.fingerprint(), temperature=t, k=k, device=device)
+                cache_dir = Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{bundle.train.fingerprint()}-T{t}-k{k}"
+                for turn in ("main", "others"):  # the main process builds, the others then read
+                    if (turn == "main") == is_main():
+                        method.cache = TeacherCache.load_or_build(
+                            cache_dir, teacher, bundle.train.x, data_hash=bundle.train.fingerprint(),
+                            temperature=t, k=k, device=device)
+                    barrier()
             engine = train_phase(method, bundle.train, bundle.test, mcfg.train or cfg.train, cfg.engine,
                                  batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out,
-                                 metrics_path=metrics_path, name=label, weights=mcfg.weights)
-            save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
-            student.to(device)
+                                 metrics_path=metrics_path, name=label, weights=mcfg.weights,
+                                 drop_last=cfg.data.drop_last)
             res = {"history": engine.history, "method": mcfg.name}
-            atomic_write_text(done, json.dumps(res))
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            if is_main():
+                save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
+                atomic_write_text(done, json.dumps(res))
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            student.to(device)
         m, lg = evaluate(student, bundle, out, cfg, device)
         m["method"] = mcfg.name
         accs = [h["accuracy"] for h in res.get("history", []) if "accuracy" in h]
@@ -167,13 +185,17 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
     pool = distilled or list(results["students"])
     best = max(pool, key=lambda k: results["students"][k]["accuracy"])
     results["best"] = best
-    shutil.copytree(run_dir / "students" / best, run_dir / "student", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("checkpoints"))
     results["data"] = {"name": bundle.name, "train": len(bundle.train), "test": len(bundle.test),
                        "labeled_fraction": bundle.labeled_fraction, "classes": bundle.num_classes}
+    if not is_main():
+        barrier()
+        return results
+    shutil.copytree(run_dir / "students" / best, run_dir / "student", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("checkpoints"))
     atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
 
     from distill.report.classifier import write_report
 
     write_report(run_dir, cfg, results, histories, logits, bundle.test.y)
+    barrier()
     return results
