@@ -66,14 +66,29 @@ def run(recipe: str | os.PathLike | dict, overrides: Sequence[str] = (), *, resu
     from distill.dist import is_main
 
     cfg = load_config(recipe, list(overrides))
+    from distill.dist import world_size
+
     if os.environ.get("DISTILL_RUN_DIR"):  # a worker of `distill run --nproc N`: the launcher chose the folder
         run_dir = Path(os.environ["DISTILL_RUN_DIR"])
+    elif world_size() > 1:  # started by torchrun / accelerate launch directly: every process uses output_dir/name
+        run_dir = cfg.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main():
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
     else:
         run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
     log = log or (_console_log if is_main() else (lambda m: None))
     log(f"run folder: {run_dir}")
-    summary = runners[cfg.family](cfg, run_dir=run_dir, log=log)
+    try:
+        summary = runners[cfg.family](cfg, run_dir=run_dir, log=log)
+    except ConfigError:
+        # an input error found only once the data was seen: leave no half-made folder behind
+        if not resume and is_main() and {p.name for p in run_dir.iterdir()} <= {"config.yaml"}:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     summary["run_dir"] = str(run_dir)
     if show_table and cfg.family == "classifier" and is_main():
         from distill.report.classifier import print_table

@@ -17,6 +17,7 @@ from torch import nn
 from distill.config import EngineConfig, TrainConfig
 from distill.data.base import ArrayDataset, DataBundle, TensorLoader
 from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.errors import ConfigError
 from distill.eval.efficiency import cpu_latency_ms, size_on_disk
 from distill.eval.metrics import classification_metrics, predict
 from distill.families.classifier.base import ClassifierMethod
@@ -126,6 +127,12 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
     log(f"data: {bundle.name}: {len(bundle.train)} train ({100 * bundle.labeled_fraction:.0f}% labeled for the "
         f"student), {len(bundle.test)} test, {bundle.num_classes} classes, input {bundle.input_shape}")
     metrics_path = run_dir / "metrics.jsonl"
+    # fail fast on models that cannot take this data, before any training
+    for where, comp in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
+        try:
+            build_model(comp.name, comp.params, bundle.input_shape, bundle.num_classes)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
     teacher_model, teacher_dir = get_teacher(cfg, bundle, log)
     device = Engine(cfg.engine, None, seed=cfg.seed).device
