@@ -115,7 +115,7 @@ class _Tok:
 
 
 def test_every_registered_llm_method_is_covered():
-    covered = {n for n, _ in CASES} | {"on_policy", "seq_kd", "redi"}
+    covered = {n for n, _ in CASES} | {"on_policy", "seq_kd", "redi"} | {"alm", "uld", "hybrid"}  # last: test_xtok_methods.py
     assert set(methods.names("llm")) <= covered
 
 
