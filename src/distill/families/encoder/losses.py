@@ -32,7 +32,7 @@ def _heads(x: Tensor, num_heads: int) -> Tensor:
 def _key_mask(mask: Tensor | None, scores: Tensor) -> Tensor:
     if mask is None:
         return scores
-    return scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    return scores.masked_fill(~mask.bool()[:, None, None, :], -1.0e9)  # finite: no NaN gradients
 
 
 def attention_logprobs(q: Tensor, k: Tensor, num_heads: int, mask: Tensor | None = None) -> Tensor:

@@ -23,7 +23,7 @@ _KIND = {"qq": "query", "kk": "key", "vv": "value"}
 class MiniLMRelations(EncoderMethod):
     needs_layers = True
 
-    def __init__(self, student, teacher, relations: list[Literal["qq", "kk", "vv", "attention"]] = ("qq", "kk", "vv"),
+    def __init__(self, student, teacher, relations: list[Literal["qq", "kk", "vv", "attention"]] | None = None,
                  student_layer: int = -1, teacher_layer: int = -1,
                  relation_heads: Annotated[int, Field(ge=1)] | None = None,
                  relation_weight: Annotated[float, Field(ge=0)] = 1.0,
@@ -32,7 +32,7 @@ class MiniLMRelations(EncoderMethod):
         t = teacher.module
         self.s_layer = student_layer % student.num_layers
         self.t_layer = teacher_layer % t.num_layers
-        self.relations = list(relations)
+        self.relations = list(relations or ("qq", "kk", "vv"))
         self.heads = relation_heads or t.num_heads
         for d, who in ((student.config.hidden_size, "student"), (t.config.hidden_size, "teacher")):
             if d % self.heads:

@@ -1,0 +1,48 @@
+"""Tiny locally created BERT teachers, tokenizers and text for the encoder family's tests."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+WORDS = ("the cat dog sat on a mat and ran to park sun was big red ball girl boy saw "
+         "played with friend happy day one time upon once little tree").split()
+
+
+def corpus(n: int = 120, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+
+
+def tiny_bert(layers: int = 4, hidden: int = 32, heads: int = 4, seed: int = 0, vocab: int = 64):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=2 * hidden, max_position_embeddings=64, pad_token_id=0,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertModel(cfg, add_pooling_layer=False)
+
+
+def tiny_folder(path: Path, layers: int = 4, hidden: int = 32) -> Path:
+    """A saved tiny BERT + WordPiece tokenizer over WORDS: a local 'teacher.path'."""
+    from transformers import BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + WORDS
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    tiny_bert(layers, hidden, vocab=len(vocab)).save_pretrained(path)
+    return path
+
+
+def batch(n: int = 8, vocab: int = 64, t: int = 10, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (n, t), generator=g)
+    mask = torch.ones(n, t, dtype=torch.long)
+    for i in range(n):  # ragged lengths
+        mask[i, 4 + i % (t - 4):] = 0
+    ids = ids * mask
+    return {"input_ids": ids, "attention_mask": mask}
