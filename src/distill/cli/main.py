@@ -82,6 +82,10 @@ from distill.cli.bench import bench as _bench  # noqa: E402
 
 app.command("bench")(_bench)
 
+from distill.cli.serve import serve_teacher as _serve_teacher  # noqa: E402
+
+app.command("serve-teacher")(_serve_teacher)
+
 
 def main() -> None:
     try:

@@ -1,0 +1,139 @@
+"""A served teacher: top-k log-probabilities by token id over HTTP, so that students on other
+machines or processes need not load the teacher.
+
+    distill serve-teacher runs/cache/teacher_hf --port 8765          # binds 127.0.0.1 by default
+
+POST /v1/topk  {"input_ids": [[...]], "attention_mask": [[...]] (optional), "k": 32, "temperature": 1.0}
+  -> {"indices": [[[...]]] (B, T, k), "logprobs": [[[...]]] (B, T, k), "fingerprint": "...", "vocab_size": V}
+GET  /v1/info  -> {"fingerprint", "vocab_size", "max_k"}
+
+Log-probs are normalised over the full vocabulary at the given temperature (float32; JSON floats
+round-trip exactly), so `losses.sparse_divergence` gives the same value as with the in-process
+teacher's top-k. Requests and responses are plain JSON: nothing received is ever unpickled.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from distill.errors import DistillError
+from distill.teacher import CachedOutputs, Teacher
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+@torch.no_grad()
+def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
+                  temperature: float = 1.0) -> CachedOutputs:
+    """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each."""
+    out = teacher(input_ids=input_ids, attention_mask=attention_mask)
+    logits = out.logits if hasattr(out, "logits") else out
+    lp = F.log_softmax(logits.float() / temperature, dim=-1)
+    top = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    return CachedOutputs(top.indices, top.values)
+
+
+def _handler(teacher: Teacher, max_k: int, device: torch.device | str, lock: threading.Lock):
+    info = {"fingerprint": teacher.fingerprint(), "max_k": max_k,
+            "vocab_size": int(getattr(getattr(teacher.module, "config", None), "vocab_size", 0) or 0)}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet by default
+            pass
+
+        def _send(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/v1/info":
+                self._send(200, info)
+            else:
+                self._send(404, {"error": f"unknown path {self.path}; use GET /v1/info or POST /v1/topk"})
+
+        def do_POST(self):
+            if self.path != "/v1/topk":
+                return self._send(404, {"error": f"unknown path {self.path}; use POST /v1/topk"})
+            try:
+                n = int(self.headers.get("Content-Length", "0"))
+                if n <= 0 or n > MAX_BODY:
+                    raise ValueError(f"body of {n} bytes (limit {MAX_BODY})")
+                req = json.loads(self.rfile.read(n))
+                ids = torch.tensor(req["input_ids"], dtype=torch.long, device=device)
+                if ids.dim() != 2:
+                    raise ValueError("input_ids must be a list of equal-length lists of token ids")
+                mask = req.get("attention_mask")
+                mask = torch.tensor(mask, dtype=torch.long, device=device) if mask is not None else None
+                k = int(req.get("k", max_k))
+                if not 1 <= k <= max_k:
+                    raise ValueError(f"k must be in [1, {max_k}], got {k}")
+                temperature = float(req.get("temperature", 1.0))
+                if temperature <= 0:
+                    raise ValueError("temperature must be > 0")
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+                return self._send(400, {"error": str(e)})
+            with lock:  # one forward at a time on the device
+                out = topk_logprobs(teacher, ids, mask, k, temperature)
+            self._send(200, {"indices": out.indices.cpu().tolist(), "logprobs": out.logprobs.cpu().tolist(),
+                             **info})
+
+    return Handler
+
+
+def make_server(teacher: Teacher, host: str = "127.0.0.1", port: int = 8765, max_k: int = 64,
+                device: str | torch.device = "cpu", allow_remote: bool = False) -> ThreadingHTTPServer:
+    """An HTTP server for `teacher` (call `.serve_forever()`; `.server_address` has the port)."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not allow_remote:
+        raise DistillError(f"serve-teacher: refusing to bind {host!r}, which is not a loopback address; "
+                           "pass --allow-remote to expose the teacher beyond this machine.")
+    teacher.to(device)
+    return ThreadingHTTPServer((host, port), _handler(teacher, max_k, device, threading.Lock()))
+
+
+class RemoteTeacher:
+    """Client of a served teacher: `topk(input_ids, attention_mask, k)` -> CachedOutputs on `device`."""
+
+    def __init__(self, url: str, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.info = self._call("GET", "/v1/info")
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise DistillError(f"served teacher at {self.url}: {e.code} {json.loads(e.read()).get('error', '')}") from None
+        except OSError as e:
+            raise DistillError(f"served teacher at {self.url} is not reachable ({e}); start it with "
+                               "`distill serve-teacher MODEL_DIR`.") from None
+
+    def fingerprint(self) -> str:
+        return self.info["fingerprint"]
+
+    def topk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, k: int = 32,
+             temperature: float = 1.0, device: str | torch.device = "cpu") -> CachedOutputs:
+        body = {"input_ids": input_ids.tolist(), "k": k, "temperature": temperature}
+        if attention_mask is not None:
+            body["attention_mask"] = attention_mask.tolist()
+        out = self._call("POST", "/v1/topk", body)
+        return CachedOutputs(torch.tensor(out["indices"], dtype=torch.long, device=device),
+                             torch.tensor(out["logprobs"], dtype=torch.float32, device=device))
