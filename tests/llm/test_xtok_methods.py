@@ -138,3 +138,14 @@ def test_methods_learn_on_tiny_models(tok_pair, name, params, student):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_same_tokenizer_methods_refuse_a_student_tokenizer():
+    from distill.config import load_config
+
+    recipe = {"family": "llm", "teacher": {"path": "x"}, "student": {"tokenizer": "byte"},
+              "methods": [{"name": "sft"}, {"name": "alm"}, {"name": "token_kd"}]}
+    with pytest.raises(ConfigError, match="cross-tokenizer method"):
+        load_config(recipe, [])
+    recipe["methods"] = recipe["methods"][:2]
+    assert load_config(recipe, []).student.tokenizer == "byte"
