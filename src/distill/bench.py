@@ -202,7 +202,8 @@ def run_cell(suite: Suite, cell: Cell, log: Callable[[str], None]) -> dict[str, 
         metrics = students[cell.method.label]
     teacher = summary.get("teacher") or {}
     rec = {"recipe": cell.recipe.label, "method": cell.method.label, "method_name": cell.method.name,
-           "seed": cell.seed, "primary_metric": pm, "last": metrics[pm], "best": metrics.get(f"best_{pm}", metrics[pm]),
+           "seed": cell.seed, "primary_metric": pm, "higher_is_better": bool(summary.get("higher_is_better", True)),
+           "last": metrics[pm], "best": metrics.get(f"best_{pm}", metrics[pm]),
            "teacher": teacher.get(pm), "wall_s": round(wall, 2), "run_dir": summary.get("run_dir"),
            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     atomic_write_text(cell_path(suite, cell), json.dumps(rec, indent=2))
@@ -252,7 +253,8 @@ def aggregate(suite: Suite, results: list[dict[str, Any]]) -> list[dict[str, Any
             rows.append({"recipe": r.label, "method": m.label, "n": len(cells), "last_mean": last[0], "last_std": last[1],
                          "best_mean": best[0], "best_std": best[1], "wall_s": statistics.mean(c["wall_s"] for c in cells),
                          "teacher": statistics.mean(teacher) if teacher else None,
-                         "primary_metric": cells[0]["primary_metric"]})
+                         "primary_metric": cells[0]["primary_metric"],
+                         "higher_is_better": cells[0].get("higher_is_better", True)})
     return rows
 
 
@@ -287,7 +289,10 @@ def write_outputs(suite: Suite, results: list[dict[str, Any]], *, command: str =
                   f"| method | seeds | {pm} last (mean +- std) | {pm} best epoch (mean +- std) | "
                   + " | ".join(f"vs {b}" for b in suite.baselines) + " | s / run |",
                   "|---|---|---|---|" + "---|" * len(suite.baselines) + "---|"]
-        for x in sorted(rr, key=lambda x: (x["method"] not in suite.baselines, -x["last_mean"])):
+        sign = -1 if rr[0].get("higher_is_better", True) else 1  # best first
+        if sign == 1:
+            lines[-2] = lines[-2].replace(f"| {pm} last", f"| {pm} last (lower is better)")
+        for x in sorted(rr, key=lambda x: (x["method"] not in suite.baselines, sign * x["last_mean"])):
             deltas = [f"{x['last_mean'] - base[b]:+.2f}" if b in base else "" for b in suite.baselines]
             lines.append(f"| {x['method']} | {x['n']} | {x['last_mean']:.2f} +- {x['last_std']:.2f} | "
                          f"{x['best_mean']:.2f} +- {x['best_std']:.2f} | " + " | ".join(deltas) + f" | {x['wall_s']:.1f} |")
@@ -308,7 +313,8 @@ def plot(suite: Suite, rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(len(recipes), 1, figsize=(max(6, 0.45 * len(suite.methods) + 2), 3.2 * len(recipes)),
                              squeeze=False)
     for ax, rec in zip(axes[:, 0], recipes):
-        rr = sorted([x for x in rows if x["recipe"] == rec], key=lambda x: -x["last_mean"])
+        sign = -1 if next(x for x in rows if x["recipe"] == rec).get("higher_is_better", True) else 1
+        rr = sorted([x for x in rows if x["recipe"] == rec], key=lambda x: sign * x["last_mean"])
         names = [x["method"] for x in rr]
         colors = ["tab:gray" if n in suite.baselines else "tab:blue" for n in names]
         ax.bar(names, [x["last_mean"] for x in rr], yerr=[x["last_std"] for x in rr], color=colors, capsize=3)

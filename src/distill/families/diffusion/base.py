@@ -1,0 +1,124 @@
+"""The shape every diffusion distillation method shares.
+
+A method is an nn.Module that owns the student denoiser (a submodule: optimised and saved) and
+holds the frozen teacher by reference. A batch is {"x0": (B, ...) data, "z": (B, ...) noise};
+data-free methods ignore x0. `forward(batch)` returns named loss terms; `sample(z, steps)` draws
+from the distilled student. Everything a method needs beyond that it owns (a target network, a
+fake-score network and its optimiser, teacher couplings).
+
+    method = Progressive(student, teacher, ctx, start_steps=64)
+    terms = method(batch)            # {"distill": ...}; the engine weights and sums them
+    method.finalize()                # after the last step
+    x = method.sample(z, steps=1)    # (B, ...)
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from distill.families.diffusion.process import Process, call, ddim_sample, renoise_sample
+from distill.teacher import Teacher
+
+
+@dataclass
+class DiffusionContext:
+    """What the runner tells a method: the process, both parameterisations, step counts, budget."""
+
+    process: Process
+    teacher_param: str
+    student_param: str
+    teacher_steps: int       # the teacher's full sampler step count
+    student_steps: int       # the step count the student is distilled for
+    total_steps: int         # forward calls the method will see in training
+    seed: int = 0
+
+
+class DiffusionMethod(nn.Module):
+    """Base class. Subclasses implement `forward`; `sampler` says how `sample` uses the student:
+    "ode" = deterministic DDIM/Euler steps, "renoise" = multistep consistency sampling."""
+
+    sampler: Literal["ode", "renoise"] = "ode"
+
+    def __init__(self, student: nn.Module, teacher: Teacher, ctx: DiffusionContext, init_from_teacher: bool = True):
+        super().__init__()
+        self.student = student
+        self._teacher = teacher  # plain attribute: never a submodule, never optimised
+        self.ctx = ctx
+        self.process = ctx.process
+        self.weights: dict[str, float] = {}
+        self.calls = 0           # training forward calls so far (schedules inside methods)
+        self.initialised_from_teacher = init_from_teacher and copy_weights(teacher.module, student)
+
+    # -- the teacher, read in its own parameterisation
+    def teacher_denoise(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        return self.process.denoise(self._teacher(x, _t(t, x)), x, t, self.ctx.teacher_param)
+
+    @torch.no_grad()
+    def teacher_step(self, x: Tensor, t: Tensor | float, s: Tensor | float) -> Tensor:
+        """One deterministic teacher step from time t to time s < t."""
+        return self.process.ddim_step(*self.teacher_denoise(x, t), s)
+
+    @torch.no_grad()
+    def teacher_sample(self, z: Tensor, steps: int | None = None) -> Tensor:
+        return ddim_sample(self._teacher, self.process, z, steps or self.ctx.teacher_steps, self.ctx.teacher_param)
+
+    # -- the student
+    def student_denoise(self, x: Tensor, t: Tensor | float, net: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        return self.process.denoise(call(net or self.student, x, t), x, t, self.ctx.student_param)
+
+    def trainable_parameters(self):
+        return self.student.parameters()
+
+    def finalize(self) -> None:
+        """Called once after training (e.g. to store the last round's model)."""
+
+    def tick(self) -> int:
+        """Count a training call; returns the index of this call."""
+        n = self.calls
+        if self.training:
+            self.calls += 1
+        return n
+
+    def sampling_net(self, steps: int) -> nn.Module:
+        return self.student
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, steps: int, *, return_traj: bool = False, generator: torch.Generator | None = None):
+        net = self.sampling_net(steps)
+        was = net.training
+        net.eval()
+        try:
+            if self.sampler == "ode" or return_traj:
+                return ddim_sample(net, self.process, z, steps, self.ctx.student_param, return_traj=return_traj)
+            return renoise_sample(net, self.process, z, steps, self.ctx.student_param, generator=generator)
+        finally:
+            net.train(was)
+
+
+def _t(t: Tensor | float, x: Tensor) -> Tensor:
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]) if t.dim() == 0 else t
+
+
+def copy_weights(src: nn.Module, dst: nn.Module) -> bool:
+    """Load src's weights into dst when every name and shape matches; False (dst untouched) otherwise."""
+    a, b = src.state_dict(), dst.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return False
+    dst.load_state_dict(copy.deepcopy(a))
+    return True
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    m = copy.deepcopy(module)
+    m.requires_grad_(False)
+    m.eval()
+    return m
+
+
+def uniform_index(n: int, size: int, device) -> Tensor:
+    return torch.randint(0, n, (size,), device=device)

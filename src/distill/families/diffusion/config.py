@@ -1,0 +1,98 @@
+"""The diffusion family's recipe sections."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from distill.config import Component, OptimizerConfig, RunConfig, ScheduleConfig, Strict, TrainConfig, register_config
+from distill.errors import ConfigError
+
+
+def _teacher_train() -> TrainConfig:
+    return TrainConfig(max_steps=4000, optimizer=OptimizerConfig(lr=2e-3), schedule=ScheduleConfig(name="cosine"))
+
+
+def _student_train() -> TrainConfig:
+    return TrainConfig(max_steps=2000, optimizer=OptimizerConfig(lr=5e-4), schedule=ScheduleConfig(name="cosine"))
+
+
+class DiffusionDataConfig(Component):
+    batch_size: int = Field(512, ge=1)
+
+
+class DiffusionTeacherConfig(Strict):
+    model: Component = Field(default_factory=lambda: Component(name="toy_mlp", params={"hidden": 256, "depth": 4}))
+    process: Literal["flow", "vp"] = "flow"
+    param: Literal["velocity", "eps", "x0"] = "velocity"
+    beta_min: float = Field(0.1, gt=0, description="vp process only")
+    beta_max: float = Field(20.0, gt=0, description="vp process only")
+    steps: int = Field(64, ge=1, description="the teacher's full sampler step count")
+    seed: int = Field(0, description="the teacher's training seed (the same teacher serves every run seed)")
+    train: TrainConfig = Field(default_factory=_teacher_train)
+
+
+class DiffusionStudentConfig(Strict):
+    model: Component | None = Field(None, description="default: the teacher's architecture")
+    param: Literal["velocity", "eps", "x0"] | None = Field(None, description="default: the teacher's")
+    steps: int = Field(1, ge=1, description="the step count the student is distilled for (the headline metric)")
+
+
+class DiffusionMethodConfig(Component):
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-@]+$", description="name in tables (default: name)")
+    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
+    train: TrainConfig | None = Field(None, description="override the shared student training settings")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class DiffusionEvalConfig(Strict):
+    samples: int = Field(2000, ge=10, description="samples drawn per model and step count")
+    steps: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+    projections: int = Field(256, ge=1, description="directions of the sliced Wasserstein distance")
+    seed: int = Field(12345, description="seed of the reference data and the evaluation noise")
+
+
+@register_config("diffusion")
+class DiffusionRunConfig(RunConfig):
+    family: Literal["diffusion"] = "diffusion"
+    data: DiffusionDataConfig = Field(default_factory=lambda: DiffusionDataConfig(name="toy2d"))
+    teacher: DiffusionTeacherConfig = Field(default_factory=DiffusionTeacherConfig)
+    student: DiffusionStudentConfig = Field(default_factory=DiffusionStudentConfig)
+    methods: list[DiffusionMethodConfig] = Field(
+        default_factory=lambda: [DiffusionMethodConfig(name="progressive")], min_length=1)
+    train: TrainConfig = Field(default_factory=_student_train)
+    eval: DiffusionEvalConfig = Field(default_factory=DiffusionEvalConfig)
+
+    @property
+    def student_param(self) -> str:
+        return self.student.param or self.teacher.param
+
+    def check_components(self) -> None:
+        from distill.registry import datasets, methods, models
+
+        entry = datasets.get(self.data.name, "diffusion", where="data.name")
+        self.data.params = entry.validate(self.data.params, "data.params")
+        for where, param in (("teacher.param", self.teacher.param), ("student.param", self.student_param)):
+            if param == "velocity" and self.teacher.process != "flow":
+                raise ConfigError(f"{where}: 'velocity' needs teacher.process=flow (given: {self.teacher.process!r}); "
+                                  "use eps or x0 with the vp process.")
+        if self.teacher.process == "vp" and self.teacher.beta_max <= self.teacher.beta_min:
+            raise ConfigError("teacher.beta_max: must exceed teacher.beta_min.")
+        comps = [("teacher.model", self.teacher.model)]
+        if self.student.model is not None:
+            comps.append(("student.model", self.student.model))
+        for where, comp in comps:
+            entry = models.get(comp.name, "diffusion", where=f"{where}.name")
+            comp.params = entry.validate(comp.params, f"{where}.params")
+        seen = set()
+        for i, m in enumerate(self.methods):
+            entry = methods.get(m.name, "diffusion", where=f"methods.{i}.name")
+            m.params = entry.validate(m.params, f"methods.{i}.params")
+            if m.display in seen:
+                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
+            seen.add(m.display)
+        if self.student.steps not in self.eval.steps:
+            self.eval.steps = sorted({*self.eval.steps, self.student.steps})

@@ -1,0 +1,39 @@
+"""Analytic denoisers for tests: the exact E[x0 | x_t] of a Gaussian mixture under a process."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from distill.families.diffusion.process import Process
+
+
+class MixtureDenoiser(nn.Module):
+    """Exact x0-prediction for data sum_k pi_k N(mu_k, s^2 I): (B, D), (B,) -> (B, D)."""
+
+    def __init__(self, process: Process, means: Tensor, std: float):
+        super().__init__()
+        self.process, self.std = process, std
+        self.register_buffer("means", means.float())  # (K, D)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        a, s = self.process.alpha_sigma(t[:, None])                 # (B, 1)
+        var = a * a * self.std**2 + s * s                           # (B, 1)
+        diff = x[:, None, :] - a[:, None] * self.means[None]        # (B, K, D)
+        logw = -(diff**2).sum(-1) / (2 * var)                       # (B, K)
+        w = torch.softmax(logw, -1)
+        post = self.means[None] + (a * self.std**2 / var)[:, None] * diff  # (B, K, D)
+        return (w[..., None] * post).sum(1)
+
+
+class MixtureSource:
+    dim = 2
+
+    def __init__(self, means: Tensor, std: float):
+        self.means, self.std = means, std
+
+    def sample(self, n: int, generator=None) -> Tensor:
+        k = torch.randint(0, len(self.means), (n,), generator=generator)
+        return self.means[k] + self.std * torch.randn(n, self.means.shape[1], generator=generator)
+
+
+TWO = torch.tensor([[-1.5, 0.0], [1.5, 0.0]])
