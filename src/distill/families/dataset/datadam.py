@@ -67,4 +67,4 @@ class DataDAM(ImageMethod):
         self.opt_img.zero_grad()
         loss.backward()
         self.opt_img.step()
-        return {"attention": float(loss)}
+        return {"attention": float(loss.detach())}

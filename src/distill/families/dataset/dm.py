@@ -47,4 +47,4 @@ class DM(ImageMethod):
         self.opt_img.zero_grad()
         loss.backward()
         self.opt_img.step()
-        return {"dm": float(loss)}
+        return {"dm": float(loss.detach())}

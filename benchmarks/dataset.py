@@ -1,0 +1,121 @@
+"""Data-set distillation benchmark: methods x IPC under the one evaluation protocol, always beside
+random real images at the same IPC (with and without augmentation) and the full-data accuracy.
+
+    OMP_NUM_THREADS=1 python benchmarks/dataset.py --tier digits --out runs/bench/dataset_digits
+    python benchmarks/dataset.py --tier fmnist --out runs/bench/dataset_fmnist      # GPU advised
+
+Each (IPC, method) is one `distill.run`; its summary is written to OUT/cells/ as soon as it ends
+(an interrupted benchmark keeps what it finished), then OUT/results.md collects the table and the
+protocol card. Iterations are reduced from the papers' (stated in the table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+TIERS = {
+    # digits upsampled to 16x16, width-32 ConvNet-3: a CPU finishes in about 15 minutes
+    "digits": {
+        "data": {"name": "digits", "params": {"size": 16}},
+        "model": {"name": "convnet", "params": {"width": 32}},
+        "eval": {"model": {"name": "convnet", "params": {"width": 32}}, "n_models": 3, "epochs": 300,
+                 "full_data_epochs": 30},
+        "engine": {"device": "cpu"},
+        "methods": {
+            1: [("herding", 0, {}), ("dc", 100, {}), ("dsa", 100, {}), ("dm", 300, {}),
+                ("mtt", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+            10: [("herding", 0, {}), ("dc", 20, {"outer_loop": 5, "inner_loop": 5}),
+                 ("dsa", 20, {"outer_loop": 5, "inner_loop": 5}), ("dm", 300, {}),
+                 ("mtt", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+        },
+    },
+    # Fashion-MNIST 28x28, the paper ConvNet-128-3 (GPU)
+    "fmnist": {
+        "data": {"name": "fashion_mnist"},
+        "model": {"name": "convnet"},
+        "eval": {"n_models": 3, "epochs": 300, "full_data_epochs": 5, "curve_every": 250},
+        "engine": {"device": "auto"},
+        "methods": {
+            1: [("dm", 1000, {}), ("dsa", 200, {}), ("dc", 200, {})],
+            10: [("dm", 1000, {}), ("dsa", 30, {}), ("dc", 30, {})],
+        },
+    },
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tier", choices=sorted(TIERS), default="digits")
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--methods", nargs="*", default=None, help="subset of the tier's methods")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every method's iterations")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    from distill.api import run
+
+    tier = TIERS[args.tier]
+    out = Path(args.out or f"runs/bench/dataset_{args.tier}")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    full_done = False
+    t_all = time.perf_counter()
+    for ipc in args.ipc:
+        cells = [("random_real", 0, {})] + [m for m in tier["methods"][ipc] if not args.methods or m[0] in args.methods]
+        for name, iters, params in cells:
+            cell = out / "cells" / f"ipc{ipc}_{name}.json"
+            if cell.is_file():
+                full_done = full_done or bool(json.loads(cell.read_text()).get("teacher"))
+                continue
+            ev = dict(tier["eval"])
+            if full_done or name != "random_real":
+                ev["full_data_epochs"] = 0
+            recipe = {"name": f"ipc{ipc}_{name}", "family": "dataset", "seed": args.seed, "output_dir": str(out / "runs"),
+                      "data": tier["data"], "ipc": ipc, "model": tier["model"], "eval": ev, "engine": tier["engine"],
+                      "baselines": name == "random_real",
+                      "methods": [{"name": name, "iterations": max(1, int(iters * args.scale)) if iters else 0,
+                                   "params": params}]}
+            t0 = time.perf_counter()
+            s = run(recipe, overwrite=True, log=lambda m: print("   ", m, flush=True), show_table=False)
+            s["wall_s"] = time.perf_counter() - t0
+            full_done = full_done or bool(s.get("teacher"))
+            cell.write_text(json.dumps(s, indent=2))
+            print(f"ipc {ipc} {name}: {s['students'][name]['accuracy']:.2f} ({s['wall_s']:.0f}s)", flush=True)
+            grid = Path(s["run_dir"]) / "plots" / f"{name}.png"
+            if grid.is_file():
+                shutil.copy(grid, out / f"ipc{ipc}_{name}.png")
+    write_table(out, args.tier, time.perf_counter() - t_all)
+
+
+def write_table(out: Path, tier: str, wall: float) -> None:
+    cells = {p.stem: json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))}
+    full = next((c["teacher"] for c in cells.values() if c.get("teacher")), None)
+    lines = [f"# Data-set distillation, tier {tier}", ""]
+    if full:
+        lines.append(f"Full data: {full['accuracy']:.2f}% ({full['model']}).")
+    lines += ["", "| IPC | method | soft labels | iterations | accuracy % | random real (aug) | random real (no aug) "
+              "| distil s | device |", "|---|---|---|---|---|---|---|---|---|"]
+    base: dict[int, dict] = {}
+    for k, c in cells.items():
+        if c.get("baselines"):
+            base[c["card"]["ipc"]] = c["baselines"]
+    for k, c in sorted(cells.items(), key=lambda kv: (kv[1]["card"]["ipc"], kv[0])):
+        ipc = c["card"]["ipc"]
+        for label, m in c["students"].items():
+            b = base.get(ipc, {})
+            rr = b.get("random_real", {}).get("accuracy", float("nan"))
+            rn = b.get("random_real_noaug", {}).get("accuracy", float("nan"))
+            lines.append(f"| {ipc} | {label} | {'yes' if m['soft_labels'] else 'no'} | {m['iterations']} | "
+                         f"{m['accuracy']:.2f} +- {m['accuracy_std']:.2f} | {rr:.2f} | {rn:.2f} | "
+                         f"{m['distill_s']:.0f} | {c['card']['device']} |")
+    card = next(iter(cells.values()))["card"] if cells else {}
+    lines += ["", "Protocol card:", ""] + [f"- {k}: {v}" for k, v in card.items() if k not in ("ipc",)]
+    lines += ["", f"Total wall time of this session: {wall / 60:.1f} min."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
