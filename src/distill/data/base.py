@@ -55,6 +55,7 @@ class DataBundle:
     input_shape: tuple[int, ...]
     teacher_train: ArrayDataset | None = None
     class_names: list[str] = field(default_factory=list)
+    val: ArrayDataset | None = None  # held out of train, labeled: for choosing the best epoch
 
     def __post_init__(self) -> None:
         if self.teacher_train is None:
@@ -140,10 +141,16 @@ def split_labeled(y: Tensor, fraction: float, seed: int) -> Tensor:
 
 def make_bundle(name: str, x_tr: Tensor, y_tr: Tensor, x_te: Tensor, y_te: Tensor, num_classes: int,
                 labeled_fraction: float = 1.0, label_seed: int = 0,
-                class_names: list[str] | None = None) -> DataBundle:
-    """Build a bundle; `labeled_fraction` < 1 hides the labels of the rest of the training set."""
+                class_names: list[str] | None = None, val_fraction: float = 0.0) -> DataBundle:
+    """Build a bundle; `labeled_fraction` < 1 hides the labels of the rest of the training set;
+    `val_fraction` > 0 holds a stratified, labeled validation split out of the training set."""
+    val = None
+    if val_fraction > 0:
+        in_val = split_labeled(y_tr, val_fraction, label_seed + 7919)
+        val = ArrayDataset(x_tr[in_val], y_tr[in_val])
+        x_tr, y_tr = x_tr[~in_val], y_tr[~in_val]
     full = ArrayDataset(x_tr, y_tr)
     keep = split_labeled(y_tr, labeled_fraction, label_seed)
     learner = full.with_labels(torch.where(keep, y_tr, torch.full_like(y_tr, -1)))
     return DataBundle(name, learner, ArrayDataset(x_te, y_te), num_classes, tuple(x_tr.shape[1:]),
-                      teacher_train=full, class_names=class_names or [str(i) for i in range(num_classes)])
+                      teacher_train=full, class_names=class_names or [str(i) for i in range(num_classes)], val=val)

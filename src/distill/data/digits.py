@@ -18,6 +18,7 @@ def digits(
     layout: Literal["flat", "image"] = "image",
     size: Annotated[int, Field(ge=8)] = 8,
     split_seed: int = 0,
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> DataBundle:
     """Stratified train/test split (fixed by `split_seed`); pixels scaled to [0, 1].
 
@@ -40,4 +41,4 @@ def digits(
         x = x.flatten(1)
     idx_tr, idx_te = torch.as_tensor(idx_tr), torch.as_tensor(idx_te)
     return make_bundle("digits", x[idx_tr], y[idx_tr], x[idx_te], y[idx_te], 10,
-                       labeled_fraction=labeled_fraction, label_seed=split_seed)
+                       labeled_fraction=labeled_fraction, label_seed=split_seed, val_fraction=val_fraction)

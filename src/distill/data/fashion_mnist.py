@@ -93,6 +93,7 @@ def fashion_mnist(
     test_subset: Annotated[int, Field(ge=10)] | None = None,
     download: bool = True,
     seed: int = 0,
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> DataBundle:
     """Images as (1, 28, 28) floats in [0, 1]. `*_subset` take a seeded random subset (quick runs)."""
     d = find_or_download(root, download)
@@ -109,4 +110,4 @@ def fashion_mnist(
         keep = torch.randperm(len(y_te), generator=g)[:test_subset]
         x_te, y_te = x_te[keep], y_te[keep]
     return make_bundle("fashion_mnist", x_tr, y_tr, x_te, y_te, 10, labeled_fraction=labeled_fraction,
-                       label_seed=seed, class_names=CLASSES)
+                       label_seed=seed, class_names=CLASSES, val_fraction=val_fraction)

@@ -45,6 +45,7 @@ def image_folder(
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2,
     labeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0,
     seed: int = 0,
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> DataBundle:
     """Uses root/train and root/test when present; otherwise root/<class> split by `test_fraction`."""
     root = Path(root)
@@ -62,4 +63,4 @@ def image_folder(
         n_te = max(1, int(round(test_fraction * len(y))))
         x_te, y_te, x_tr, y_tr = x[perm[:n_te]], y[perm[:n_te]], x[perm[n_te:]], y[perm[n_te:]]
     return make_bundle("image_folder", x_tr, y_tr, x_te, y_te, len(classes), labeled_fraction=labeled_fraction,
-                       label_seed=seed, class_names=classes)
+                       label_seed=seed, class_names=classes, val_fraction=val_fraction)

@@ -33,8 +33,8 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset, test: ArrayDatase
                 engine_cfg: EngineConfig, *, batch_size: int, seed: int, out_dir: Path | None,
                 metrics_path: Path | None = None, name: str = "train",
                 weights: dict[str, float] | None = None, eval_fn: Callable | None = None,
-                drop_last: bool = False) -> Engine:
-    """Optimise `method.parameters()` on `train`; evaluate on `test`; resume if `out_dir` has checkpoints."""
+                drop_last: bool = False, val: ArrayDataset | None = None) -> Engine:
+    """Optimise `method.parameters()` on `train`; evaluate on `test` (and `val`); resume if `out_dir` has checkpoints."""
     engine = Engine(engine_cfg, out_dir, seed=seed, name=name)
     acc = engine.accelerator
     # batch_size is the global batch: each process takes its slice (the uneven last batch is dropped)
@@ -54,8 +54,14 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset, test: ArrayDatase
     model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
     engine.resume(model, optimizer, scheduler)
     weights = {**method.weights, **(weights or {})}
-    eval_fn = eval_fn or (lambda: classification_metrics(
-        predict(method.student, test.x, device=engine.device), test.y))
+    def default_eval():
+        m = classification_metrics(predict(method.student, test.x, device=engine.device), test.y)
+        if val is not None:
+            m["val_accuracy"] = classification_metrics(predict(method.student, val.x, device=engine.device),
+                                                       val.y)["accuracy"]
+        return m
+
+    eval_fn = eval_fn or default_eval
 
     model.train()
     for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
@@ -172,7 +178,7 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
             engine = train_phase(method, bundle.train, bundle.test, mcfg.train or cfg.train, cfg.engine,
                                  batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out,
                                  metrics_path=metrics_path, name=label, weights=mcfg.weights,
-                                 drop_last=cfg.data.drop_last)
+                                 drop_last=cfg.data.drop_last, val=bundle.val)
             res = {"history": engine.history, "method": mcfg.name}
             if is_main():
                 save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
@@ -181,8 +187,13 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
             student.to(device)
         m, lg = evaluate(student, bundle, out, cfg, device)
         m["method"] = mcfg.name
-        accs = [h["accuracy"] for h in res.get("history", []) if "accuracy" in h]
-        m["best_accuracy"] = max(accs) if accs else m["accuracy"]
+        hist = [h for h in res.get("history", []) if "accuracy" in h]
+        if hist and all("val_accuracy" in h for h in hist):  # best epoch chosen on validation
+            m["best_accuracy"] = max(hist, key=lambda h: h["val_accuracy"])["accuracy"]
+            m["best_selected_on"] = "val"
+        else:  # no validation split: the best test accuracy seen (optimistic)
+            m["best_accuracy"] = max(h["accuracy"] for h in hist) if hist else m["accuracy"]
+            m["best_selected_on"] = "test"
         results["students"][label] = m
         histories[label] = res.get("history", [])
         logits[label] = lg
