@@ -9,7 +9,7 @@ EXTRAS ?= dev,llm,encoder
 
 .PHONY: demo test venv bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU build of torch pinned first, so nothing later pulls a CUDA build (see README for GPUs).
