@@ -70,6 +70,31 @@ class EngineConfig(Strict):
     progress: bool = True
 
 
+class MethodConfig(Component):
+    """One entry of a recipe's `methods:` list (shared by every family)."""
+
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-@]+$", description="name in tables (default: name)")
+    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
+    train: TrainConfig | None = Field(None, description="override the shared student training settings")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+def check_methods(methods: list[MethodConfig], family: str) -> None:
+    """Registry names, params and unique labels of a `methods:` list (raises ConfigError)."""
+    from distill.registry import methods as registry
+
+    seen: set[str] = set()
+    for i, m in enumerate(methods):
+        entry = registry.get(m.name, family, where=f"methods.{i}.name")
+        m.params = entry.validate(m.params, f"methods.{i}.params")
+        if m.display in seen:
+            raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
+        seen.add(m.display)
+
+
 class RunConfig(Strict):
     """Fields every family shares. Families subclass it and add their sections."""
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, RunConfig, Strict, TrainConfig, register_config
+from distill.config import Component, MethodConfig, RunConfig, Strict, TrainConfig, check_methods, register_config
 from distill.errors import ConfigError
 
 
@@ -28,16 +28,6 @@ class StudentConfig(Strict):
     model: Component
 
 
-class MethodConfig(Component):
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="name in tables (default: name)")
-    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
-    train: TrainConfig | None = Field(None, description="override the shared student training settings")
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
 class EvalConfig(Strict):
     ece_bins: int = Field(15, ge=2)
     latency_runs: int = Field(200, ge=1)
@@ -55,20 +45,14 @@ class ClassifierRunConfig(RunConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def check_components(self) -> None:
-        from distill.registry import datasets, methods, models
+        from distill.registry import datasets, models
 
         entry = datasets.get(self.data.name, "classifier", where="data.name")
         self.data.params = entry.validate(self.data.params, "data.params")
         for where, comp in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
             entry = models.get(comp.name, "classifier", where=f"{where}.name")
             comp.params = entry.validate(comp.params, f"{where}.params")
-        seen = set()
-        for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "classifier", where=f"methods.{i}.name")
-            m.params = entry.validate(m.params, f"methods.{i}.params")
-            if m.display in seen:
-                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
-            seen.add(m.display)
+        check_methods(self.methods, "classifier")
         if self.teacher.checkpoint is not None and not (self.teacher.checkpoint / "model.safetensors").is_file():
             raise ConfigError(f"teacher.checkpoint: {str(self.teacher.checkpoint)!r} has no model.safetensors "
                               "(expected a folder written by distill, e.g. runs/NAME/student).")
