@@ -82,3 +82,12 @@ def test_every_method_runs_and_the_run_folder_is_complete(tmp_path):
     assert "Protocol card" in (d / "report.md").read_text()
     logged = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(v)) for r in logged for k, v in r.items() if k not in ("method",))
+
+
+def test_resumed_run_keeps_finished_sets(tmp_path):
+    r = recipe(tmp_path, [{"name": "dm", "iterations": 2}], baselines=False)
+    first = run(r, log=lambda m: None, show_table=False)
+    seen = []
+    again = run(r, resume=True, log=seen.append, show_table=False)
+    assert any("already done" in m for m in seen)
+    assert again["students"]["dm"]["accuracy"] == first["students"]["dm"]["accuracy"]

@@ -2,7 +2,8 @@
 (method, set seed), evaluate every set with the fixed protocol, and always beside it the
 references: random real images at the same IPC (with and without augmentation), KD from the same
 teacher on random real images for soft-label methods, and the full-data accuracy.
-Writes synthetic/<label>_set<k>.safetensors, metrics.jsonl, summary.json, report.md, plots/.
+Writes synthetic/<label>_set<k>.safetensors, sets/<label>_set<k>.json (a resumed run skips the sets
+it finished), metrics.jsonl, summary.json, report.md, plots/.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from distill.engine import resolve_device
 from distill.errors import ConfigError
 from distill.families.dataset.base import DistillContext, SyntheticSet
 from distill.families.dataset.config import DatasetMethodConfig, DatasetRunConfig
-from distill.families.dataset.evaluate import evaluate_set, save_synthetic, train_one
+from distill.families.dataset.evaluate import evaluate_set, load_synthetic, save_synthetic, train_one
 from distill.models.io import build_model
 from distill.registry import datasets, methods, register_runner
 from distill.utils import atomic_write_text
@@ -121,6 +122,17 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
         label, accs, kd_accs, curves, secs = mcfg.display, [], [], [], []
         soft = False
         for seed in seeds:
+            done = Path(run_dir) / "sets" / f"{label}_set{seed}.json" if run_dir is not None else None
+            if done is not None and done.is_file():  # a resumed run keeps the sets it finished
+                rec = json.loads(done.read_text())
+                accs += rec["accs"]
+                kd_accs += rec["kd_accs"]
+                curves.append(rec["curve"])
+                secs.append(rec["distill_s"])
+                soft = rec["soft"]
+                grids.setdefault(label, load_synthetic(Path(run_dir) / "synthetic" / f"{label}_set{seed}.safetensors")[0])
+                log(f"{label} set {seed}: already done (resumed run)")
+                continue
             ctx = ctx_of(seed)
             curve_fn = lambda s, seed=seed: evaluate_set(make_eval, s, tx, ty, p, seed, n_models=1,  # noqa: E731
                                                          device=device)["mean"]
@@ -142,6 +154,10 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
                     rr.labels = method.teacher(rr.images)
                 kd_accs += evaluate_set(make_eval, rr, tx, ty, p, seed, device=device)["accs"]
             grids.setdefault(label, syn)
+            if done is not None:
+                n_kd = p.n_models if (method.soft_labels and method.teacher is not None) else 0
+                atomic_write_text(done, json.dumps({"accs": ev["accs"], "kd_accs": kd_accs[len(kd_accs) - n_kd:],
+                                                    "curve": curves[-1], "distill_s": spent, "soft": soft}))
         m = {**_agg(accs), "method": mcfg.name, "soft_labels": soft, "iterations": mcfg.iterations,
              "distill_s": statistics.mean(secs), "curve": curves[0]}
         if kd_accs:
