@@ -17,7 +17,7 @@ class DatasetDataConfig(Component):
 
 class DatasetMethodConfig(Component):
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="name in tables (default: name)")
-    iterations: int = Field(200, ge=0, description="outer iterations of the synthetic-set optimisation")
+    iterations: int | None = Field(None, ge=0, description="outer iterations (default: the recipe's `iterations`)")
 
     @property
     def display(self) -> str:
@@ -32,6 +32,7 @@ class DatasetRunConfig(RunConfig):
     model: Component = Field(default_factory=lambda: Component(name="convnet"),
                              description="the network used while distilling")
     methods: list[DatasetMethodConfig] = Field(default_factory=lambda: [DatasetMethodConfig(name="dm")], min_length=1)
+    iterations: int = Field(200, ge=0, description="outer iterations of every method that sets none")
     synthetic_sets: int = Field(1, ge=1, description="synthetic sets distilled per method (seeds seed..seed+n-1)")
     eval: EvalProtocol = Field(default_factory=EvalProtocol)
     baselines: bool = Field(True, description="random real (with/without augmentation) and full-data references")
@@ -56,3 +57,5 @@ class DatasetRunConfig(RunConfig):
             if m.display in seen:
                 raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
             seen.add(m.display)
+            if m.iterations is None:
+                m.iterations = self.iterations
