@@ -32,6 +32,22 @@ TIERS = {
                  ("mtt", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
         },
     },
+    # the newer methods on the digits tier (soft-label ones beside KD from their own teacher)
+    "digits_more": {
+        "data": {"name": "digits", "params": {"size": 16}},
+        "model": {"name": "convnet", "params": {"width": 32}},
+        "eval": {"model": {"name": "convnet", "params": {"width": 32}}, "n_models": 3, "epochs": 300,
+                 "full_data_epochs": 30},
+        "engine": {"device": "cpu"},
+        "methods": {
+            1: [("datadam", 300, {}), ("sre2l", 300, {"teacher_epochs": 20}),
+                ("ftd", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10}),
+                ("datm", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+            10: [("datadam", 300, {}), ("sre2l", 300, {"teacher_epochs": 20}),
+                 ("ftd", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10}),
+                 ("datm", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+        },
+    },
     # Fashion-MNIST 28x28, the paper ConvNet-128-3 (GPU)
     "fmnist": {
         "data": {"name": "fashion_mnist"},
