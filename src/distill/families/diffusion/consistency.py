@@ -39,7 +39,7 @@ class Consistency(DiffusionMethod):
     @torch.no_grad()
     def _update_target(self) -> None:
         for p_t, p in zip(self.target.parameters(), self.student.parameters()):
-            p_t.lerp_(p.detach(), 1 - self.ema)
+            p_t.mul_(self.ema).add_(p.detach(), alpha=1 - self.ema)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.tick() > 0 and self.training:

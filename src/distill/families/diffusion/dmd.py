@@ -44,7 +44,9 @@ class DMD(DiffusionMethod):
         self.regression_pairs, self.gen_steps, self.t_min, self.t_max = regression_pairs, gen_steps, t_min, t_max
         # the fake denoiser starts as the teacher; it is kept out of the module tree so that the
         # engine's optimiser (generator only) never sees it; it has its own optimiser
-        fake = copy.deepcopy(teacher.module).requires_grad_(True).train()
+        # (an analytic teacher without weights: a copy of the student, in the teacher's parameterisation)
+        src = teacher.module if any(True for _ in teacher.module.parameters()) else student
+        fake = copy.deepcopy(src).requires_grad_(True).train()
         self.__dict__["fake"] = fake
         self.__dict__["fake_opt"] = torch.optim.Adam(fake.parameters(), lr=fake_lr)
         self.pairs: tuple[Tensor, Tensor] | None = None
