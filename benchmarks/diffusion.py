@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--toys", nargs="+", default=["moons", "8gaussians", "checkerboard"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", default="runs/bench/diffusion")
+    ap.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="recipe overrides, e.g. train.max_steps=300")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -38,9 +39,9 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
+    results: dict = json.loads((out / "results.json").read_text()) if args.report_only else {}
     t_start = time.perf_counter()
-    for toy in args.toys:
+    for toy in [] if args.report_only else args.toys:
         for seed in args.seeds:
             cfg = load_config(args.recipe, [f"data.params.name={toy}", f"seed={seed}", f"cache_dir={out / 'cache'}",
                                             *args.overrides])
@@ -49,14 +50,14 @@ def main() -> None:
             print(f"[{toy} s{seed}] {time.perf_counter() - t0:.0f}s", flush=True)
             results.setdefault(toy, []).append(s)
             (out / "results.json").write_text(json.dumps(results, indent=1))
-    steps = cfg.eval.steps
-    lines = [f"Recipe `{args.recipe}` {' '.join(args.overrides)}; seeds {args.seeds}; "
-             f"total {(time.perf_counter() - t_start) / 60:.1f} min.", ""]
+    steps = sorted(int(k.split("@")[1]) for k in next(iter(results.values()))[0]["teacher"] if k.startswith("swd@"))
+    n_samples = 2000
+    lines = [f"Recipe `{args.recipe}` {' '.join(args.overrides)}; seeds per toy: {[len(r) for r in results.values()]}.", ""]
     for toy, runs in results.items():
         t = runs[0]["teacher"]
         lines += [f"### {toy}", "",
                   f"Teacher at {t['steps']} steps: SWD to data {t['swd']:.3f}, MMD {t['mmd']:.4f}, "
-                  f"straightness {t['straightness']:.3f}, sampling {t['sample_ms']:.1f} ms for {cfg.eval.samples} points.",
+                  f"straightness {t['straightness']:.3f}, sampling {t['sample_ms']:.1f} ms for {n_samples} points.",
                   "",
                   "| model | " + " | ".join(f"SWD data @{k}" for k in steps) + " | "
                   + " | ".join(f"SWD teacher @{k}" for k in steps) + " | straightness @4 | train s |",
