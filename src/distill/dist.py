@@ -27,3 +27,18 @@ def barrier() -> None:
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+
+class main_first:
+    """`with main_first(): ...` runs the block on the main process first, then on the others
+    (e.g. the main process writes a cache that the others then read)."""
+
+    def __enter__(self):
+        if not is_main():
+            barrier()
+        return self
+
+    def __exit__(self, *exc):
+        if is_main():
+            barrier()
+        return False

@@ -217,19 +217,30 @@ class LMLoader:
     window divided by `grad_accum`. A term summed over tokens and divided by `norm` (the engine
     then divides by `grad_accum`) is the exact per-token mean over the window, whatever the
     padding and however tokens fall between micro-batches.
+
+    With `world` > 1 processes, `batch_size` is the global batch: each process takes its slice of
+    every batch (the uneven last batch is dropped), and `norm` counts the window's tokens over all
+    processes, divided by `grad_accum * world` (DDP averages the processes' gradients), so the
+    result is still the exact per-token mean over the global window.
     """
 
     def __init__(self, rows: Sequence[Sequence[Example]], batch_size: int, pad_id: int, *, packed: bool,
-                 shuffle: bool = True, seed: int = 0, grad_accum: int = 1, with_prompts: bool = False):
+                 shuffle: bool = True, seed: int = 0, grad_accum: int = 1, with_prompts: bool = False,
+                 rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"data.batch_size {batch_size} must be divisible by the number of processes {world}")
         self.rows, self.batch_size, self.pad_id = list(rows), batch_size, pad_id
         self.packed, self.shuffle, self.seed, self.grad_accum = packed, shuffle, seed, grad_accum
         self.with_prompts = with_prompts
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.world > 1:
+            return len(self.rows) // self.batch_size
         return math.ceil(len(self.rows) / self.batch_size)
 
     def _order(self) -> list[int]:
@@ -240,14 +251,18 @@ class LMLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         order = self._order()
-        groups = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        batches = [collate([self.rows[i] for i in g], self.pad_id, packed=self.packed,
-                           with_prompts=self.with_prompts) for g in groups]
-        for w in range(0, len(batches), self.grad_accum):
-            window = batches[w:w + self.grad_accum]
-            tokens = sum(int((b["labels"] != IGNORE).sum()) for b in window)
-            for b in window:
-                b["norm"] = torch.tensor(max(tokens, 1) / self.grad_accum)
+        groups = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][:len(self)]
+        per = self.batch_size // self.world
+        for w in range(0, len(groups), self.grad_accum):
+            window = groups[w:w + self.grad_accum]
+            full = [collate([self.rows[i] for i in g], self.pad_id, packed=self.packed,
+                            with_prompts=self.with_prompts) for g in window]
+            tokens = sum(int((b["labels"] != IGNORE).sum()) for b in full)  # over every process
+            for g, b in zip(window, full):
+                if self.world > 1:
+                    b = collate([self.rows[i] for i in g[self.rank * per:(self.rank + 1) * per]], self.pad_id,
+                                packed=self.packed, with_prompts=self.with_prompts)
+                b["norm"] = torch.tensor(max(tokens, 1) / (self.grad_accum * self.world))
                 yield b
 
 

@@ -21,6 +21,7 @@ from distill.families.llm.evaluate import generate_text, lm_metrics
 from distill.families.llm.models import (build_student, count_parameters, load_causal_lm, load_tokenizer,
                                          resolve_source)
 from distill.registry import methods, register_runner
+from distill.dist import barrier, is_main, main_first
 from distill.teacher import Teacher
 from distill.utils import atomic_write_text, hash_json, seed_everything
 
@@ -98,12 +99,14 @@ def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcf
     """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
     train_cfg = mcfg.train or cfg.train
     packed = cfg.data.pack and not method.uses_prompts
+    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label)
     loader = LMLoader(rows_of(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
-                      seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts)
+                      seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts,
+                      rank=engine.accelerator.process_index, world=engine.accelerator.num_processes)
     total = -(-len(loader) // cfg.engine.grad_accum) * train_cfg.epochs
     if train_cfg.max_steps:
         total = min(total, train_cfg.max_steps)
-    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, total_steps=total, name=label)
+    engine.total_steps = total
     engine._metrics_path = metrics_path
     method.to(engine.device)
     optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
@@ -140,9 +143,10 @@ def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Te
 @register_runner("llm")
 def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     device = Engine(cfg.engine, None, seed=cfg.seed).device
-    teacher, tok, src = load_teacher(cfg, device)
-    log(f"teacher: {src} ({count_parameters(teacher.module):,} parameters, vocab {len(tok)})")
-    train, held, ood = build_examples(cfg, tok, teacher, device, log)
+    with main_first():  # the main process converts / samples into the cache, the others read it
+        teacher, tok, src = load_teacher(cfg, device)
+        log(f"teacher: {src} ({count_parameters(teacher.module):,} parameters, vocab {len(tok)})")
+        train, held, ood = build_examples(cfg, tok, teacher, device, log)
     log(f"data: {len(train)} train / {len(held)} held-out examples, {len(ood)} out-of-domain windows")
     metrics_path = run_dir / "metrics.jsonl"
     results: dict[str, Any] = {"family": "llm", "primary_metric": "bits_per_byte", "teacher": None, "students": {}}
@@ -169,6 +173,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
         if not same_tok and entry.builder.needs_teacher and not entry.builder.cross_tokenizer:
             raise ConfigError(f"methods: {mcfg.name!r} needs the teacher's tokenizer, but student.tokenizer="
                               f"{cfg.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
+        barrier()
         if done.is_file():
             log(f"student {label}: already trained (resumed run), reusing {out}")
             student = load_causal_lm(str(out), "student").to(device)
@@ -189,11 +194,12 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             method.set_tokenizers(tok, s_tok)
             examples = method.prepare_examples(s_train, s_tok)
             engine = train_student(method, examples, cfg, mcfg, s_tok.pad_token_id, out, metrics_path, label)
-            student.save_pretrained(out)
-            s_tok.save_pretrained(out)
-            atomic_write_text(done, json.dumps({"method": mcfg.name, "params": mcfg.params, "steps": engine.step_count,
-                                                "last_terms": engine.last_terms}))
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            if is_main():
+                student.save_pretrained(out)
+                s_tok.save_pretrained(out)
+                atomic_write_text(done, json.dumps({"method": mcfg.name, "params": mcfg.params,
+                                                    "steps": engine.step_count, "last_terms": engine.last_terms}))
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
         m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None)
         m["method"] = mcfg.name
         results["students"][label] = m
@@ -201,8 +207,10 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
 
     results["best"] = min(results["students"], key=lambda k: results["students"][k]["bits_per_byte"])
     results["data"] = {"source": cfg.data.source, "train": len(train), "held_out": len(held), "ood": len(ood)}
-    atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
-    atomic_write_text(run_dir / "report.md", report(cfg, results))
+    if is_main():
+        atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
+        atomic_write_text(run_dir / "report.md", report(cfg, results))
+    barrier()
     return results
 
 
