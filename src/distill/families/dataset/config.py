@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, RunConfig, register_config
+from distill.config import check_methods, Component, register_config, RunConfig
 from distill.errors import ConfigError
 from distill.families.dataset.evaluate import EvalProtocol
 
@@ -39,7 +39,7 @@ class DatasetRunConfig(RunConfig):
 
     def check_components(self) -> None:
         from distill.families.dataset.augment import check_strategy
-        from distill.registry import datasets, methods, models
+        from distill.registry import datasets, models
 
         entry = datasets.get(self.data.name, "dataset", where="data.name")
         self.data.params = entry.validate(self.data.params, "data.params")
@@ -50,12 +50,7 @@ class DatasetRunConfig(RunConfig):
             check_strategy(self.eval.strategy)
         except ValueError as e:
             raise ConfigError(f"eval.strategy: {e}") from None
-        seen = set()
-        for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "dataset", where=f"methods.{i}.name")
-            m.params = entry.validate(m.params, f"methods.{i}.params")
-            if m.display in seen:
-                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
-            seen.add(m.display)
+        check_methods(self.methods, "dataset")
+        for m in self.methods:
             if m.iterations is None:
                 m.iterations = self.iterations

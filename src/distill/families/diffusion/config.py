@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, OptimizerConfig, RunConfig, ScheduleConfig, Strict, TrainConfig, register_config
+from distill.config import check_methods, Component, MethodConfig, OptimizerConfig, register_config, RunConfig, ScheduleConfig, Strict, TrainConfig
 from distill.errors import ConfigError
 
 
@@ -38,14 +38,7 @@ class DiffusionStudentConfig(Strict):
     steps: int = Field(1, ge=1, description="the step count the student is distilled for (the headline metric)")
 
 
-class DiffusionMethodConfig(Component):
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-@]+$", description="name in tables (default: name)")
-    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
-    train: TrainConfig | None = Field(None, description="override the shared student training settings")
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
+DiffusionMethodConfig = MethodConfig  # the shared entry of a `methods:` list
 
 
 class DiffusionEvalConfig(Strict):
@@ -71,7 +64,7 @@ class DiffusionRunConfig(RunConfig):
         return self.student.param or self.teacher.param
 
     def check_components(self) -> None:
-        from distill.registry import datasets, methods, models
+        from distill.registry import datasets, models
 
         entry = datasets.get(self.data.name, "diffusion", where="data.name")
         self.data.params = entry.validate(self.data.params, "data.params")
@@ -87,12 +80,6 @@ class DiffusionRunConfig(RunConfig):
         for where, comp in comps:
             entry = models.get(comp.name, "diffusion", where=f"{where}.name")
             comp.params = entry.validate(comp.params, f"{where}.params")
-        seen = set()
-        for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "diffusion", where=f"methods.{i}.name")
-            m.params = entry.validate(m.params, f"methods.{i}.params")
-            if m.display in seen:
-                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
-            seen.add(m.display)
+        check_methods(self.methods, "diffusion")
         if self.student.steps not in self.eval.steps:
             self.eval.steps = sorted({*self.eval.steps, self.student.steps})

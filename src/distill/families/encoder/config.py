@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, RunConfig, Strict, TrainConfig, register_config
+from distill.config import check_methods, Component, MethodConfig, register_config, RunConfig, Strict, TrainConfig
 from distill.errors import ConfigError
 from distill.families.llm.config import expand
 
@@ -44,14 +44,7 @@ class EncoderDataConfig(Strict):
     eval_batch_size: int = Field(64, ge=1)
 
 
-class EncoderMethodConfig(Component):
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
-    weights: dict[str, float] = Field(default_factory=dict)
-    train: TrainConfig | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
+EncoderMethodConfig = MethodConfig  # the shared entry of a `methods:` list
 
 
 class EncoderEvalConfig(Strict):
@@ -75,16 +68,12 @@ class EncoderRunConfig(RunConfig):
     def check_components(self) -> None:
         from distill.registry import methods
 
-        seen = set()
+        check_methods(self.methods, "encoder")
         for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "encoder", where=f"methods.{i}.name")
-            m.params = entry.validate(m.params, f"methods.{i}.params")
+            entry = methods.get(m.name, "encoder")
             if self.student.kind == "static" and getattr(entry.builder, "needs_layers", False):
                 raise ConfigError(f"methods.{i}.name: {m.name!r} distils transformer layers, but student.kind=static "
                                   "has none; use embedding_kd (or student.kind=bert).")
-            if m.display in seen:
-                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
-            seen.add(m.display)
         s = self.student
         if s.layers is not None and s.init != "teacher":
             raise ConfigError("student.layers: only used with student.init=teacher.")

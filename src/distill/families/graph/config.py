@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, RunConfig, Strict, TrainConfig, register_config
+from distill.config import check_methods, Component, MethodConfig, register_config, RunConfig, Strict, TrainConfig
 from distill.errors import ConfigError
 
 
@@ -38,14 +38,7 @@ class GraphStudentConfig(Strict):
     model: Component
 
 
-class GraphMethodConfig(Component):
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="name in tables (default: name)")
-    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
-    train: TrainConfig | None = Field(None, description="override the shared student training settings")
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
+GraphMethodConfig = MethodConfig  # the shared entry of a `methods:` list
 
 
 class GraphEvalConfig(Strict):
@@ -68,7 +61,7 @@ class GraphRunConfig(RunConfig):
     eval: GraphEvalConfig = Field(default_factory=GraphEvalConfig)
 
     def check_components(self) -> None:
-        from distill.registry import datasets, methods, models
+        from distill.registry import datasets, models
 
         entry = datasets.get(self.data.name, "graph", where="data.name")
         self.data.params = entry.validate(self.data.params, "data.params")
@@ -81,10 +74,4 @@ class GraphRunConfig(RunConfig):
                 raise ConfigError(f"student.model.name: {comp.name!r} is a GNN; the student reads node features only "
                                   "(e.g. mlp).")
             comp.params = entry.validate(comp.params, f"{where}.params")
-        seen = set()
-        for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "graph", where=f"methods.{i}.name")
-            m.params = entry.validate(m.params, f"methods.{i}.params")
-            if m.display in seen:
-                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
-            seen.add(m.display)
+        check_methods(self.methods, "graph")

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, RunConfig, Strict, TrainConfig, register_config
+from distill.config import check_methods, Component, MethodConfig, register_config, RunConfig, Strict, TrainConfig
 from distill.errors import ConfigError
 
 
@@ -78,14 +78,7 @@ class LMDataConfig(Strict):
     ood_max_chars: int = Field(20000, ge=100)
 
 
-class LMMethodConfig(Component):
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="name in tables (default: name)")
-    weights: dict[str, float] = Field(default_factory=dict, description="override loss-term weights")
-    train: TrainConfig | None = Field(None, description="override the shared student training settings")
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
+LMMethodConfig = MethodConfig  # the shared entry of a `methods:` list
 
 
 class LMEvalConfig(Strict):
@@ -108,16 +101,12 @@ class LLMRunConfig(RunConfig):
     def check_components(self) -> None:
         from distill.registry import methods
 
-        seen = set()
+        check_methods(self.methods, "llm")
         for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "llm", where=f"methods.{i}.name")
-            m.params = entry.validate(m.params, f"methods.{i}.params")
+            entry = methods.get(m.name, "llm")
             if self.student.tokenizer and entry.builder.needs_teacher and not getattr(entry.builder, "cross_tokenizer", False):
                 raise ConfigError(f"methods.{i}.name: {m.name!r} needs the teacher's tokenizer, but student.tokenizer="
                                   f"{self.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
-            if m.display in seen:
-                raise ConfigError(f"methods.{i}: two methods are both called {m.display!r}; give one a `label`.")
-            seen.add(m.display)
         if self.data.source != "teacher" and not self.data.path:
             raise ConfigError(f"data.path: required for data.source={self.data.source!r}.")
         for where, p in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path),
