@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config import EngineConfig, OptimizerConfig, ScheduleConfig
+from distill.config import EngineConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from distill.errors import ConfigError, DistillError
 from distill.utils import atomic_torch_save, seed_everything
 
@@ -146,7 +146,7 @@ class Engine:
     """One training phase (e.g. the teacher, or one student) with its own folder and checkpoints."""
 
     def __init__(self, cfg: EngineConfig, out_dir: str | os.PathLike | None, *, seed: int = 0,
-                 total_steps: int = 0, name: str = "train"):
+                 total_steps: int = 0, name: str = "train", metrics_path: str | os.PathLike | None = None):
         self.cfg, self.seed, self.name = cfg, seed, name
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.total_steps = total_steps
@@ -171,7 +171,8 @@ class Engine:
         self._task = None
         self._tb = None
         self._t0 = time.perf_counter()
-        self._metrics_path = self.out_dir / "metrics.jsonl" if self.out_dir else None
+        self._metrics_path = (Path(metrics_path) if metrics_path is not None
+                              else self.out_dir / "metrics.jsonl" if self.out_dir else None)
 
     # ------------------------------------------------------------------ setup
     @property
@@ -205,6 +206,27 @@ class Engine:
             if optimizer is not None and acc.scaler is not None:
                 optimizer = acc.prepare_optimizer(optimizer)
         self._model, self._opt, self._sched = model, optimizer, scheduler
+        return model, optimizer, scheduler
+
+    def start(self, module: nn.Module, train_cfg: TrainConfig, *, batches_per_epoch: int | None = None,
+              total_steps: int | None = None, params: Iterable[torch.nn.Parameter] | None = None):
+        """Device, optimiser, schedule, wrapping and resume for one training phase.
+
+        The number of optimiser steps is `total_steps`, or batches_per_epoch / grad_accum x epochs
+        capped by `train.max_steps`. Returns (model, optimizer, scheduler) to use in the loop.
+        """
+        if total_steps is None:
+            if batches_per_epoch is None:
+                raise ValueError("start() needs batches_per_epoch or total_steps")
+            total_steps = -(-batches_per_epoch // self.cfg.grad_accum) * train_cfg.epochs
+            if train_cfg.max_steps:
+                total_steps = min(total_steps, train_cfg.max_steps)
+        self.total_steps = total_steps
+        module.to(self.device)
+        optimizer = build_optimizer(train_cfg.optimizer, module.parameters() if params is None else params)
+        scheduler = build_scheduler(train_cfg.schedule, optimizer, total_steps)
+        model, optimizer, scheduler = self.prepare(module, optimizer, scheduler)
+        self.resume(model, optimizer, scheduler)
         return model, optimizer, scheduler
 
     def autocast(self):

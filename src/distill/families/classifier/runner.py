@@ -16,7 +16,7 @@ from torch import nn
 
 from distill.config import EngineConfig, TrainConfig
 from distill.data.base import ArrayDataset, DataBundle, TensorLoader
-from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.eval.efficiency import cpu_latency_ms, size_on_disk
 from distill.eval.metrics import classification_metrics, predict
@@ -35,24 +35,14 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset, test: ArrayDatase
                 weights: dict[str, float] | None = None, eval_fn: Callable | None = None,
                 drop_last: bool = False, val: ArrayDataset | None = None) -> Engine:
     """Optimise `method.parameters()` on `train`; evaluate on `test` (and `val`); resume if `out_dir` has checkpoints."""
-    engine = Engine(engine_cfg, out_dir, seed=seed, name=name)
+    engine = Engine(engine_cfg, out_dir, seed=seed, name=name, metrics_path=metrics_path)
     acc = engine.accelerator
     # batch_size is the global batch: each process takes its slice (the uneven last batch is dropped)
     loader = TensorLoader(train, batch_size, shuffle=True, seed=seed, drop_last=drop_last,
                           rank=acc.process_index, world=acc.num_processes)
-    steps_per_epoch = -(-len(loader) // engine_cfg.grad_accum)
-    total = steps_per_epoch * train_cfg.epochs
-    if train_cfg.max_steps:
-        total = min(total, train_cfg.max_steps)
-    engine.total_steps = total
-    if metrics_path is not None:
-        engine._metrics_path = metrics_path
     method.to(engine.device)
-    method.setup(engine.to_device(next(iter(loader))))
-    optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
-    scheduler = build_scheduler(train_cfg.schedule, optimizer, total)
-    model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
-    engine.resume(model, optimizer, scheduler)
+    method.setup(engine.to_device(next(iter(loader))))  # modules whose shapes the data decides
+    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
     weights = {**method.weights, **(weights or {})}
     def default_eval():
         m = classification_metrics(predict(method.student, test.x, device=engine.device), test.y)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.engine import Engine
 from distill.families.encoder.base import EncoderMethod
 from distill.families.encoder.config import EncoderMethodConfig, EncoderRunConfig
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
@@ -27,16 +27,8 @@ def train_student(method: EncoderMethod, rows: list[list[int]], cfg: EncoderRunC
     """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
     train_cfg = mcfg.train or cfg.train
     loader = SentenceLoader(rows, cfg.data.batch_size, pad_id, seed=cfg.seed)
-    total = -(-len(loader) // cfg.engine.grad_accum) * train_cfg.epochs
-    if train_cfg.max_steps:
-        total = min(total, train_cfg.max_steps)
-    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, total_steps=total, name=label)
-    engine._metrics_path = metrics_path
-    method.to(engine.device)
-    optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
-    scheduler = build_scheduler(train_cfg.schedule, optimizer, total)
-    model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
-    engine.resume(model, optimizer, scheduler)
+    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label, metrics_path=metrics_path)
+    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
     weights = {**method.weights, **mcfg.weights}
 
     model.train()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from distill.config import EngineConfig, TrainConfig
 from distill.data.base import BatchSampler
 from distill.data.graphs import Graph, GraphSplit, cpf_split
-from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.engine import Engine
 from distill.families.graph.base import GraphMethod, NodeContext, masked_cross_entropy
 from distill.families.graph.config import GraphMethodConfig, GraphRunConfig
 from distill.families.graph.latency import gnn_latency_ms, mlp_latency_ms, single_thread
@@ -124,18 +124,10 @@ def fit(method: GraphMethod, prob: Problem, nodes: Tensor, train_cfg: TrainConfi
     """Optimise `method` over batches of `nodes`; evaluate each epoch; keep the weights of the best
     validation accuracy and stop after `patience` epochs without improvement."""
     loader = NodeLoader(nodes, batch_size, seed)
-    total = len(loader) * train_cfg.epochs
-    if train_cfg.max_steps:
-        total = min(total, train_cfg.max_steps)
-    engine = Engine(engine_cfg, out_dir, seed=seed, total_steps=total, name=name)
-    if metrics_path is not None:
-        engine._metrics_path = metrics_path
+    engine = Engine(engine_cfg, out_dir, seed=seed, name=name, metrics_path=metrics_path)
     method.to(engine.device)
     method.attach(prob.ctx.to(engine.device))
-    optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
-    scheduler = build_scheduler(train_cfg.schedule, optimizer, total)
-    model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
-    engine.resume(model, optimizer, scheduler)
+    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
     weights = {**method.weights, **(weights or {})}
     best_file = out_dir / "best_student.pt" if out_dir is not None else None
     best = {"val": -1.0, "epoch": 0, "state": None}
