@@ -116,6 +116,56 @@ def build_method(mcfg: MethodConfig, student: nn.Module, teacher: Teacher) -> Cl
     return entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
 
 
+def attach_cache(method: ClassifierMethod, cfg: ClassifierRunConfig, teacher: Teacher, bundle: DataBundle,
+                 device) -> None:
+    """Give a logit-only method the on-disk teacher outputs when the recipe asks for them."""
+    if not (cfg.teacher.cache_outputs and method.supports_cache):
+        return
+    t = getattr(method, "temperature", 1.0)
+    k = cfg.teacher.cache_top_k or bundle.num_classes
+    folder = Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{bundle.train.fingerprint()}-T{t}-k{k}"
+    for turn in ("main", "others"):  # the main process builds, the others then read
+        if (turn == "main") == is_main():
+            method.cache = TeacherCache.load_or_build(folder, teacher, bundle.train.x,
+                                                      data_hash=bundle.train.fingerprint(), temperature=t, k=k,
+                                                      device=device)
+        barrier()
+
+
+def fit_student(student: nn.Module, mcfg: MethodConfig, teacher: Teacher, bundle: DataBundle,
+                cfg: ClassifierRunConfig, out: Path, metrics_path: Path, label: str, device,
+                train_cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """Distil `student` with one method; save it to `out` (main process) and return its record."""
+    method = build_method(mcfg, student, teacher)
+    attach_cache(method, cfg, teacher, bundle, device)
+    engine = train_phase(method, bundle.train, bundle.test, train_cfg or mcfg.train or cfg.train, cfg.engine,
+                         batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out, metrics_path=metrics_path,
+                         name=label, weights=mcfg.weights, drop_last=cfg.data.drop_last, val=bundle.val)
+    res = {"history": engine.history, "method": mcfg.name}
+    if is_main():
+        save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
+        atomic_write_text(out / "result.json", json.dumps(res))
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    barrier()
+    student.to(device)
+    return res
+
+
+def summarize(student: nn.Module, bundle: DataBundle, out: Path, cfg: ClassifierRunConfig, device,
+              res: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    """Test metrics of a trained student, with its best epoch (chosen on validation when there is one)."""
+    m, lg = evaluate(student, bundle, out, cfg, device)
+    m["method"] = res["method"]
+    hist = [h for h in res.get("history", []) if "accuracy" in h]
+    if hist and all("val_accuracy" in h for h in hist):
+        m["best_accuracy"] = max(hist, key=lambda h: h["val_accuracy"])["accuracy"]
+        m["best_selected_on"] = "val"
+    else:  # no validation split: the best test accuracy seen (optimistic)
+        m["best_accuracy"] = max(h["accuracy"] for h in hist) if hist else m["accuracy"]
+        m["best_selected_on"] = "test"
+    return m, lg
+
+
 @register_runner("classifier")
 def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     entry = datasets.get(cfg.data.name, "classifier")
@@ -143,53 +193,32 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
     for mcfg in cfg.methods:
         label = mcfg.display
         out = run_dir / "students" / label
-        done = out / "result.json"
         barrier()
-        if done.is_file() and (out / "model.safetensors").is_file():
+        if (out / "result.json").is_file() and (out / "model.safetensors").is_file():
             log(f"student [{label}]: already trained (resumed run), reusing {out}")
-            res = json.loads(done.read_text())
+            res = json.loads((out / "result.json").read_text())
             student = load_model(out, device=device)
         else:
             log(f"student [{label}]: training {cfg.student.model.name} with {mcfg.name}")
             seed_everything(cfg.seed)  # every method starts from the same student initialisation
             student = build_model(cfg.student.model.name, cfg.student.model.params, bundle.input_shape,
                                   bundle.num_classes)
-            method = build_method(mcfg, student, teacher)
-            if cfg.teacher.cache_outputs and method.supports_cache:
-                t = getattr(method, "temperature", 1.0)
-                k = cfg.teacher.cache_top_k or bundle.num_classes
-                cache_dir = Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{bundle.train.fingerprint()}-T{t}-k{k}"
-                for turn in ("main", "others"):  # the main process builds, the others then read
-                    if (turn == "main") == is_main():
-                        method.cache = TeacherCache.load_or_build(
-                            cache_dir, teacher, bundle.train.x, data_hash=bundle.train.fingerprint(),
-                            temperature=t, k=k, device=device)
-                    barrier()
-            engine = train_phase(method, bundle.train, bundle.test, mcfg.train or cfg.train, cfg.engine,
-                                 batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out,
-                                 metrics_path=metrics_path, name=label, weights=mcfg.weights,
-                                 drop_last=cfg.data.drop_last, val=bundle.val)
-            res = {"history": engine.history, "method": mcfg.name}
-            if is_main():
-                save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
-                atomic_write_text(done, json.dumps(res))
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            student.to(device)
-        m, lg = evaluate(student, bundle, out, cfg, device)
-        m["method"] = mcfg.name
-        hist = [h for h in res.get("history", []) if "accuracy" in h]
-        if hist and all("val_accuracy" in h for h in hist):  # best epoch chosen on validation
-            m["best_accuracy"] = max(hist, key=lambda h: h["val_accuracy"])["accuracy"]
-            m["best_selected_on"] = "val"
-        else:  # no validation split: the best test accuracy seen (optimistic)
-            m["best_accuracy"] = max(h["accuracy"] for h in hist) if hist else m["accuracy"]
-            m["best_selected_on"] = "test"
+            res = fit_student(student, mcfg, teacher, bundle, cfg, out, metrics_path, label, device)
+        m, lg = summarize(student, bundle, out, cfg, device, res)
         results["students"][label] = m
         histories[label] = res.get("history", [])
         logits[label] = lg
 
+    if cfg.stages:
+        from distill.families.classifier.stages import run_stages
+
+        label, m, lg, hist = run_stages(cfg, bundle, run_dir, metrics_path, device, log)
+        results["students"][label] = m
+        histories[label], logits[label] = hist, lg
+
     # the student/ folder holds the best distilled student (highest test accuracy; baselines excluded)
-    distilled = [k for k, v in results["students"].items() if methods.get(v["method"], "classifier").builder.needs_teacher]
+    distilled = [k for k, v in results["students"].items()
+                 if v["method"] == "staged" or methods.get(v["method"], "classifier").builder.needs_teacher]
     pool = distilled or list(results["students"])
     best = max(pool, key=lambda k: results["students"][k]["accuracy"])
     results["best"] = best
@@ -198,7 +227,7 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
     if not is_main():
         barrier()
         return results
-    shutil.copytree(run_dir / "students" / best, run_dir / "student", dirs_exist_ok=True,
+    shutil.copytree(results["students"][best].get("folder") or run_dir / "students" / best, run_dir / "student", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("checkpoints"))
     atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
 
