@@ -35,6 +35,8 @@ def expand(path: str | None) -> str | None:
 class LMTeacherConfig(Strict):
     path: str = Field(..., description="transformers folder, hub id, or llama2.c .bin (converted once)")
     tokenizer: str | None = Field(None, description="tokenizer folder/id; the SentencePiece model for a llama2.c .bin")
+    cache_top_k: int | None = Field(None, ge=1, description="cache the teacher's top-k log-probs per target token on "
+                                                           "disk; methods that can (token_kd) read it instead of the teacher")
 
 
 class LMStudentConfig(Strict):

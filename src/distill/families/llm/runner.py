@@ -193,6 +193,10 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             method.pad_id, method.eos_id = s_tok.pad_token_id, s_tok.eos_token_id
             method.set_tokenizers(tok, s_tok)
             examples = method.prepare_examples(s_train, s_tok)
+            if cfg.teacher.cache_top_k and getattr(method, "reads_teacher_cache", False):
+                from distill.families.llm.cache import attach_cache
+
+                attach_cache(method, cfg, teacher, tok, examples, device, log)
             engine = train_student(method, examples, cfg, mcfg, s_tok.pad_token_id, out, metrics_path, label)
             if is_main():
                 student.save_pretrained(out)

@@ -4,7 +4,9 @@ next-token distributions at every target position, plus a weighted next-token CE
 loss = kd_weight * T^2 * D(p_teacher^T, q_student^T) + ce_weight * CE   (Hinton et al. 2015; with
 D = forward KL this is word-level KD, Kim & Rush 2016; reverse KL: MiniLLM, Gu et al. 2024;
 JSD(beta): GKD, Agarwal et al. 2024; skew KL: DistiLLM, Ko et al. 2024; TVD: Wen et al. 2023).
-Logits are computed chunk by chunk from hidden states (`distill.losses.lm`).
+Logits are computed chunk by chunk from hidden states (`distill.losses.lm`). With
+`teacher.cache_top_k` set, the teacher is read from the offline cache (`cache.py`): the divergence
+is then taken over the teacher's cached top-k plus an exact tail bucket (`sparse_divergence`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing_extensions import Annotated
 
 from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE
+from distill.families.llm.models import head_of
 from distill.registry import register_method
 
 DivergenceName = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
@@ -24,6 +27,8 @@ DivergenceName = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rev
 @register_method("token_kd", family="llm", description="token-level KD on the data: any divergence + CE (Hinton 2015, Kim & Rush 2016)",
                  injected=("student", "teacher"))
 class TokenKD(LMMethod):
+    reads_teacher_cache = True  # the runner attaches an `LMTeacherCache` when teacher.cache_top_k is set
+
     def __init__(self, student, teacher, divergence: DivergenceName = "forward_kl",
                  temperature: Annotated[float, Field(gt=0)] = 1.0, beta: Annotated[float, Field(ge=0, le=1)] = 0.5,
                  alpha: Annotated[float, Field(ge=0, lt=1)] = 0.1, top_k: Annotated[int, Field(ge=1)] | None = None,
@@ -32,16 +37,25 @@ class TokenKD(LMMethod):
         super().__init__(student, teacher, chunk_size=chunk_size)
         self.divergence, self.temperature, self.beta, self.alpha, self.top_k = divergence, temperature, beta, alpha, top_k
         self.weights = {"kd": kd_weight, "ce": ce_weight}
+        self.cache = None
 
     def hparams(self):
         return {"divergence": self.divergence, "temperature": self.temperature, "top_k": self.top_k}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h_s = self.student_hidden(batch)
-        h_t = self.teacher_hidden(batch)
         mask = batch["labels"] != IGNORE
-        kd = self.kd_sum(h_s, h_t, mask, self.divergence, temperature=self.temperature, beta=self.beta,
-                         alpha=self.alpha, top_k=self.top_k) * self.temperature**2
+        if self.cache is not None:
+            from distill.families.llm.cache import cached_divergence_sum
+
+            ws, bs = head_of(self.student)
+            kd = cached_divergence_sum(h_s, ws, bs, self.cache.lookup(batch), mask, self.divergence,
+                                       vocab_size=self.cache.meta["vocab_size"], temperature=self.temperature,
+                                       beta=self.beta, alpha=self.alpha, chunk_size=self.chunk_size)
+        else:
+            kd = self.kd_sum(h_s, self.teacher_hidden(batch), mask, self.divergence, temperature=self.temperature,
+                             beta=self.beta, alpha=self.alpha, top_k=self.top_k)
+        kd = kd * self.temperature**2
         terms = {"kd": kd / batch["norm"]}
         if self.weights["ce"] > 0:
             terms["ce"] = self.ce_sum(h_s, batch["labels"]) / batch["norm"]

@@ -1,0 +1,235 @@
+"""The offline teacher cache of the llm family: the teacher's top-k next-token log-probs per target
+token, so `token_kd` can train without running the teacher.
+
+Per example (keyed by a digest of its tokens and its first target index) the cache holds, for each
+target position in order: the top-k indices (int32), their log-probs at the distillation temperature
+(fp16, normalised over the whole vocabulary) and the exact log of the remaining tail mass (fp32), so
+the tail bucket of `sparse_divergence` is exact. Packing never lets attention cross examples, so
+one cache serves packed and unpacked rows alike.
+
+Files: `outputs.safetensors` (tensors) and `meta.json` (teacher fingerprint, tokenizer hash, data
+hash, temperature, k, seq_len, vocab size, token count, sha256 of the tensor file). A cache whose
+metadata differs from the run, or whose checksum fails, is refused with `CacheMismatchError`
+naming the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from distill.errors import CacheMismatchError
+from distill.families.llm.data import IGNORE, Example, collate
+from distill.families.llm.models import head_of, hidden_states
+from distill.losses.divergences import Kind, sparse_divergence
+from distill.teacher import Teacher
+from distill.utils import atomic_write_bytes, atomic_write_text, hash_json, sha256_file
+
+LM_CACHE_FORMAT = 1
+_FLOOR = -1.0e4  # log of an empty tail (k = vocab)
+
+
+def example_key(ids: Sequence[int], start: int) -> bytes:
+    """16-byte digest of an example's tokens and its first target index."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(int(start).to_bytes(4, "little"))
+    h.update(torch.tensor(list(ids), dtype=torch.int64).numpy().tobytes())
+    return h.digest()
+
+
+def tokenizer_hash(tok) -> str:
+    """Hash of the vocabulary (token -> id) and the special-token ids."""
+    special = {k: getattr(tok, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")}
+    return hash_json({"vocab": sorted(tok.get_vocab().items(), key=lambda kv: kv[1]), "special": special,
+                      "template": getattr(tok, "chat_template", None)})
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(example_key(ex.ids, max(ex.start, 1)))
+    return h.hexdigest()[:16]
+
+
+def _unique(examples: Sequence[Example]) -> list[Example]:
+    seen: set[bytes] = set()
+    out = []
+    for ex in examples:
+        k = example_key(ex.ids, max(ex.start, 1))
+        if k not in seen and len(ex.ids) > max(ex.start, 1):
+            seen.add(k)
+            out.append(ex)
+    return out
+
+
+class LMTeacherCache:
+    FILE, META = "outputs.safetensors", "meta.json"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
+        self.folder, self.meta = folder, meta
+        self.indices = tensors["indices"]      # (N, k) int32
+        self.logprobs = tensors["logprobs"]    # (N, k) fp16, at the cache temperature
+        self.log_tail = tensors["log_tail"]    # (N,) fp32: log(1 - sum of the top-k probabilities)
+        offsets = tensors["offsets"].tolist()  # (E + 1,) int64: rows of example e are offsets[e]:offsets[e+1]
+        keys = tensors["keys"].numpy()         # (E, 16) uint8
+        self._where = {bytes(keys[e]): (offsets[e], offsets[e + 1]) for e in range(len(keys))}
+
+    @staticmethod
+    def expected_meta(teacher: Teacher, tok, examples: Sequence[Example], *, temperature: float, k: int,
+                      seq_len: int) -> dict[str, Any]:
+        return {"format": LM_CACHE_FORMAT, "teacher": teacher.fingerprint(), "tokenizer": tokenizer_hash(tok),
+                "data": data_hash(examples), "temperature": float(temperature), "k": int(k), "seq_len": int(seq_len)}
+
+    @classmethod
+    def build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
+              temperature: float, k: int, seq_len: int, batch_size: int = 16,
+              device: str | torch.device = "cpu") -> LMTeacherCache:
+        """Run the teacher once over every distinct example (one per row, unpacked) and write the cache."""
+        from safetensors.torch import save
+
+        folder = Path(folder)
+        exs = _unique(examples)
+        wt, bt = head_of(teacher.module)
+        idx_l, lp_l, tail_l, counts = [], [], [], []
+        for i in range(0, len(exs), batch_size):
+            chunk = exs[i:i + batch_size]
+            batch = {key: v.to(device) for key, v in collate([[e] for e in chunk], 0, packed=False).items()}
+            mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
+            with torch.no_grad():
+                h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
+                lp = F.log_softmax(F.linear(h, wt, bt).float() / temperature, dim=-1)  # (n, V)
+                top = lp.topk(min(k, lp.shape[-1]), dim=-1)
+                rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)         # (n,)
+            idx_l.append(top.indices.int().cpu())
+            lp_l.append(top.values.half().cpu())
+            tail_l.append(rest.clamp(min=_FLOOR).cpu())
+            counts += mask.sum(1).tolist()
+        offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
+        keys = torch.tensor([list(example_key(e.ids, max(e.start, 1))) for e in exs], dtype=torch.uint8)
+        tensors = {"indices": torch.cat(idx_l), "logprobs": torch.cat(lp_l), "log_tail": torch.cat(tail_l),
+                   "offsets": offsets, "keys": keys.reshape(-1, 16)}
+        meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len)
+        meta.update(vocab_size=int(wt.shape[0]), tokens=int(offsets[-1]), examples=len(exs),
+                    packing="per example: valid for packed and unpacked rows")
+        atomic_write_bytes(folder / cls.FILE, save(tensors))
+        meta["sha256"] = sha256_file(folder / cls.FILE)
+        atomic_write_text(folder / cls.META, json.dumps(meta, indent=2))
+        return cls(folder, meta, tensors)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, expected: dict[str, Any]) -> LMTeacherCache:
+        """Open a cache; refuse it if a metadata field differs from `expected` or the checksum fails."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_p, file_p = folder / cls.META, folder / cls.FILE
+        if not meta_p.is_file() or not file_p.is_file():
+            raise CacheMismatchError(f"LM teacher cache {folder}: missing {cls.META} or {cls.FILE}.")
+        try:
+            meta = json.loads(meta_p.read_text())
+        except json.JSONDecodeError:
+            raise CacheMismatchError(f"LM teacher cache {folder}: {cls.META} is corrupt; delete the folder.") from None
+        diffs = [f"{key}: cache has {meta.get(key)!r}, this run needs {val!r}"
+                 for key, val in expected.items() if meta.get(key) != val]
+        if diffs:
+            raise CacheMismatchError(f"LM teacher cache {folder} was made for another setting and will not be "
+                                     "reused:\n  " + "\n  ".join(diffs)
+                                     + f"\nDelete {folder} (or point the cache elsewhere) to rebuild it.")
+        if sha256_file(file_p) != meta.get("sha256"):
+            raise CacheMismatchError(f"LM teacher cache {folder}: checksum mismatch ({cls.FILE} is corrupt or was "
+                                     "modified). Delete the folder to rebuild it.")
+        return cls(folder, meta, load_file(str(file_p)))
+
+    @classmethod
+    def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
+                      temperature: float, k: int, seq_len: int, **kw) -> LMTeacherCache:
+        folder = Path(folder)
+        if (folder / cls.META).exists():
+            return cls.load(folder, cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k,
+                                                      seq_len=seq_len))
+        return cls.build(folder, teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **kw)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["temperature"])
+
+    def size_bytes(self) -> int:
+        return (self.folder / self.FILE).stat().st_size
+
+    def bytes_per_token(self) -> float:
+        return self.size_bytes() / max(int(self.meta["tokens"]), 1)
+
+    def lookup(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(indices (n, k) long, log-probs (n, k) fp32, log tail (n,)) for the counted positions of a
+        (packed or unpacked) batch, in the row-major order of `batch["labels"] != -100`."""
+        ids, labels, seg = batch["input_ids"].cpu(), batch["labels"].cpu(), batch["seg"].cpu()
+        spans = []
+        for b in range(ids.shape[0]):
+            for j in seg[b].unique().tolist():
+                if j == 0:
+                    continue
+                pos = (seg[b] == j).nonzero().squeeze(-1)
+                counted = (labels[b, pos] != IGNORE).nonzero().squeeze(-1)
+                if counted.numel() == 0:
+                    continue
+                start = int(counted[0]) + 1
+                where = self._where.get(example_key(ids[b, pos].tolist(), start))
+                if where is None or where[1] - where[0] != counted.numel():
+                    raise CacheMismatchError(f"LM teacher cache {self.folder}: an example of this batch is not in "
+                                             "the cache (the data changed since it was built); delete the folder.")
+                spans.append(where)
+        rows = torch.cat([torch.arange(a, z) for a, z in spans]) if spans else torch.zeros(0, dtype=torch.long)
+        return self.indices[rows].long(), self.logprobs[rows].float(), self.log_tail[rows]
+
+
+def _sparse_chunk(h: Tensor, w: Tensor, b: Tensor | None, idx: Tensor, lp: Tensor, tail: Tensor, kind: Kind,
+                  temperature: float, beta: float, alpha: float) -> Tensor:
+    z = F.linear(h, w, b)
+    return sparse_divergence(z, idx, lp, kind, temperature=temperature, beta=beta, alpha=alpha,
+                             teacher_log_tail=tail, reduction="none")
+
+
+def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_bias: Tensor | None,
+                          cached: tuple[Tensor, Tensor, Tensor], mask: Tensor, kind: Kind, *, vocab_size: int,
+                          temperature: float, beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024) -> Tensor:
+    """Sum over counted positions of the divergence to the cached teacher, from student hidden states
+    (B, T, D) and head (V, D); the student's logits exist one chunk of positions at a time. Student
+    rows past the teacher's vocabulary (padding) are dropped, as in the in-process loss."""
+    idx, lp, tail = (t.to(student_hidden.device) for t in cached)
+    h = student_hidden[mask]  # (n, D)
+    v = min(vocab_size, student_head.shape[0])
+    w, b = student_head[:v], (student_bias[:v] if student_bias is not None else None)
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk_size):
+        args = (h[i:i + chunk_size], w, b, idx[i:i + chunk_size], lp[i:i + chunk_size], tail[i:i + chunk_size],
+                kind, temperature, beta, alpha)
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_sparse_chunk, *args, use_reentrant=False).sum()
+        else:
+            total = total + _sparse_chunk(*args).sum()
+    return total
+
+
+def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example], device, log) -> None:
+    """Give `method` (one with `reads_teacher_cache`) the cache of `examples` at its temperature,
+    building it on the main process first; the others then read it."""
+    from distill.dist import barrier, is_main
+
+    k, t = int(cfg.teacher.cache_top_k), float(getattr(method, "temperature", 1.0))
+    folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / f"{teacher.fingerprint()}-{data_hash(examples)}-T{t}-k{k}"
+    for turn in ("main", "others"):
+        if (turn == "main") == is_main():
+            method.cache = LMTeacherCache.load_or_build(folder, teacher, tok, examples, temperature=t, k=k,
+                                                        seq_len=cfg.data.seq_len, device=device)
+        barrier()
+    c = method.cache
+    log(f"teacher cache: {folder} ({c.meta['tokens']:,} tokens, k={k}, {c.bytes_per_token():.1f} bytes/token)")

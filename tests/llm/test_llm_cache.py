@@ -1,0 +1,166 @@
+"""The offline LM teacher cache: cached loss == in-process top-k loss, k = V == dense, refusals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from llm_helpers import corpus, tiny_lm  # noqa: E402
+
+from distill.errors import CacheMismatchError  # noqa: E402
+from distill.families.llm.cache import LMTeacherCache, cached_divergence_sum  # noqa: E402
+from distill.families.llm.data import IGNORE, collate, pack, text_examples  # noqa: E402
+from distill.families.llm.models import head_of, hidden_states  # noqa: E402
+from distill.families.llm.token_kd import TokenKD  # noqa: E402
+from distill.losses.divergences import sparse_divergence  # noqa: E402
+from distill.losses.lm import hidden_divergence  # noqa: E402
+from distill.teacher import Teacher  # noqa: E402
+
+T = 2.0
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_tok):
+    t = tiny_lm("llama", len(tiny_tok), hidden=24, seed=3)
+    with torch.no_grad():  # a peaked teacher, so that the divergences are far from 0 (several nats)
+        t.get_output_embeddings().weight.mul_(20.0)
+    teacher = Teacher(t)
+    student = tiny_lm("gpt2", len(tiny_tok), hidden=16, seed=1).eval()  # no dropout: comparable passes
+    exs = text_examples(corpus(10), tiny_tok, 32)
+    exs[3].start = 4  # a prompt: its first targets are not counted nor cached
+    batch = collate(pack(exs, 64), tiny_tok.pad_token_id, packed=True)
+    return teacher, student, exs, batch
+
+
+def _cached(cache, student, batch, kind="forward_kl"):
+    mask = batch["labels"] != IGNORE
+    w, b = head_of(student)
+    return cached_divergence_sum(hidden_states(student, batch), w, b, cache.lookup(batch), mask, kind,
+                                 vocab_size=cache.meta["vocab_size"], temperature=T, chunk_size=7)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "jsd", "reverse_kl"])
+def test_cached_loss_equals_in_process_top_k(tmp_path, setup, tiny_tok, kind):
+    teacher, student, exs, batch = setup
+    cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32, batch_size=4)
+    assert cache.meta["tokens"] == int((batch["labels"] != IGNORE).sum())
+    # in process, on the packed batch: the teacher's top-k log-probs and exact tail, then sparse_divergence
+    mask = batch["labels"] != IGNORE
+    with torch.no_grad():
+        lp_t = F.log_softmax(teacher.module(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+                                            ).logits[mask].float() / T, -1)
+    top = lp_t.topk(8, -1)
+    tail = lp_t.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+    z_s = student(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits[mask]
+    got = _cached(cache, student, batch, kind)
+    ref = sparse_divergence(z_s, top.indices, top.values.half().float(), kind, temperature=T, teacher_log_tail=tail,
+                            reduction="sum")
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6), (kind, got, ref)  # same fp16 log-probs: equal
+    # against fp32 log-probs: off by the fp16 rounding only
+    ref32 = sparse_divergence(z_s, top.indices, top.values, kind, temperature=T, teacher_log_tail=tail, reduction="sum")
+    assert got > 0.05 * mask.sum() and torch.allclose(got, ref32, rtol=1e-3), (kind, got, ref32)
+    # gradients agree too
+    student.zero_grad()
+    _cached(cache, student, batch, kind).backward()
+    g_cached = student.get_output_embeddings().weight.grad.clone()
+    student.zero_grad()
+    sparse_divergence(student(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits[mask],
+                      top.indices, top.values.half().float(), kind, temperature=T, teacher_log_tail=tail,
+                      reduction="sum").backward()
+    assert torch.allclose(g_cached, student.get_output_embeddings().weight.grad, rtol=1e-4, atol=1e-6)
+    student.zero_grad()
+
+
+def test_k_equal_vocab_is_the_dense_loss(tmp_path, setup, tiny_tok):
+    teacher, student, exs, batch = setup
+    V = head_of(teacher.module)[0].shape[0]
+    cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=V, seq_len=32)
+    mask = batch["labels"] != IGNORE
+    with torch.no_grad():
+        ws, bs = head_of(student)
+        wt, bt = head_of(teacher.module)
+        dense = hidden_divergence(hidden_states(student, batch), ws, hidden_states(teacher.module, batch), wt,
+                                  "forward_kl", student_bias=bs, teacher_bias=bt, temperature=T, mask=mask)
+        got = _cached(cache, student, batch)
+    assert dense > 0.5 * mask.sum() and torch.allclose(got, dense, rtol=1e-3), (got, dense)  # fp16 rounding only
+    assert cache.bytes_per_token() > V * 6  # int32 + fp16 per entry, plus the tail
+
+
+def test_token_kd_reads_the_cache_not_the_teacher(tmp_path, setup, tiny_tok):
+    teacher, student, exs, batch = setup
+    m = TokenKD(student, teacher, temperature=T)
+    m.cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=16, seq_len=32)
+    m.teacher_hidden = lambda b: (_ for _ in ()).throw(AssertionError("the teacher ran"))
+    batch = {**batch, "norm": (batch["labels"] != IGNORE).sum().float()}
+    kd = m(batch)["kd"]
+    kd.backward()
+    assert torch.isfinite(kd) and kd > 0
+    ws = student.get_output_embeddings().weight
+    assert ws.grad is not None and ws.grad.abs().sum() > 0
+    student.zero_grad()
+
+
+def test_mismatch_and_corruption_are_refused(tmp_path, setup, tiny_tok):
+    teacher, student, exs, _ = setup
+    folder = tmp_path / "c"
+    LMTeacherCache.build(folder, teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32)
+    ok = dict(temperature=T, k=8, seq_len=32)
+    assert LMTeacherCache.load_or_build(folder, teacher, tiny_tok, exs, **ok).meta["k"] == 8
+
+    class OtherTok:  # same ids, one token renamed
+        def __init__(self, tok):
+            self.tok = tok
+            self.bos_token_id, self.eos_token_id, self.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+
+        def get_vocab(self):
+            v = dict(self.tok.get_vocab())
+            k = next(iter(v))
+            v["renamed"] = v.pop(k)
+            return v
+
+    other_teacher = Teacher(tiny_lm("llama", len(tiny_tok), hidden=24, seed=4))
+    cases = [("teacher", dict(teacher=other_teacher)), ("tokenizer", dict(tok=OtherTok(tiny_tok))),
+             ("temperature", dict(temperature=1.0)), ("k", dict(k=4)), ("data", dict(examples=exs[:-1])),
+             ("seq_len", dict(seq_len=64))]
+    for field, change in cases:
+        args = {"teacher": teacher, "tok": tiny_tok, "examples": exs, **ok, **change}
+        with pytest.raises(CacheMismatchError, match=rf"\n  {field}: cache has"):
+            LMTeacherCache.load_or_build(folder, args.pop("teacher"), args.pop("tok"), args.pop("examples"), **args)
+
+    f = folder / LMTeacherCache.FILE
+    raw = bytearray(f.read_bytes())
+    raw[-3] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(CacheMismatchError, match="checksum"):
+        LMTeacherCache.load_or_build(folder, teacher, tiny_tok, exs, **ok)
+    (folder / LMTeacherCache.META).write_text("{not json")
+    with pytest.raises(CacheMismatchError, match="corrupt"):
+        LMTeacherCache.load_or_build(folder, teacher, tiny_tok, exs, **ok)
+
+
+def test_run_with_cache_top_k(tmp_path, tiny_tok):
+    import distill
+
+    tdir = tmp_path / "teacher"
+    tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(tdir)
+    tiny_tok.save_pretrained(tdir)
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(30)))
+    recipe = {"name": "t", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+              "teacher": {"path": str(tdir), "cache_top_k": 16},
+              "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "pad_vocab_to": 64},
+              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8},
+              "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
+              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"temperature": 2.0}}]}
+    lines: list[str] = []
+    s = distill.run(recipe, log=lines.append)
+    assert s["students"]["token_kd"]["bits_per_byte"] > 0
+    metas = list(Path(tmp_path / "cache" / "llm_teacher_outputs").glob("*/meta.json"))
+    assert len(metas) == 1
+    meta = json.loads(metas[0].read_text())
+    assert meta["k"] == 16 and meta["temperature"] == 2.0 and meta["tokens"] > 0
+    assert any("bytes/token" in line for line in lines)
