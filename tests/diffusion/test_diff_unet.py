@@ -1,0 +1,116 @@
+"""The image path on diffusers: every method trains a few steps on a tiny class-conditional UNet,
+a UNet teacher loads from a save_pretrained folder, guidance, and the Frechet distance."""
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from distill.eval.frechet import frechet_distance  # noqa: E402
+from distill.families.diffusion.base import DiffusionContext  # noqa: E402
+from distill.families.diffusion.process import Process, ddim_sample  # noqa: E402
+from distill.families.diffusion.unet import UNetDenoiser, conditioning, guidance, load_unet, make_unet  # noqa: E402
+from distill.registry import methods, models  # noqa: E402
+from distill.teacher import Teacher  # noqa: E402
+
+PROCESS = Process("flow")
+SMALL = {"progressive": {"start_steps": 4}, "reflow": {"pairs": 32, "distill_fraction": 0.5},
+         "consistency": {"grid_steps": 8, "skip": 2}, "dmd": {"fake_updates": 1}}
+UNCONDITIONAL = {"reflow", "dmd"}  # they draw their own noise batches (teacher couplings, fake-score data)
+
+
+def tiny(seed: int, num_classes: int | None = 10) -> UNetDenoiser:
+    torch.manual_seed(seed)
+    return UNetDenoiser(make_unet(1, 8, widths=(8, 16), num_classes=num_classes, groups=4))
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(16) % 10
+    # class-dependent blobs: a bright square whose position depends on the class
+    x = -torch.ones(16, 1, 8, 8)
+    for i, c in enumerate(y.tolist()):
+        r, col = divmod(c, 4)
+        x[i, 0, 2 * r:2 * r + 3, 2 * col:2 * col + 3] = 1.0
+    return x, y, torch.randn(x.shape, generator=g)
+
+
+@pytest.mark.parametrize("name", methods.names("diffusion"))
+def test_diff_unet_every_method_trains(name, data):
+    x0, y, z = data
+    teacher = Teacher(tiny(0))
+    student = tiny(1)
+    ctx = DiffusionContext(PROCESS, "velocity", "velocity", 4, 1, total_steps=12, seed=0)
+    method = methods.get(name, "diffusion").builder(student, teacher, ctx, init_from_teacher=False, **SMALL.get(name, {}))
+    opt = torch.optim.Adam(method.trainable_parameters(), lr=3e-3)
+    labels = None if name in UNCONDITIONAL else y
+    losses = []
+    torch.manual_seed(2)
+    method.train()
+    for _ in range(12):
+        with conditioning(labels):
+            terms = method({"x0": x0, "z": z})
+        assert all(torch.isfinite(v) for v in terms.values()), terms
+        loss = sum(method.weights.get(k, 1.0) * v for k, v in terms.items())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    method.finalize()
+    method.eval()
+    with conditioning(labels):
+        out = method.sample(z, 1)
+    assert out.shape == x0.shape and torch.isfinite(out).all()
+    if name != "dmd":  # DMD's surrogate loss is |grad|^2 / 2, not a quantity that must fall
+        assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+def test_diff_unet_loads_from_folder_and_registry(tmp_path):
+    net = tiny(3)
+    net.save_pretrained(tmp_path / "unet")
+    loaded = load_unet(tmp_path / "unet")
+    via_registry = models.get("diffusers_unet", "diffusion").builder(path=str(tmp_path / "unet"), dim=(1, 8, 8))
+    x, t, y = torch.randn(4, 1, 8, 8), torch.rand(4), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad(), conditioning(y):
+        ref = net(x, t)
+        assert torch.allclose(loaded(x, t), ref, atol=1e-5)
+        assert torch.allclose(via_registry(x, t), ref, atol=1e-5)
+    assert loaded.num_classes == 10
+    with pytest.raises(FileNotFoundError, match="no diffusers UNet"):
+        load_unet(tmp_path / "missing")
+
+
+def test_diff_unet_guidance_and_label_checks():
+    net = tiny(4).eval()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        u = net(x, t)                                   # no labels: the null class
+        with conditioning(y):
+            c = net(x, t)
+            with guidance(net, 3.0):
+                g = net(x, t)
+            with pytest.raises(ValueError, match="labels for a batch"):
+                net(x[:2], t[:2])
+    assert torch.allclose(g, u + 3.0 * (c - u), atol=1e-5)
+    assert net.guidance_scale == 1.0
+    teacher = Teacher(net)
+    with conditioning(y), guidance(teacher, 2.0):      # a Teacher is guided through its module
+        out = ddim_sample(teacher, PROCESS, x, 2, "velocity")
+    assert torch.isfinite(out).all()
+
+
+def test_diff_unet_unconditional_unet():
+    net = tiny(5, num_classes=None)
+    with conditioning(torch.tensor([1, 2])):            # labels are ignored by an unconditional UNet
+        assert net(torch.randn(2, 1, 8, 8), torch.rand(2)).shape == (2, 1, 8, 8)
+
+
+def test_frechet_distance_zero_on_itself_and_grows_with_shift():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 8, generator=g)
+    assert abs(frechet_distance(a, a)) < 1e-6
+    d = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    assert d[0] < d[1] < d[2]
+    assert abs(d[1] - 8.0) < 1e-4                       # mean shift 1 in 8 dims: |mu|^2 = 8
+    b = torch.randn(500, 8, generator=g)
+    assert frechet_distance(a, b) < 0.5 * d[0] + 0.5    # two samples of one law are close
