@@ -59,7 +59,8 @@ def _train(method, exs, steps=25, lr=1e-2):
 CASES = [("sft", {}), ("token_kd", {"divergence": "forward_kl", "ce_weight": 0.5}),
          ("token_kd", {"divergence": "reverse_kl"}), ("token_kd", {"divergence": "jsd", "beta": 0.5}),
          ("token_kd", {"divergence": "skew_kl"}), ("token_kd", {"divergence": "skew_reverse_kl"}),
-         ("token_kd", {"divergence": "tvd"}), ("token_kd", {"divergence": "forward_kl", "top_k": 8, "chunk_size": 16})]
+         ("token_kd", {"divergence": "tvd"}), ("token_kd", {"divergence": "forward_kl", "top_k": 8, "chunk_size": 16}),
+         ("first", {"top_k": 5, "calibration_temperature": 1.5, "chunk_size": 16})]
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p.get('divergence', '')}{'-topk' if 'top_k' in p else ''}" for n, p in CASES])
