@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
-EXTRAS ?= dev,llm,encoder
+EXTRAS ?= dev,llm,encoder,diffusion
 
 .PHONY: demo test venv bench clean
 
