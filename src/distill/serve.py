@@ -5,6 +5,7 @@ machines or processes need not load the teacher.
 
 POST /v1/topk  {"input_ids": [[...]], "attention_mask": [[...]] (optional), "k": 32, "temperature": 1.0}
   -> {"indices": [[[...]]] (B, T, k), "logprobs": [[[...]]] (B, T, k), "fingerprint": "...", "vocab_size": V}
+  (plus "log_tail": (B, T), the exact log of the probability mass outside the top-k)
 GET  /v1/info  -> {"fingerprint", "vocab_size", "max_k"}
 
 Log-probs are normalised over the full vocabulary at the given temperature (float32; JSON floats
@@ -31,13 +32,18 @@ MAX_BODY = 64 * 1024 * 1024
 
 @torch.no_grad()
 def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
-                  temperature: float = 1.0) -> CachedOutputs:
-    """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each."""
+                  temperature: float = 1.0, with_tail: bool = False):
+    """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each;
+    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4."""
     out = teacher(input_ids=input_ids, attention_mask=attention_mask)
     logits = out.logits if hasattr(out, "logits") else out
     lp = F.log_softmax(logits.float() / temperature, dim=-1)
     top = lp.topk(min(k, lp.shape[-1]), dim=-1)
-    return CachedOutputs(top.indices, top.values)
+    result = CachedOutputs(top.indices, top.values)
+    if not with_tail:
+        return result
+    rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1).clamp(min=-1.0e4)
+    return result, rest
 
 
 def _handler(teacher: Teacher, max_k: int, device: torch.device | str, lock: threading.Lock):
@@ -84,9 +90,9 @@ def _handler(teacher: Teacher, max_k: int, device: torch.device | str, lock: thr
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
                 return self._send(400, {"error": str(e)})
             with lock:  # one forward at a time on the device
-                out = topk_logprobs(teacher, ids, mask, k, temperature)
+                out, tail = topk_logprobs(teacher, ids, mask, k, temperature, with_tail=True)
             self._send(200, {"indices": out.indices.cpu().tolist(), "logprobs": out.logprobs.cpu().tolist(),
-                             **info})
+                             "log_tail": tail.cpu().tolist(), **info})
 
     return Handler
 
@@ -130,10 +136,13 @@ class RemoteTeacher:
         return self.info["fingerprint"]
 
     def topk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, k: int = 32,
-             temperature: float = 1.0, device: str | torch.device = "cpu") -> CachedOutputs:
+             temperature: float = 1.0, device: str | torch.device = "cpu", with_tail: bool = False):
         body = {"input_ids": input_ids.tolist(), "k": k, "temperature": temperature}
         if attention_mask is not None:
             body["attention_mask"] = attention_mask.tolist()
         out = self._call("POST", "/v1/topk", body)
-        return CachedOutputs(torch.tensor(out["indices"], dtype=torch.long, device=device),
-                             torch.tensor(out["logprobs"], dtype=torch.float32, device=device))
+        res = CachedOutputs(torch.tensor(out["indices"], dtype=torch.long, device=device),
+                            torch.tensor(out["logprobs"], dtype=torch.float32, device=device))
+        if with_tail:
+            return res, torch.tensor(out["log_tail"], dtype=torch.float32, device=device)
+        return res

@@ -37,6 +37,9 @@ class LMTeacherConfig(Strict):
     tokenizer: str | None = Field(None, description="tokenizer folder/id; the SentencePiece model for a llama2.c .bin")
     cache_top_k: int | None = Field(None, ge=1, description="cache the teacher's top-k log-probs per target token on "
                                                            "disk; methods that can (token_kd) read it instead of the teacher")
+    url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd) take "
+                                              "their targets from it instead of running the teacher here")
+    served_top_k: int = Field(64, ge=1, description="k asked of the served teacher")
 
 
 class LMStudentConfig(Strict):

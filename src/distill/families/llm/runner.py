@@ -193,7 +193,16 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             method.pad_id, method.eos_id = s_tok.pad_token_id, s_tok.eos_token_id
             method.set_tokenizers(tok, s_tok)
             examples = method.prepare_examples(s_train, s_tok)
-            if cfg.teacher.cache_top_k and getattr(method, "reads_teacher_cache", False):
+            if cfg.teacher.url and getattr(method, "reads_teacher_cache", False):
+                from distill.families.llm.served import ServedTargets
+
+                method.cache = ServedTargets(cfg.teacher.url, cfg.teacher.served_top_k,
+                                             float(getattr(method, "temperature", 1.0)), pad_id=tok.pad_token_id or 0)
+                if method.cache.meta["fingerprint"] != teacher.fingerprint():
+                    raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
+                                      f"teacher.path ({teacher.fingerprint()}); serve the same model.")
+                log(f"student {label}: targets from the served teacher at {cfg.teacher.url}")
+            elif cfg.teacher.cache_top_k and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.cache import attach_cache
 
                 attach_cache(method, cfg, teacher, tok, examples, device, log)
