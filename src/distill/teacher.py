@@ -74,6 +74,42 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logp, 0) - torch.log(torch.tensor(float(len(self.members))))
 
 
+def write_checked(folder: Path, file_name: str, meta_name: str, tensors: dict[str, torch.Tensor],
+                  meta: dict[str, Any]) -> dict[str, Any]:
+    """Write tensors (safetensors) and their metadata with the file's sha256, each atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(folder / file_name, save(tensors))
+    meta = {**meta, "sha256": sha256_file(folder / file_name)}
+    atomic_write_text(folder / meta_name, json.dumps(meta, indent=2))
+    return meta
+
+
+def read_checked(folder: Path, file_name: str, meta_name: str, expected: dict[str, Any], what: str
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read what `write_checked` wrote; refuse it (CacheMismatchError) if a metadata field differs
+    from `expected`, the metadata is unreadable, or the checksum fails."""
+    from safetensors.torch import load_file
+
+    meta_p, file_p = folder / meta_name, folder / file_name
+    if not meta_p.is_file() or not file_p.is_file():
+        raise CacheMismatchError(f"{what} {folder}: missing {meta_name} or {file_name}.")
+    try:
+        meta = json.loads(meta_p.read_text())
+    except json.JSONDecodeError:
+        raise CacheMismatchError(f"{what} {folder}: {meta_name} is corrupt; delete the folder.") from None
+    diffs = [f"{key}: cache has {meta.get(key)!r}, this run needs {val!r}"
+             for key, val in expected.items() if meta.get(key) != val]
+    if diffs:
+        raise CacheMismatchError(
+            f"{what} {folder} was made for another setting and will not be reused:\n  " + "\n  ".join(diffs)
+            + f"\nDelete {folder} (or point the cache elsewhere) to rebuild it.")
+    if sha256_file(file_p) != meta.get("sha256"):
+        raise CacheMismatchError(f"{what} {folder}: checksum mismatch ({file_name} is corrupt or was modified). "
+                                 "Delete the folder to rebuild it.")
+    return meta, load_file(str(file_p))
+
+
 @dataclass
 class CachedOutputs:
     """Teacher outputs for a batch as read from a cache: top-k indices and log-probs at T."""
@@ -103,8 +139,6 @@ class TeacherCache:
               temperature: float, k: int, augmentation: str = "none", batch_size: int = 512,
               device: str | torch.device = "cpu") -> TeacherCache:
         """Run the teacher once over `inputs` (N, ...) in id order and write the cache."""
-        from safetensors.torch import save
-
         if augmentation != "none":
             raise CacheMismatchError(
                 "teacher cache: outputs under random augmentation differ at every epoch, so a per-sample "
@@ -120,34 +154,14 @@ class TeacherCache:
             lse_l.append(torch.logsumexp(z / temperature, dim=-1))
         tensors = {"indices": torch.cat(idx_l), "logits": torch.cat(logit_l), "lse": torch.cat(lse_l)}
         meta = cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation)
-        atomic_write_bytes(folder / cls.FILE, save(tensors))
-        meta["sha256"] = sha256_file(folder / cls.FILE)
-        atomic_write_text(folder / cls.META, json.dumps(meta, indent=2))
+        meta = write_checked(folder, cls.FILE, cls.META, tensors, meta)
         return cls(folder, meta, tensors)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, expected: dict[str, Any]) -> TeacherCache:
         """Open a cache, refusing it if its metadata differs from `expected` or its checksum fails."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        meta_p, file_p = folder / cls.META, folder / cls.FILE
-        if not meta_p.is_file() or not file_p.is_file():
-            raise CacheMismatchError(f"teacher cache {folder}: missing {cls.META} or {cls.FILE}.")
-        try:
-            meta = json.loads(meta_p.read_text())
-        except json.JSONDecodeError:
-            raise CacheMismatchError(f"teacher cache {folder}: {cls.META} is corrupt; delete the folder.") from None
-        diffs = [f"{key}: cache has {meta.get(key)!r}, this run needs {val!r}"
-                 for key, val in expected.items() if meta.get(key) != val]
-        if diffs:
-            raise CacheMismatchError(
-                f"teacher cache {folder} was made for another setting and will not be reused:\n  "
-                + "\n  ".join(diffs) + f"\nDelete {folder} (or point the cache elsewhere) to rebuild it.")
-        if sha256_file(file_p) != meta.get("sha256"):
-            raise CacheMismatchError(f"teacher cache {folder}: checksum mismatch ({cls.FILE} is corrupt "
-                                     "or was modified). Delete the folder to rebuild it.")
-        return cls(folder, meta, load_file(str(file_p)))
+        meta, tensors = read_checked(Path(folder), cls.FILE, cls.META, expected, "teacher cache")
+        return cls(Path(folder), meta, tensors)
 
     @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, inputs: torch.Tensor, *, data_hash: str,

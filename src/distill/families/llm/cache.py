@@ -15,7 +15,6 @@ naming the field.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +29,8 @@ from distill.errors import CacheMismatchError
 from distill.families.llm.data import IGNORE, Example, collate
 from distill.families.llm.models import head_of, hidden_states
 from distill.losses.divergences import Kind, sparse_divergence
-from distill.teacher import Teacher
-from distill.utils import atomic_write_bytes, atomic_write_text, hash_json, sha256_file
+from distill.teacher import Teacher, read_checked, write_checked
+from distill.utils import hash_json
 
 LM_CACHE_FORMAT = 1
 _FLOOR = -1.0e4  # log of an empty tail (k = vocab)
@@ -93,8 +92,6 @@ class LMTeacherCache:
               temperature: float, k: int, seq_len: int, batch_size: int = 16,
               device: str | torch.device = "cpu") -> LMTeacherCache:
         """Run the teacher once over every distinct example (one per row, unpacked) and write the cache."""
-        from safetensors.torch import save
-
         folder = Path(folder)
         exs = _unique(examples)
         wt, bt = head_of(teacher.module)
@@ -119,34 +116,14 @@ class LMTeacherCache:
         meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len)
         meta.update(vocab_size=int(wt.shape[0]), tokens=int(offsets[-1]), examples=len(exs),
                     packing="per example: valid for packed and unpacked rows")
-        atomic_write_bytes(folder / cls.FILE, save(tensors))
-        meta["sha256"] = sha256_file(folder / cls.FILE)
-        atomic_write_text(folder / cls.META, json.dumps(meta, indent=2))
+        meta = write_checked(folder, cls.FILE, cls.META, tensors, meta)
         return cls(folder, meta, tensors)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, expected: dict[str, Any]) -> LMTeacherCache:
         """Open a cache; refuse it if a metadata field differs from `expected` or the checksum fails."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        meta_p, file_p = folder / cls.META, folder / cls.FILE
-        if not meta_p.is_file() or not file_p.is_file():
-            raise CacheMismatchError(f"LM teacher cache {folder}: missing {cls.META} or {cls.FILE}.")
-        try:
-            meta = json.loads(meta_p.read_text())
-        except json.JSONDecodeError:
-            raise CacheMismatchError(f"LM teacher cache {folder}: {cls.META} is corrupt; delete the folder.") from None
-        diffs = [f"{key}: cache has {meta.get(key)!r}, this run needs {val!r}"
-                 for key, val in expected.items() if meta.get(key) != val]
-        if diffs:
-            raise CacheMismatchError(f"LM teacher cache {folder} was made for another setting and will not be "
-                                     "reused:\n  " + "\n  ".join(diffs)
-                                     + f"\nDelete {folder} (or point the cache elsewhere) to rebuild it.")
-        if sha256_file(file_p) != meta.get("sha256"):
-            raise CacheMismatchError(f"LM teacher cache {folder}: checksum mismatch ({cls.FILE} is corrupt or was "
-                                     "modified). Delete the folder to rebuild it.")
-        return cls(folder, meta, load_file(str(file_p)))
+        meta, tensors = read_checked(Path(folder), cls.FILE, cls.META, expected, "LM teacher cache")
+        return cls(Path(folder), meta, tensors)
 
     @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,

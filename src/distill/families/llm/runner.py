@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.families.llm.base import LMMethod, sample
 from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
@@ -99,20 +99,11 @@ def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcf
     """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
     train_cfg = mcfg.train or cfg.train
     packed = cfg.data.pack and not method.uses_prompts
-    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label)
+    engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label, metrics_path=metrics_path)
     loader = LMLoader(rows_of(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
                       seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts,
                       rank=engine.accelerator.process_index, world=engine.accelerator.num_processes)
-    total = -(-len(loader) // cfg.engine.grad_accum) * train_cfg.epochs
-    if train_cfg.max_steps:
-        total = min(total, train_cfg.max_steps)
-    engine.total_steps = total
-    engine._metrics_path = metrics_path
-    method.to(engine.device)
-    optimizer = build_optimizer(train_cfg.optimizer, method.parameters())
-    scheduler = build_scheduler(train_cfg.schedule, optimizer, total)
-    model, optimizer, scheduler = engine.prepare(method, optimizer, scheduler)
-    engine.resume(model, optimizer, scheduler)
+    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
     weights = {**method.weights, **mcfg.weights}
 
     model.train()
