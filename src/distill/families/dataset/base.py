@@ -118,6 +118,19 @@ class ImageMethod(DatasetMethod):
         ipc = self.ctx.ipc
         return self.images[c * ipc:(c + 1) * ipc]
 
+    def random_net_step(self, it: int, term: str) -> dict[str, float]:
+        """One update of the images against a fresh frozen random network (seeded by the iteration):
+        the sum over classes of `self.class_loss(net, c)` (DM, DataDAM)."""
+        ctx = self.ctx
+        net = ctx.make_net(ctx.seed * 100_003 + it).to(ctx.device)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        loss = sum(self.class_loss(net, c) for c in range(ctx.num_classes))  # type: ignore[attr-defined]
+        self.opt_img.zero_grad()
+        loss.backward()
+        self.opt_img.step()
+        return {term: float(loss.detach())}
+
     def result(self) -> SyntheticSet:
         return SyntheticSet(self.images.detach().clone(), self.labels.clone())
 

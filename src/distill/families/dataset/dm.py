@@ -39,12 +39,4 @@ class DM(ImageMethod):
         return mean_embedding_loss(fr, embed(net, xs))
 
     def step(self, it: int, iterations: int) -> dict[str, float]:
-        ctx = self.ctx
-        net = ctx.make_net(ctx.seed * 100_003 + it).to(ctx.device)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        loss = sum(self.class_loss(net, c) for c in range(ctx.num_classes))
-        self.opt_img.zero_grad()
-        loss.backward()
-        self.opt_img.step()
-        return {"dm": float(loss.detach())}
+        return self.random_net_step(it, "dm")
