@@ -39,23 +39,32 @@ def _bytes_of(tok, ids: Sequence[int]) -> int:
     return len(tok.decode(list(ids), skip_special_tokens=True).encode("utf-8"))
 
 
+def windows(body: Sequence[int], tok, seq_len: int, prompt_tokens: int, sign: float = 1.0) -> list[Example]:
+    """Token ids cut into consecutive windows of `seq_len`, each starting with BOS (if the
+    tokenizer has one); windows with no target token are dropped."""
+    bos = tok.bos_token_id
+    out = []
+    step = seq_len - (1 if bos is not None else 0)
+    for i in range(0, len(body), step):
+        piece = list(body[i:i + step])
+        ids = ([bos] if bos is not None else []) + piece
+        if len(ids) < 2:
+            continue
+        out.append(Example(ids, start=1, prompt_len=min(prompt_tokens, len(ids) - 1),
+                           n_bytes=_bytes_of(tok, piece), sign=sign))
+    return out
+
+
 def text_examples(texts: Sequence[str], tok, seq_len: int, prompt_tokens: int = 16) -> list[Example]:
     """One example per document (BOS + tokens + EOS); documents longer than `seq_len` are cut into
     consecutive windows, each starting with BOS."""
     out = []
-    bos, eos = tok.bos_token_id, tok.eos_token_id
+    eos = tok.eos_token_id
     for text in texts:
         body = tok(text, add_special_tokens=False)["input_ids"]
         if eos is not None:
             body = body + [eos]
-        step = seq_len - (1 if bos is not None else 0)
-        for i in range(0, len(body), step):
-            piece = body[i:i + step]
-            ids = ([bos] if bos is not None else []) + piece
-            if len(ids) < 2:
-                continue
-            out.append(Example(ids, start=1, prompt_len=min(prompt_tokens, len(ids) - 1),
-                               n_bytes=_bytes_of(tok, piece)))
+        out += windows(body, tok, seq_len, prompt_tokens)
     return out
 
 
