@@ -31,7 +31,14 @@ def tiny_folder(path: Path, layers: int = 4, hidden: int = 32) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + WORDS
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    import inspect
+
+    # transformers 5 takes the vocabulary itself (`vocab`); 4.x reads `vocab_file`
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    else:
+        tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tok.save_pretrained(path)
     tiny_bert(layers, hidden, vocab=len(vocab)).save_pretrained(path)
     return path
 

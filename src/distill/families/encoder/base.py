@@ -79,5 +79,8 @@ class EncoderMethod(nn.Module):
             return [(n_s - k + i, n_t - k + i) for i in range(k)]
         return list(enumerate(uniform_layers(n_t, n_s)))
 
+    def on_step(self, step: int, epoch: int) -> None:
+        """Called before each step (the classifier methods' hook; schedules read it)."""
+
     def hparams(self) -> dict[str, Any]:
         return {}

@@ -47,6 +47,38 @@ class EncoderDataConfig(Strict):
 EncoderMethodConfig = MethodConfig  # the shared entry of a `methods:` list
 
 
+class EncoderTaskConfig(Strict):
+    """A text-classification task: every student (and the teacher) gets a linear head on its sentence
+    embedding; logit methods (ce, kd, dkd, dist, ls_kd) train on these texts, accuracy is reported."""
+
+    paths: list[str] = Field(..., min_length=1, description="one file or folder per class (named after it; pieces "
+                             "split by `separator`), or .jsonl files of {text, label} rows")
+    separator: str = Field("%", description='text between pieces of a class file ("%" lines: fortune files)')
+    min_chars: int = Field(20, ge=1)
+    max_chars: int = Field(400, ge=10)
+    max_per_class: int | None = Field(None, ge=2, description="cap each class at this many texts (balance)")
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    labels_per_class: int | None = Field(None, ge=1, description="labelled training texts per class; the rest "
+                                         "stay unlabeled (-1): KD methods use them through the teacher, CE does not")
+    split_seed: int = 0
+    teacher_checkpoint: str | None = Field(None, description=f"folder holding a fine-tuned teacher "
+                                           "(teacher_classifier.safetensors, as written to the cache); skips fine-tuning")
+    teacher_finetune: Literal["head", "all"] = Field("all", description="fine-tune the teacher's head only, or all weights")
+    teacher_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3), description="the teacher's fine-tuning")
+    teacher_seed: int = Field(0, description="the teacher's fine-tuning seed (not the run seed: one teacher for all seeds)")
+
+
+class EncoderStageConfig(Strict):
+    """One stage of the staged student (the classifier family's `stages:` shape): its objective,
+    text and length. Logit methods train on the task's texts, the others on `data` (default: the
+    recipe's text), e.g. general distillation on unlabeled text, then task-specific KD."""
+
+    label: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
+    method: MethodConfig
+    data: EncoderDataConfig | None = Field(None, description="this stage's text (default: the recipe's data)")
+    train: TrainConfig | None = Field(None, description="this stage's training (default: the recipe's train)")
+
+
 class EncoderEvalConfig(Strict):
     pair_sentences: int = Field(300, ge=10, description="all pairs of this many held-out sentences for Spearman")
     top_k: int = Field(10, ge=1)
@@ -64,16 +96,39 @@ class EncoderRunConfig(RunConfig):
         default_factory=lambda: [EncoderMethodConfig(name="scratch"), EncoderMethodConfig(name="embedding_kd")],
         min_length=1)
     eval: EncoderEvalConfig = Field(default_factory=EncoderEvalConfig)
+    task: EncoderTaskConfig | None = Field(None, description="a classification head and its labelled texts")
+    stages: list[EncoderStageConfig] = Field(default_factory=list, description="one student trained through these "
+                                             "stages in order (e.g. general then task-specific distillation)")
+    staged_label: str = Field("staged", pattern=r"^[A-Za-z0-9_.\-]+$", description="the staged student's name in tables")
+
+    def _check_method(self, m: MethodConfig, where: str) -> None:
+        from distill.registry import methods
+
+        entry = methods.get(m.name, "encoder", where=f"{where}.name")
+        if self.student.kind == "static" and getattr(entry.builder, "needs_layers", False):
+            raise ConfigError(f"{where}.name: {m.name!r} distils transformer layers, but student.kind=static "
+                              "has none; use embedding_kd (or student.kind=bert).")
+        if self.task is None and getattr(entry.builder, "needs_labels", False):
+            raise ConfigError(f"{where}.name: {m.name!r} trains a classification head on labelled text; "
+                              "add a `task:` section (task.paths).")
 
     def check_components(self) -> None:
         from distill.registry import methods
 
         check_methods(self.methods, "encoder")
         for i, m in enumerate(self.methods):
-            entry = methods.get(m.name, "encoder")
-            if self.student.kind == "static" and getattr(entry.builder, "needs_layers", False):
-                raise ConfigError(f"methods.{i}.name: {m.name!r} distils transformer layers, but student.kind=static "
-                                  "has none; use embedding_kd (or student.kind=bert).")
+            self._check_method(m, f"methods.{i}")
+        for i, st in enumerate(self.stages):
+            self._check_method(st.method, f"stages.{i}.method")
+            st.method.params = methods.get(st.method.name, "encoder").validate(st.method.params, f"stages.{i}.method.params")
+            for j, p in enumerate(st.data.paths if st.data else []):
+                if not Path(expand(p)).exists():  # type: ignore[arg-type]
+                    raise ConfigError(f"stages.{i}.data.paths.{j}: {expand(p)!r} does not exist.")
+        if self.stages and self.staged_label in {m.display for m in self.methods}:
+            raise ConfigError(f"staged_label: {self.staged_label!r} is also a method's name; pick another.")
+        for i, p in enumerate(self.task.paths if self.task else []):
+            if not Path(expand(p)).exists():  # type: ignore[arg-type]
+                raise ConfigError(f"task.paths.{i}: {expand(p)!r} does not exist.")
         s = self.student
         if s.layers is not None and s.init != "teacher":
             raise ConfigError("student.layers: only used with student.init=teacher.")

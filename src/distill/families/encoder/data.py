@@ -1,5 +1,6 @@
 """Sentences from text files or folders (e.g. tinyshakespeare passages, `fortunes` quotes), a fixed
-held-out split, and a seeded loader of tokenised batches `{"input_ids", "attention_mask"}` (B, T)."""
+held-out split, and a seeded loader of tokenised batches `{"input_ids", "attention_mask"}` (B, T),
+with `"label"` (B,) when the rows are labelled (-1 = unlabeled)."""
 from __future__ import annotations
 
 import random
@@ -72,8 +73,12 @@ def collate(rows: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 class SentenceLoader:
     """Shuffled batches of token lists; the order is a function of (seed, epoch), so resumes are exact."""
 
-    def __init__(self, rows: list[list[int]], batch_size: int, pad_id: int, *, seed: int = 0, shuffle: bool = True):
+    def __init__(self, rows: list[list[int]], batch_size: int, pad_id: int, *, seed: int = 0, shuffle: bool = True,
+                 labels: list[int] | None = None):
         self.rows, self.batch_size, self.pad_id, self.seed, self.shuffle = rows, batch_size, pad_id, seed, shuffle
+        if labels is not None and len(labels) != len(rows):
+            raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
+        self.labels = labels
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -89,4 +94,7 @@ class SentenceLoader:
             random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield collate([self.rows[i] for i in idx], self.pad_id)
+            b = collate([self.rows[i] for i in idx], self.pad_id)
+            if self.labels is not None:
+                b["label"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+            yield b

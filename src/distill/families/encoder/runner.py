@@ -1,38 +1,43 @@
 """The encoder family's run: load the teacher and its tokenizer, read and split the text, then one
 student per method from the same initialisation (same seed), each trained with the engine and
-compared with the teacher on held-out sentences; summary.json and report.md in the run folder."""
+compared with the teacher on held-out sentences; summary.json and report.md in the run folder.
+With a `task:` section, teacher and students carry a classification head (the teacher's is
+fine-tuned once and cached) and test accuracy is the primary metric; with `stages:`, one more
+student is trained through the stages in order (`stages.py`)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from distill.config import TrainConfig
 from distill.engine import Engine
 from distill.families.encoder.base import EncoderMethod
-from distill.families.encoder.config import EncoderMethodConfig, EncoderRunConfig
+from distill.families.encoder.config import EncoderDataConfig, EncoderMethodConfig, EncoderRunConfig
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
 from distill.families.encoder.evaluate import agreement, encode, throughput
 from distill.families.encoder.models import (SentenceEncoder, build_student, count_parameters, load_backbone,
                                              load_tokenizer, resolve_path)
+from distill.families.encoder.task import TextClassifier, accuracy, build_task, predict_logits, task_teacher
 from distill.families.llm.config import expand
 from distill.registry import methods, register_runner
 from distill.teacher import Teacher
 from distill.utils import atomic_write_text, seed_everything
 
 
-def train_student(method: EncoderMethod, rows: list[list[int]], cfg: EncoderRunConfig, mcfg: EncoderMethodConfig,
-                  pad_id: int, out_dir: Path | None, metrics_path: Path | None, label: str) -> Engine:
+def fit(method, loader, cfg: EncoderRunConfig, train_cfg: TrainConfig, weights: dict[str, float],
+        out_dir: Path | None, metrics_path: Path | None, label: str) -> Engine:
     """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
-    train_cfg = mcfg.train or cfg.train
-    loader = SentenceLoader(rows, cfg.data.batch_size, pad_id, seed=cfg.seed)
     engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label, metrics_path=metrics_path)
     model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
-    weights = {**method.weights, **mcfg.weights}
+    weights = {**method.weights, **weights}
 
     model.train()
     for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
+        method.on_step(engine.step_count, engine.epoch)  # methods with schedules (e.g. dkd's warm-up)
         with engine.autocast():
             terms = model(batch)
         engine.step(terms, weights)
@@ -42,39 +47,89 @@ def train_student(method: EncoderMethod, rows: list[list[int]], cfg: EncoderRunC
     return engine
 
 
-def evaluate(model, rows, e_t, cfg: EncoderRunConfig, pad_id: int, device) -> dict[str, Any]:
-    e = encode(model, rows, pad_id, cfg.data.eval_batch_size, device)
-    m = agreement(e, e_t, cfg.eval.pair_sentences, cfg.eval.top_k)
-    m["sentences_per_s"] = throughput(model, rows[: cfg.eval.throughput_sentences], pad_id, cfg.data.eval_batch_size, device)
-    m["params"] = count_parameters(model)
-    m["size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    return m
+class Context:
+    """What every student of a run shares: tokenizer, teacher, text and task splits, teacher embeddings."""
+
+    def __init__(self, cfg: EncoderRunConfig, log: Callable[[str], None]):
+        self.cfg, self.log = cfg, log
+        self.device = Engine(cfg.engine, None, seed=cfg.seed).device
+        self.tok = load_tokenizer(cfg.teacher.path)
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self.encoder = SentenceEncoder(load_backbone(cfg.teacher.path), cfg.teacher.pooling).to(self.device)
+        self.train_rows, self.held_rows, n_train = self.text_rows(cfg.data)
+        self.task = build_task(cfg.task, self.tok, cfg.data.max_length) if cfg.task else None
+        self.teacher_model: torch.nn.Module = self.encoder
+        if self.task is not None:
+            self.teacher_model, _ = task_teacher(cfg, self.encoder, self.task, self.pad_id, self.device,
+                                                 self._fit_teacher, log)
+        self.teacher = Teacher(self.teacher_model)
+        log(f"teacher: {resolve_path(cfg.teacher.path)} ({count_parameters(self.teacher_model):,} parameters); "
+            f"data: {n_train} train / {len(self.held_rows)} held-out sentences"
+            + (f"; task: {len(self.task.classes)} classes, {len(self.task.train_rows)} train ({self.task.labeled} "
+               f"labelled) / {len(self.task.test_rows)} test" if self.task else ""))
+        self.e_t = encode(self.teacher_model, self.held_rows, self.pad_id, cfg.data.eval_batch_size, self.device)
+
+    def _fit_teacher(self, method, loader, train_cfg, out_dir, label):
+        return fit(method, loader, self.cfg, train_cfg, {}, out_dir, None, label)
+
+    def text_rows(self, d: EncoderDataConfig) -> tuple[list[list[int]], list[list[int]], int]:
+        sentences = read_sentences([expand(p) for p in d.paths], d.separator, d.min_chars, d.max_chars)  # type: ignore[misc]
+        if d.max_sentences:
+            sentences = sentences[: d.max_sentences]
+        train, held = split_sentences(sentences, d.eval_sentences, d.split_seed)
+        return tokenize(self.tok, train, d.max_length), tokenize(self.tok, held, d.max_length), len(train)
+
+    def new_student(self) -> torch.nn.Module:
+        seed_everything(self.cfg.seed)  # every student starts from the same initialisation
+        student = build_student(self.encoder, self.cfg.student, self.pad_id)
+        if self.task is not None:
+            student = TextClassifier(student.to(self.device), len(self.task.classes))
+        return student.to(self.device)
+
+    def build_method(self, mcfg: EncoderMethodConfig, student) -> EncoderMethod:
+        entry = methods.get(mcfg.name, "encoder")
+        return entry.builder(student, self.teacher if entry.builder.needs_teacher else None, **mcfg.params)
+
+    def loader(self, method, data: EncoderDataConfig | None = None) -> SentenceLoader:
+        """Logit methods read the task's texts (labelled or not); the others the text stream."""
+        if getattr(method, "needs_labels", False):
+            return self.task.loader(self.cfg.data.batch_size, self.pad_id, self.cfg.seed)  # type: ignore[union-attr]
+        rows = self.train_rows if data is None else self.text_rows(data)[0]
+        return SentenceLoader(rows, (data or self.cfg.data).batch_size, self.pad_id, seed=self.cfg.seed)
+
+    def evaluate(self, model, timing: bool = True) -> dict[str, Any]:
+        cfg, d = self.cfg, self.cfg.data
+        e = encode(model, self.held_rows, self.pad_id, d.eval_batch_size, self.device)
+        m = agreement(e, self.e_t, cfg.eval.pair_sentences, cfg.eval.top_k)
+        if self.task is not None:
+            m["accuracy"] = accuracy(predict_logits(model, self.task.test_rows, self.pad_id, d.eval_batch_size,
+                                                    self.device), self.task.test_labels)
+        if timing:
+            m["sentences_per_s"] = throughput(model, self.held_rows[: cfg.eval.throughput_sentences], self.pad_id,
+                                              d.eval_batch_size, self.device)
+        m["params"] = count_parameters(model)
+        m["size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        return m
+
+
+def save_student(student, out: Path, cfg: EncoderRunConfig, m: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(out / "student.safetensors"))
+    atomic_write_text(out / "student.json", json.dumps(cfg.student.model_dump(mode="json")))
+    atomic_write_text(out / "result.json", json.dumps(m))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 @register_runner("encoder")
 def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    device = Engine(cfg.engine, None, seed=cfg.seed).device
-    tok = load_tokenizer(cfg.teacher.path)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    teacher_enc = SentenceEncoder(load_backbone(cfg.teacher.path), cfg.teacher.pooling).to(device)
-    teacher = Teacher(teacher_enc)
-    d = cfg.data
-    sentences = read_sentences([expand(p) for p in d.paths], d.separator, d.min_chars, d.max_chars)  # type: ignore[misc]
-    if d.max_sentences:
-        sentences = sentences[: d.max_sentences]
-    train, held = split_sentences(sentences, d.eval_sentences, d.split_seed)
-    train_rows, held_rows = tokenize(tok, train, d.max_length), tokenize(tok, held, d.max_length)
-    log(f"teacher: {resolve_path(cfg.teacher.path)} ({count_parameters(teacher_enc):,} parameters); "
-        f"data: {len(train)} train / {len(held)} held-out sentences")
-
-    e_t = encode(teacher_enc, held_rows, pad_id, d.eval_batch_size, device)
-    t_metrics = agreement(e_t, e_t, cfg.eval.pair_sentences, cfg.eval.top_k)
-    t_metrics["sentences_per_s"] = throughput(teacher_enc, held_rows[: cfg.eval.throughput_sentences], pad_id,
-                                              d.eval_batch_size, device)
-    t_metrics["params"] = count_parameters(teacher_enc)
-    t_metrics["size_mb"] = sum(p.numel() * p.element_size() for p in teacher_enc.parameters()) / 2**20
-    results: dict[str, Any] = {"family": "encoder", "primary_metric": "spearman", "teacher": t_metrics, "students": {}}
+    ctx = Context(cfg, log)
+    primary = "accuracy" if ctx.task else "spearman"
+    t_metrics = ctx.evaluate(ctx.teacher_model)
+    results: dict[str, Any] = {"family": "encoder", "primary_metric": primary, "teacher": t_metrics, "students": {}}
     metrics_path = run_dir / "metrics.jsonl" if run_dir else None
+    k = cfg.eval.top_k
 
     for mcfg in cfg.methods:
         label = mcfg.display
@@ -84,33 +139,33 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
             log(f"student {label}: already trained (resumed run), reusing {done}")
             results["students"][label] = json.loads(done.read_text())
             continue
-        entry = methods.get(mcfg.name, "encoder")
-        seed_everything(cfg.seed)  # every method starts from the same student initialisation
-        student = build_student(teacher_enc, cfg.student, pad_id).to(device)
-        init = agreement(encode(student, held_rows, pad_id, d.eval_batch_size, device), e_t,
-                         cfg.eval.pair_sentences, cfg.eval.top_k) if cfg.eval.at_init else {}
-        method = entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
-        engine = train_student(method, train_rows, cfg, mcfg, pad_id, out, metrics_path, label)
-        m = evaluate(student, held_rows, e_t, cfg, pad_id, device)
-        m.update({f"init_{k}": v for k, v in init.items()})
+        student = ctx.new_student()
+        init = ctx.evaluate(student, timing=False) if cfg.eval.at_init else {}
+        method = ctx.build_method(mcfg, student)
+        engine = fit(method, ctx.loader(method), cfg, mcfg.train or cfg.train, mcfg.weights, out, metrics_path, label)
+        m = ctx.evaluate(student)
+        m.update({f"init_{c}": init[c] for c in ("spearman", f"top{k}_overlap", "accuracy") if c in init})
         m.update(method=mcfg.name, steps=engine.step_count, last_terms=engine.last_terms,
                  speedup=m["sentences_per_s"] / t_metrics["sentences_per_s"])
         results["students"][label] = m
         if out is not None:
-            from safetensors.torch import save_file
+            save_student(student, out, cfg, m)
+        log(f"student {label}: " + (f"accuracy {m['accuracy']:.3f}, " if "accuracy" in m else "")
+            + f"spearman {m['spearman']:.3f} (init {init.get('spearman', float('nan')):.3f}), "
+            f"top{k} {m[f'top{k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput")
 
-            out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(out / "student.safetensors"))
-            atomic_write_text(out / "student.json", json.dumps(cfg.student.model_dump(mode="json")))
-            atomic_write_text(done, json.dumps(m))  # type: ignore[arg-type]
-            import shutil
+    if cfg.stages:
+        from distill.families.encoder.stages import run_stages
 
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        log(f"student {label}: spearman {m['spearman']:.3f} (init {init.get('spearman', float('nan')):.3f}), "
-            f"top{cfg.eval.top_k} {m[f'top{cfg.eval.top_k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput")
+        m = run_stages(ctx, run_dir, metrics_path)
+        m["speedup"] = m["sentences_per_s"] / t_metrics["sentences_per_s"]
+        results["students"][cfg.staged_label] = m
 
-    results["best"] = max(results["students"], key=lambda k: results["students"][k]["spearman"])
-    results["data"] = {"train": len(train), "held_out": len(held)}
+    results["best"] = max(results["students"], key=lambda s: results["students"][s][primary])
+    results["data"] = {"train": len(ctx.train_rows), "held_out": len(ctx.held_rows)}
+    if ctx.task is not None:
+        results["task"] = {"classes": ctx.task.classes, "train": len(ctx.task.train_rows),
+                           "labelled": ctx.task.labeled, "test": len(ctx.task.test_rows)}
     if run_dir is not None:
         atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
         atomic_write_text(run_dir / "report.md", report(cfg, results))
@@ -120,6 +175,8 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
 def report(cfg: EncoderRunConfig, results: dict[str, Any]) -> str:
     k = cfg.eval.top_k
     cols = ["params", "size_mb", "spearman", "init_spearman", f"top{k}_overlap", "sentences_per_s", "speedup"]
+    if "task" in results:
+        cols = ["accuracy", "init_accuracy", *cols]
     lines = [f"# {cfg.name}: encoder distillation", "",
              f"Teacher `{cfg.teacher.path}`, student `{cfg.student.kind}` ({cfg.student.num_layers} layers, init "
              f"{cfg.student.init}); {results['data']['train']} train / {results['data']['held_out']} held-out sentences. "
@@ -128,4 +185,15 @@ def report(cfg: EncoderRunConfig, results: dict[str, Any]) -> str:
     for name, m in [("teacher", results["teacher"]), *results["students"].items()]:
         cells = [f"{m[c]:,}" if c == "params" else (f"{m[c]:.3f}" if c in m else "-") for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "task" in results:
+        t = results["task"]
+        lines += ["", f"Task: {len(t['classes'])} classes ({', '.join(t['classes'])}); {t['train']} training texts, "
+                  f"{t['labelled']} of them labelled; accuracy on {t['test']} test texts."]
+    for name, m in results["students"].items():
+        if "stages" in m:
+            lines += ["", f"Stages of `{name}` (each continues from the previous stage's student):", "",
+                      "| stage | method | trained on | steps | accuracy | spearman |", "|---|---|---|---|---|---|"]
+            for st, v in m["stages"].items():
+                acc = f"{v['accuracy']:.3f}" if "accuracy" in v else "-"
+                lines.append(f"| {st} | {v['method']} | {v['data']} | {v['steps']} | {acc} | {v['spearman']:.3f} |")
     return "\n".join(lines) + "\n"
