@@ -51,11 +51,14 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)
     only: list[str] | None = None
     params_by_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train: dict[str, Any] | None = None  # the method's own `train` section, where the family has one
 
     def entry(self, recipe: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "params": {**self.params, **self.params_by_recipe.get(recipe, {})}}
         if self.label != self.name:
             out["label"] = self.label
+        if self.train is not None:
+            out["train"] = self.train
         return out
 
 
@@ -99,11 +102,12 @@ class Suite:
 def _method(d: dict[str, Any], where: str) -> Method:
     if not isinstance(d, dict) or "name" not in d:
         raise ConfigError(f"{where}: expected a mapping with a `name` (given: {d!r}).")
-    unknown = set(d) - {"name", "label", "params", "only", "params_by_recipe"}
+    unknown = set(d) - {"name", "label", "params", "only", "params_by_recipe", "train"}
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, label, params, only, params_by_recipe.")
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, label, params, only, "
+                          "params_by_recipe, train.")
     return Method(d["name"], d.get("label") or d["name"], dict(d.get("params") or {}), d.get("only"),
-                  dict(d.get("params_by_recipe") or {}))
+                  dict(d.get("params_by_recipe") or {}), d.get("train"))
 
 
 def load_suite(path: str | os.PathLike, output_dir: str | None = None) -> Suite:

@@ -40,6 +40,52 @@ def test_sage_mean_aggregation_equals_dense_reference():
     assert torch.allclose(layer(h, GraphOps(ei, n)), ref, atol=1e-5)
 
 
+def test_sage_gcn_aggregator_equals_dense_reference():
+    ei, a = tiny_graph(seed=4)
+    n = a.shape[0]
+    a_hat = a + torch.eye(n)
+    mean = a_hat / a_hat.sum(1, keepdim=True)  # the node and its neighbours, averaged
+    torch.manual_seed(0)
+    layer, h = SAGELayer(5, 3, aggregator="gcn"), torch.randn(n, 5)
+    assert layer.nbr_lin is None
+    assert torch.allclose(layer(h, GraphOps(ei, n)), layer.self_lin(mean @ h), atol=1e-5)
+
+
+def test_neighbour_sampling_keeps_at_most_k_real_edges_per_node():
+    g = contextual_sbm(200, 3, 4, avg_degree=12, seed=0)
+    ops = GraphOps(g.edge_index, g.num_nodes)
+    full = {tuple(e) for e in g.edge_index.T.tolist()}
+    deg = ops.degree()
+    for k in (1, 3, 5):
+        s = ops.sample_neighbors(k, torch.Generator().manual_seed(k))
+        kept = torch.bincount(s.edge_index[1], minlength=g.num_nodes)
+        assert torch.equal(kept, deg.clamp(max=k).long())           # min(degree, k) for every node
+        assert {tuple(e) for e in s.edge_index.T.tolist()} <= full  # only edges of the graph
+        assert len(set(map(tuple, s.edge_index.T.tolist()))) == s.edge_index.shape[1]  # no edge twice
+        # the sampled operator still averages: every row (node + kept neighbours) sums to 1
+        rows = s.mean_adj(self_loops=True).to_dense().sum(1)
+        assert torch.allclose(rows, torch.ones(g.num_nodes), atol=1e-5)
+    a = ops.sample_neighbors(3, torch.Generator().manual_seed(0)).edge_index
+    b = ops.sample_neighbors(3, torch.Generator().manual_seed(1)).edge_index
+    assert not torch.equal(a, b)                                     # a fresh draw each time
+
+
+def test_sage_samples_neighbours_only_while_training():
+    g = contextual_sbm(120, 3, 8, avg_degree=10, seed=2)
+    ops = GraphOps(g.edge_index, g.num_nodes)
+    torch.manual_seed(0)
+    model = sage((8,), 3, dropout=0.0, aggregator="gcn", fan_out=[2, 2])
+    model.eval()
+    assert torch.equal(model(g.x, ops), model(g.x, ops))            # full neighbourhood: deterministic
+    model.train()
+    torch.manual_seed(1)
+    a = model(g.x, ops)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, model(g.x, ops))                   # a new sample per call
+    with pytest.raises(Exception, match="fan_out"):
+        sage((8,), 3, num_layers=2, fan_out=[5])
+
+
 def test_gat_attention_equals_dense_masked_softmax():
     ei, a = tiny_graph(seed=2)
     n = a.shape[0]
@@ -76,7 +122,11 @@ def test_gnn_forward_backward_and_sparse_input(builder):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("builder", [gcn, sage, gat])
+def sage_gcn(*a, **k):
+    return sage(*a, aggregator="gcn", fan_out=[3, 3], **k)
+
+
+@pytest.mark.parametrize("builder", [gcn, sage, sage_gcn, gat])
 def test_gnn_on_khop_subgraph_matches_full_graph(builder):
     """What the latency measurement runs (fetch the L-hop neighbourhood, run on it) gives the
     same prediction as the full graph: the fetch is complete."""

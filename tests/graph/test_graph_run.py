@@ -97,3 +97,23 @@ def test_bad_recipe_names_the_field(tmp_path, override, field):
 def test_shipped_recipes_validate(name):
     cfg = load_config(RECIPES / name)
     assert cfg.family == "graph"
+
+
+def test_graph_bench_suite_cells_are_valid_recipes(tmp_path):
+    """Every cell of benchmarks/graph.yaml resolves to a valid recipe; the `mlp` baseline keeps its
+    own training section (weight decay) through the suite."""
+    from distill.bench import cell_overrides, load_suite
+
+    root = RECIPES.parents[1]
+    suite = load_suite(root / "benchmarks" / "graph.yaml", output_dir=str(tmp_path))
+    assert suite.baselines == ["mlp", "glnn"] and len(suite.cells()) == 2 * 3 * 10
+    for cell in suite.cells():
+        src = cell.recipe.source if Path(cell.recipe.source).is_absolute() else root / cell.recipe.source
+        cfg = load_config(src, cell_overrides(suite, cell))
+        (m,) = cfg.methods
+        assert m.display == cell.method.label and cfg.seed == cell.seed
+        assert cfg.split.setting == cell.recipe.label
+        if m.display == "mlp":
+            assert m.train is not None and m.train.optimizer.weight_decay == 5e-4
+        else:
+            assert m.train is None

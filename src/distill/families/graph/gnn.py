@@ -4,12 +4,15 @@ node features x (N, F) and a `GraphOps` of the same N nodes; it returns logits (
 """
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 from typing_extensions import Annotated
 
+from distill.errors import ConfigError
 from distill.families.graph.ops import GraphOps, scatter_sum, segment_softmax
 from distill.registry import register_model
 
@@ -27,14 +30,18 @@ class GCNLayer(nn.Module):
 
 
 class SAGELayer(nn.Module):
-    """h_i' = W_self h_i + W_nbr mean_{j in N(i)} h_j."""
+    """aggregator "mean": h_i' = W_self h_i + W_nbr mean_{j in N(i)} h_j;
+    aggregator "gcn":  h_i' = W mean_{j in N(i) + {i}} h_j (one weight, the node counted with its neighbours)."""
 
-    def __init__(self, d_in: int, d_out: int):
+    def __init__(self, d_in: int, d_out: int, aggregator: str = "mean"):
         super().__init__()
+        self.aggregator = aggregator
         self.self_lin = nn.Linear(d_in, d_out)
-        self.nbr_lin = nn.Linear(d_in, d_out, bias=False)
+        self.nbr_lin = nn.Linear(d_in, d_out, bias=False) if aggregator == "mean" else None
 
     def forward(self, h: Tensor, ops: GraphOps) -> Tensor:
+        if self.nbr_lin is None:  # "gcn": transform first (d_out <= d_in keeps the sparse product small)
+            return torch.sparse.mm(ops.mean_adj(self_loops=True), h @ self.self_lin.weight.T) + self.self_lin.bias
         # one (N, d_in) x (d_in, 2 d_out) product for both transforms; aggregate after (d_out <= d_in)
         both = h @ torch.cat([self.self_lin.weight, self.nbr_lin.weight]).T  # (N, 2 d_out)
         own, nbr = both.split(self.self_lin.out_features, dim=1)
@@ -74,12 +81,19 @@ class GATLayer(nn.Module):
 
 
 class GNN(nn.Module):
-    """Stacked graph layers with ReLU and dropout between them."""
+    """Stacked graph layers with ReLU and dropout between them. With `fan_out` (one entry per layer),
+    each layer sees a fresh neighbour sample of at most fan_out[l] neighbours per node while training
+    (GraphSAGE's sampling); evaluation always uses every neighbour."""
 
-    def __init__(self, layers: list[nn.Module], dropout: float, input_dropout: float = 0.0):
+    def __init__(self, layers: list[nn.Module], dropout: float, input_dropout: float = 0.0,
+                 fan_out: list[int] | None = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.dropout, self.input_dropout = dropout, input_dropout
+        if fan_out is not None and len(fan_out) != len(layers):
+            raise ConfigError(f"teacher.model.params.fan_out: {len(fan_out)} entries for {len(layers)} layers; "
+                              "give one neighbour count per layer (e.g. [5, 5]) or leave it out.")
+        self.fan_out = fan_out
 
     @property
     def hops(self) -> int:
@@ -92,7 +106,7 @@ class GNN(nn.Module):
         else:
             h = x  # (N, F), dense or sparse COO
         for i, layer in enumerate(self.layers):
-            h = layer(h, ops)
+            h = layer(h, ops.sample_neighbors(self.fan_out[i]) if self.fan_out and self.training else ops)
             if i < len(self.layers) - 1:
                 h = F.dropout(F.elu(h) if isinstance(layer, GATLayer) else F.relu(h), self.dropout, self.training)
         return h
@@ -114,11 +128,17 @@ def gcn(input_shape: tuple[int, ...], num_classes: int, hidden: Annotated[int, F
     return GNN([GCNLayer(a, b) for a, b in _dims(input_shape, num_classes, hidden, num_layers)], dropout, input_dropout)
 
 
-@register_model("sage", family="graph", description="GraphSAGE with the mean aggregator, full neighbourhood (Hamilton 2017)",
-                injected=("input_shape", "num_classes"))
+@register_model("sage", family="graph", description="GraphSAGE, mean or gcn aggregator, optional neighbour sampling "
+                "in training (Hamilton 2017)", injected=("input_shape", "num_classes"))
 def sage(input_shape: tuple[int, ...], num_classes: int, hidden: Annotated[int, Field(ge=1)] = 128,
-         num_layers: Layers = 2, dropout: Prob = 0.5, input_dropout: Prob = 0.0) -> GNN:
-    return GNN([SAGELayer(a, b) for a, b in _dims(input_shape, num_classes, hidden, num_layers)], dropout, input_dropout)
+         num_layers: Layers = 2, dropout: Prob = 0.5, input_dropout: Prob = 0.0,
+         aggregator: Literal["mean", "gcn"] = "mean",
+         fan_out: Optional[list[Annotated[int, Field(ge=1)]]] = None) -> GNN:
+    """`aggregator`: "mean" (separate self and neighbour weights) or "gcn" (one weight over the mean of
+    the node and its neighbours). `fan_out`: neighbours sampled per node and layer while training
+    (e.g. [5, 5]); None trains on the full neighbourhood."""
+    return GNN([SAGELayer(a, b, aggregator) for a, b in _dims(input_shape, num_classes, hidden, num_layers)],
+               dropout, input_dropout, fan_out)
 
 
 @register_model("gat", family="graph", description="graph attention network, multi-head (Velickovic 2018)",

@@ -2,7 +2,11 @@
 
 `GraphOps` wraps an undirected edge_index (2, E) of N nodes and caches the operators the GNNs use:
 - `gcn_adj`:  D^-1/2 (A + I) D^-1/2 (Kipf & Welling 2017, eq. 2), a sparse (N, N) tensor;
-- `mean_adj`: D^-1 A, row-normalised (GraphSAGE's mean aggregator, Hamilton et al. 2017);
+- `mean_adj`: D^-1 A, row-normalised (GraphSAGE's mean aggregator, Hamilton et al. 2017); with
+  `self_loops=True`, (D + I)^-1 (A + I) (GraphSAGE's "gcn" aggregator: the mean over the node and its
+  neighbours);
+- `sample_neighbors(k)`: the operators of a random subgraph where every node keeps at most k of its
+  incoming edges (GraphSAGE's neighbour sampling, drawn anew at every call);
 - `edges_with_self_loops`: (src, dst) index vectors for message passing (GAT).
 Messages flow src -> dst; row i of an operator gathers node i's neighbours.
 """
@@ -56,10 +60,10 @@ class GraphOps:
         return self.edge_index.device
 
     def degree(self) -> Tensor:
-        """Out-degree = in-degree (undirected) of each node, without self loops. (N,)"""
+        """In-degree of each node (= out-degree on an undirected graph), without self loops. (N,)"""
         if self._degree is not None:
             return self._degree.float()
-        return torch.bincount(self.edge_index[0], minlength=self.num_nodes).float()
+        return torch.bincount(self.edge_index[1], minlength=self.num_nodes).float()
 
     def gcn_adj(self) -> Tensor:
         if "gcn" not in self._cache:
@@ -72,12 +76,30 @@ class GraphOps:
             self._cache["gcn"] = sparse_matrix(dst, src, inv[dst] * inv[src], n)
         return self._cache["gcn"]  # type: ignore[return-value]
 
-    def mean_adj(self) -> Tensor:
-        if "mean" not in self._cache:
+    def mean_adj(self, self_loops: bool = False) -> Tensor:
+        key = "mean_loops" if self_loops else "mean"
+        if key not in self._cache:
             src, dst = self.edge_index
-            deg = self.degree().clamp(min=1.0)
-            self._cache["mean"] = sparse_matrix(dst, src, 1.0 / deg[dst], self.num_nodes)
-        return self._cache["mean"]  # type: ignore[return-value]
+            if self_loops:
+                loops = torch.arange(self.num_nodes, device=self.device)
+                src, dst = torch.cat([src, loops]), torch.cat([dst, loops])
+                deg = self.degree() + 1.0
+            else:
+                deg = self.degree().clamp(min=1.0)
+            self._cache[key] = sparse_matrix(dst, src, 1.0 / deg[dst], self.num_nodes)
+        return self._cache[key]  # type: ignore[return-value]
+
+    def sample_neighbors(self, k: int, generator: torch.Generator | None = None) -> GraphOps:
+        """Operators of a random subgraph in which every node keeps at most `k` of its incoming edges,
+        drawn uniformly without replacement (all of them when it has at most k)."""
+        src, dst = self.edge_index
+        # sort edges by destination, in random order within each destination, then keep the first k
+        key = dst.double() + torch.rand(dst.shape[0], generator=generator, dtype=torch.float64).to(dst.device)
+        order = torch.argsort(key)
+        counts = torch.bincount(dst, minlength=self.num_nodes)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(order.shape[0], device=dst.device) - starts[dst[order]]
+        return GraphOps(self.edge_index[:, order[rank < k]], self.num_nodes)
 
     def edges_with_self_loops(self) -> tuple[Tensor, Tensor]:
         if "loops" not in self._cache:
