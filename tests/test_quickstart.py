@@ -56,6 +56,15 @@ def test_teacher_output_cache_in_a_run_matches_the_live_teacher(tiny_recipe):
     assert abs(live["students"]["kd"]["accuracy"] - cached["students"]["kd"]["accuracy"]) <= 1.0
 
 
+def test_cache_says_which_methods_run_the_live_teacher(tiny_recipe):
+    tiny_recipe["methods"] = [{"name": "kd"}, {"name": "sp"}]
+    tiny_recipe["teacher"]["cache_outputs"] = True
+    logs: list[str] = []
+    distill.run(tiny_recipe, show_table=False, log=logs.append)
+    live = [m for m in logs if "runs the live teacher" in m]
+    assert len(live) == 1 and live[0].startswith("student [sp]")  # kd reads the cache, sp needs features
+
+
 def test_distiller_object_api():
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -200,6 +200,10 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
             student = load_model(out, device=device)
         else:
             log(f"student [{label}]: training {cfg.student.model.name} with {mcfg.name}")
+            entry = methods.get(mcfg.name, "classifier")
+            if cfg.teacher.cache_outputs and entry.builder.needs_teacher and not entry.builder.supports_cache:
+                log(f"student [{label}]: {mcfg.name} reads more than the teacher's logits, so it runs the live "
+                    "teacher (teacher.cache_outputs serves the logit-only methods)")
             seed_everything(cfg.seed)  # every method starts from the same student initialisation
             student = build_model(cfg.student.model.name, cfg.student.model.params, bundle.input_shape,
                                   bundle.num_classes)
