@@ -42,11 +42,34 @@ def test_text_run_with_every_method(tmp_path, teacher_dir):
     run = Path(s["run_dir"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["family"] == "llm" and summary["primary_metric"] == "bits_per_byte"
+    assert summary["higher_is_better"] is False
     assert set(summary["students"]) == {"sft", "token_kd", "on_policy", "seq_kd"}
     for m in [summary["teacher"], *summary["students"].values()]:
         assert m["bits_per_byte"] > 0 and m["perplexity"] > 1 and "ood_bits_per_byte" in m
     assert 0 <= summary["students"]["token_kd"]["teacher_agreement"] <= 1
     assert (run / "report.md").is_file() and (run / "students" / "sft" / "config.json").is_file()
+
+
+def test_bench_ranks_bits_per_byte_lower_first(tmp_path, teacher_dir):
+    """bits per byte is lower-is-better: the summary says so, and `distill bench` reads it."""
+    import yaml
+
+    from distill.bench import load_suite, run_suite
+
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(40)))
+    recipe = _recipe(tmp_path, teacher_dir, {"source": "text", "path": str(text)}, [{"name": "sft"}])
+    del recipe["name"], recipe["output_dir"], recipe["methods"]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "llm-t", "output_dir": str(tmp_path / "bench"), "seeds": [0],
+                                     "recipe": recipe, "baselines": ["sft"],
+                                     "methods": [{"name": "token_kd", "label": "kd-tvd", "params": {"divergence": "tvd"}}]}))
+    out = run_suite(load_suite(suite), log=lambda m: None)
+    cells = {c["method"]: c for c in out["cells"]}
+    assert set(cells) == {"sft", "kd-tvd"}
+    assert all(c["higher_is_better"] is False and c["primary_metric"] == "bits_per_byte" for c in cells.values())
+    md = (tmp_path / "bench" / "results.md").read_text()
+    assert "bits_per_byte last (lower is better)" in md
 
 
 def test_jsonl_run_and_config_errors(tmp_path, teacher_dir):

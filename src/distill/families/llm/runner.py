@@ -140,7 +140,8 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
         train, held, ood = build_examples(cfg, tok, teacher, device, log)
     log(f"data: {len(train)} train / {len(held)} held-out examples, {len(ood)} out-of-domain windows")
     metrics_path = run_dir / "metrics.jsonl"
-    results: dict[str, Any] = {"family": "llm", "primary_metric": "bits_per_byte", "teacher": None, "students": {}}
+    results: dict[str, Any] = {"family": "llm", "primary_metric": "bits_per_byte", "higher_is_better": False,
+                               "teacher": None, "students": {}}
     t_metrics = evaluate_model(teacher.module, tok, held, ood, cfg, device, None)
     t_metrics["source"] = src
     results["teacher"] = t_metrics
