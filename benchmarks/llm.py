@@ -7,6 +7,13 @@ divergence, on_policy (GKD) and seq_kd; several seeds; held-out and out-of-domai
 
     OMP_NUM_THREADS=1 python benchmarks/llm.py quality --seeds 0 1 2
 
+Each seed's results go to `<out>/summary-s<seed>.json` together with the protocol (sizes, epochs)
+that produced them; running a seed again with some `--methods` replaces those methods and keeps
+the others, so a grid can be filled in several invocations. `table` merges the summaries of one
+protocol into a mean +- std table (one row per method, with the number of seeds behind it):
+
+    python benchmarks/llm.py table --seeds 0 1 2
+
 memory: peak memory of one forward+backward of the token-level loss at (batch 4, seq 1024) for
 vocabularies 32k and 128k: dense logits, chunked over positions from logits, chunked from hidden
 states (logits never materialised), and top-k from hidden states. CUDA peak allocator statistics
@@ -28,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+METHOD_ORDER = ["sft"] + [f"kd-{d}" for d in DIVERGENCES] + ["on_policy", "seq_kd"]
 
 
 def quality_recipe(seed: int, args) -> dict:
@@ -58,21 +66,72 @@ def quality_recipe(seed: int, args) -> dict:
     }
 
 
+def protocol_of(args) -> dict:
+    """What must agree between summaries before they are averaged."""
+    return {"train_samples": args.train_samples, "eval_samples": args.eval_samples,
+            "sample_tokens": args.sample_tokens, "gen_tokens": args.gen_tokens, "epochs": args.epochs}
+
+
+def summary_path(out: Path, seed: int) -> Path:
+    return out / f"summary-s{seed}.json"
+
+
+def merge_summary(old: dict | None, new: dict) -> dict:
+    """`new` with the students of `old` it did not retrain (same protocol only)."""
+    if old is None:
+        return new
+    if old.get("protocol") != new["protocol"]:
+        raise SystemExit(f"seed {new['seed']}: the summary already there was made with protocol {old.get('protocol')}, "
+                         f"not {new['protocol']}; use another --out.")
+    students = {**old["students"], **new["students"]}
+    wall = {**old.get("wall_s_by_run", {}), **new["wall_s_by_run"]}
+    best = min(students, key=lambda k: students[k]["bits_per_byte"])
+    return {**new, "students": students, "wall_s_by_run": wall, "best": best}
+
+
 def quality(args) -> None:
     import distill
 
     args.out.mkdir(parents=True, exist_ok=True)
-    summaries = []
+    protocol = protocol_of(args)
     for seed in args.seeds:
         t0 = time.perf_counter()
         s = distill.run(quality_recipe(seed, args), overwrite=True, show_table=False)
-        s["wall_s"] = time.perf_counter() - t0
-        summaries.append(s)
-        (args.out / f"summary-s{seed}.json").write_text(json.dumps(s, indent=2))
-        print(f"seed {seed}: {s['wall_s']:.0f}s", flush=True)
-    table = quality_table(summaries)
+        wall = time.perf_counter() - t0
+        s.update(seed=seed, protocol=protocol, wall_s=wall,
+                 wall_s_by_run={"+".join(s["students"]): wall})  # which methods ran together, and for how long
+        path = summary_path(args.out, seed)
+        old = json.loads(path.read_text()) if path.is_file() else None
+        s = merge_summary(old, s)
+        path.write_text(json.dumps(s, indent=2))
+        print(f"seed {seed}: {wall:.0f}s", flush=True)
+    summaries = load_summaries(args.out, None, protocol)
+    table = quality_table(summaries, args.methods)
     (args.out / "results.md").write_text(table)
     print(table)
+
+
+def load_summaries(out: Path, seeds: list[int] | None, protocol: dict | None = None) -> list[dict]:
+    """The per-seed summaries in `out` (all seeds found when `seeds` is None), checked to share one
+    protocol (the given one, else that of the first)."""
+    if seeds is None:
+        paths = sorted(out.glob("summary-s*.json"), key=lambda p: int(p.stem.split("-s")[-1]))
+    else:
+        paths = [summary_path(out, s) for s in seeds]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise SystemExit(f"no summary for: {', '.join(missing)}")
+    summaries = [json.loads(p.read_text()) for p in paths]
+    if not summaries:
+        raise SystemExit(f"no summary-s*.json in {out}")
+    want = protocol if protocol is not None else summaries[0].get("protocol")
+    odd = [f"{p.name}: {s.get('protocol')}" for p, s in zip(paths, summaries) if s.get("protocol") != want]
+    if odd:
+        if seeds is None and protocol is not None:  # the table of this invocation's protocol only
+            summaries = [s for s in summaries if s.get("protocol") == want]
+        else:
+            raise SystemExit(f"summaries made with another protocol than {want}: " + "; ".join(odd))
+    return summaries
 
 
 def _ms(vals: list[float], fmt: str = "{:.3f}") -> str:
@@ -81,17 +140,40 @@ def _ms(vals: list[float], fmt: str = "{:.3f}") -> str:
     return fmt.format(statistics.mean(vals)) + " +- " + fmt.format(statistics.stdev(vals))
 
 
-def quality_table(summaries: list[dict]) -> str:
+def quality_table(summaries: list[dict], methods: list[str] | None = None) -> str:
+    """mean +- std (sample std) over the summaries that have each method; `seeds` lists them."""
     cols = [("bits_per_byte", "held-out bits/byte"), ("ood_bits_per_byte", "tinyshakespeare bits/byte"),
             ("teacher_agreement", "top-1 agreement"), ("ece", "ECE")]
-    lines = ["| model | params | " + " | ".join(c[1] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
-    t = [s["teacher"] for s in summaries]
-    lines.append(f"| teacher (stories260K) | {t[0]['params']:,} | " + " | ".join(
-        _ms([x[c] for x in t]) if c in t[0] else "-" for c, _ in cols) + " |")
-    for label in summaries[0]["students"]:
-        m = [s["students"][label] for s in summaries]
-        lines.append(f"| {label} | {m[0]['params']:,} | " + " | ".join(_ms([x[c] for x in m]) for c, _ in cols) + " |")
+    lines = ["| model | params | seeds | " + " | ".join(c[1] for c in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+
+    def row(name: str, runs: list[tuple[int, dict]]) -> str:
+        m = [x for _, x in runs]
+        seeds = ",".join(str(sd) for sd, _ in runs)
+        return (f"| {name} | {m[0]['params']:,} | {seeds} | "
+                + " | ".join(_ms([x[c] for x in m]) if c in m[0] else "-" for c, _ in cols) + " |")
+
+    lines.append(row("teacher (stories260K)", [(s.get("seed", i), s["teacher"]) for i, s in enumerate(summaries)]))
+    labels: list[str] = []
+    for s in summaries:
+        labels += [k for k in s["students"] if k not in labels]
+    order = [lab for lab in METHOD_ORDER if lab in labels] + [lab for lab in labels if lab not in METHOD_ORDER]
+    for label in order:
+        if methods and label not in methods:
+            continue
+        lines.append(row(label, [(s.get("seed", i), s["students"][label]) for i, s in enumerate(summaries)
+                                 if label in s["students"]]))
+    walls = [f"s{s['seed']}: {sum(s['wall_s_by_run'].values()):.0f}s" for s in summaries if "wall_s_by_run" in s]
+    if walls:
+        lines += ["", "wall time per seed (all its invocations): " + ", ".join(walls)]
     return "\n".join(lines) + "\n"
+
+
+def table(args) -> None:
+    summaries = load_summaries(args.out, args.seeds)
+    text = quality_table(summaries, args.methods)
+    if args.out_file:
+        Path(args.out_file).write_text(text)
+    print(text)
 
 
 # ---------------------------------------------------------------- memory
@@ -176,12 +258,17 @@ def main() -> None:
     q = sub.add_parser("quality")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "llm")
-    q.add_argument("--train-samples", type=int, default=600)
+    q.add_argument("--train-samples", type=int, default=400)
     q.add_argument("--eval-samples", type=int, default=100)
-    q.add_argument("--sample-tokens", type=int, default=192)
+    q.add_argument("--sample-tokens", type=int, default=160)
     q.add_argument("--gen-tokens", type=int, default=64)
     q.add_argument("--epochs", type=int, default=3)
     q.add_argument("--methods", nargs="*", default=None, help="labels to keep (default: all)")
+    t = sub.add_parser("table", help="mean +- std over the per-seed summaries of `quality`")
+    t.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "llm", help="the folder `quality` wrote to")
+    t.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every summary-s*.json there")
+    t.add_argument("--methods", nargs="*", default=None, help="labels to keep (default: all)")
+    t.add_argument("--out-file", default=None)
     m = sub.add_parser("memory")
     m.add_argument("--vocabs", type=int, nargs="+", default=[32000, 128000])
     m.add_argument("--batch", type=int, default=4)
@@ -196,6 +283,8 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "quality":
         quality(args)
+    elif args.cmd == "table":
+        table(args)
     elif args.cmd == "memory":
         memory(args)
     else:
