@@ -63,18 +63,19 @@ def suite(seeds: int = 10, overrides: list[str] | None = None, log=print,
 
 
 def table(res: dict, seeds: int) -> str:
-    tr, ind = res["transductive"]["rows"], res["inductive"]["rows"]
+    empty = {"rows": {}, "latency": []}
+    tr, ind = res.get("transductive", empty)["rows"], res.get("inductive", empty)["rows"]
     lines = [f"Cora (largest component, CPF splits), {seeds} seeds, test accuracy % mean +- std",
              "",
              "| model | transductive | published | inductive: prod (all test) | tran | ind | published prod |",
              "|---|---|---|---|---|---|---|"]
-    for label in tr:
+    for label in dict.fromkeys([*tr, *ind]):
         pub = PUBLISHED.get(label, (None, None))
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         i = ind.get(label, {})
-        lines.append(f"| {label} | {mean_std(tr[label]['accuracy'])} | {fmt(pub[0])} | {mean_std(i.get('accuracy', []))} "
+        lines.append(f"| {label} | {mean_std(tr.get(label, {}).get('accuracy', []))} | {fmt(pub[0])} | {mean_std(i.get('accuracy', []))} "
                      f"| {mean_std(i.get('accuracy_tran', []))} | {mean_std(i.get('accuracy_ind', []))} | {fmt(pub[1])} |")
-    lat = res["transductive"]["latency"] + res["inductive"]["latency"]
+    lat = res.get("transductive", empty)["latency"] + res.get("inductive", empty)["latency"]
     if lat:
         med = lambda k: statistics.median(x[k] for x in lat)  # noqa: E731
         lines += ["", "Inference per node, batch size 1, one CPU thread (median over seeds of the median over 50 test nodes):",
@@ -83,29 +84,53 @@ def table(res: dict, seeds: int) -> str:
     return "\n".join(lines)
 
 
-def latency_scaling(nodes: int = 100, seed: int = 0) -> str:
-    """Per-node time of SAGE with 1-3 layers (the neighbourhood to fetch grows with depth) vs the MLP.
+def latency_scaling(nodes: int = 100, seed: int = 0, graph=None, hidden: int = 128, layers=(1, 2, 3),
+                    batch_sizes=(1, 64)) -> str:
+    """Per-node time of SAGE with 1-3 layers (the neighbourhood to fetch grows with depth) vs the MLP,
+    one node at a time and in batches (a batch fetches the union of its nodes' neighbourhoods once).
     Timing does not depend on the weights, so untrained models are timed."""
     import numpy as np
     import torch
 
     from distill.data.graphs import cora
     from distill.families.graph.gnn import sage
-    from distill.families.graph.latency import gnn_latency_ms, mlp_latency_ms, single_thread
+    from distill.families.graph.latency import (gnn_batch_latency_ms, gnn_latency_ms, mlp_batch_latency_ms,
+                                                mlp_latency_ms, single_thread)
     from distill.families.graph.ops import CSRGraph
     from distill.models.mlp import mlp
 
-    g = cora()
+    g = graph if graph is not None else cora()
     csr = CSRGraph(g.edge_index, g.num_nodes)
-    ids = torch.randperm(g.num_nodes, generator=torch.Generator().manual_seed(seed))[:nodes]
-    mlp_ms = single_thread(mlp_latency_ms, mlp((g.x.shape[1],), 7, hidden=[128]), g.x, ids)
-    lines = ["| SAGE layers | mean neighbourhood fetched (nodes) | GNN ms / node | MLP ms / node | MLP speed-up |",
-             "|---|---|---|---|---|"]
-    for hops in (1, 2, 3):
-        size = float(np.mean([len(csr.khop(np.array([v]), hops)) for v in ids.tolist()]))
-        ms = single_thread(gnn_latency_ms, sage((g.x.shape[1],), 7, num_layers=hops), g.x, csr, ids, hops)
-        lines.append(f"| {hops} | {size:.1f} | {ms:.3f} | {mlp_ms:.4f} | {ms / mlp_ms:.1f}x |")
+    C = int(g.y.max()) + 1
+    perm = torch.randperm(g.num_nodes, generator=torch.Generator().manual_seed(seed))
+    student = mlp((g.x.shape[1],), C, hidden=[hidden])
+    lines = [f"{g.num_nodes} nodes, {g.num_edges} edges, {g.x.shape[1]} features; SAGE hidden {hidden} vs MLP "
+             f"{g.x.shape[1]}-{hidden}-{C}; per-node ms, one CPU thread", "",
+             "| SAGE layers | batch | mean neighbourhood fetched (nodes) | GNN ms / node | MLP ms / node | MLP speed-up |",
+             "|---|---|---|---|---|---|"]
+    for hops in layers:
+        gnn = sage((g.x.shape[1],), C, hidden=hidden, num_layers=hops, aggregator="gcn")
+        for b in batch_sizes:
+            ids = perm[:nodes] if b == 1 else perm[:max(nodes, 6 * b)]
+            if b == 1:
+                size = float(np.mean([len(csr.khop(np.array([v]), hops)) for v in ids.tolist()]))
+                ms = single_thread(gnn_latency_ms, gnn, g.x, csr, ids, hops)
+                mlp_ms = single_thread(mlp_latency_ms, student, g.x, ids)
+            else:
+                size = float(np.mean([len(csr.khop(np.sort(ids[i:i + b].numpy()), hops))
+                                      for i in range(0, len(ids) - b + 1, b)]))
+                ms = single_thread(gnn_batch_latency_ms, gnn, g.x, csr, ids, hops, b)
+                mlp_ms = single_thread(mlp_batch_latency_ms, student, g.x, ids, b)
+            lines.append(f"| {hops} | {b} | {size:.1f} | {ms:.4f} | {mlp_ms:.4f} | {ms / mlp_ms:.1f}x |")
     return "\n".join(lines)
+
+
+def large_graph(num_nodes: int = 100_000, avg_degree: float = 20.0, num_features: int = 500, seed: int = 0):
+    """A synthetic graph of production size (contextual SBM) for timing only."""
+    from distill.data.graphs import contextual_sbm
+
+    return contextual_sbm(num_nodes=num_nodes, num_classes=10, num_features=num_features, avg_degree=avg_degree,
+                          seed=seed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,11 +140,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher.model.name=gcn")
     ap.add_argument("--settings", default="transductive,inductive")
     ap.add_argument("--merge", type=Path, default=None, help="a --json file whose other settings fill the table")
-    ap.add_argument("--latency-scaling", action="store_true", help="only time SAGE with 1-3 layers vs the MLP")
+    ap.add_argument("--latency-scaling", action="store_true", help="only time SAGE with 1-3 layers vs the MLP on Cora")
+    ap.add_argument("--latency-large", action="store_true",
+                    help="only time SAGE with 2-3 layers vs the MLP on a synthetic 100k-node graph (average degree 20)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.latency_scaling:
         print(latency_scaling())
+        return
+    if args.latency_large:
+        print(latency_scaling(nodes=50, graph=large_graph(), hidden=256, layers=(2, 3)))
         return
     settings = tuple(args.settings.split(","))
     res = suite(args.seeds, args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True), settings=settings)
