@@ -68,6 +68,9 @@ class EngineConfig(Strict):
     max_bad_steps: int = Field(10, ge=1, description="stop after this many consecutive skipped steps")
     tensorboard: bool = False
     progress: bool = True
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp replicates the trained module on each process; fsdp "
+        "shards it (per repeated block) and the frozen teacher across the processes (torch FSDP2)")
 
 
 class MethodConfig(Component):

@@ -15,6 +15,11 @@ and distributed wrapping; this module keeps the loop itself in the family's runn
 A run killed at any point and resumed from its last checkpoint ends with the same weights as an
 uninterrupted run (same seed, CPU): data order is a function of (seed, epoch), and the checkpoint
 holds model, optimiser, scheduler, scaler, RNG states and the loop position.
+
+With several processes, `engine.strategy` picks how the trained module is spread: `ddp` (default)
+keeps a full copy on each process and averages gradients; `fsdp` shards it (torch FSDP2, one unit
+per repeated block) and also shards the frozen teachers it holds, for the length of the phase.
+`finish()` gives the modules back whole, and checkpoints hold full (gathered) weights either way.
 """
 from __future__ import annotations
 
@@ -157,6 +162,10 @@ class Engine:
         seed_everything(seed)
         self.accelerator = make_accelerator(cfg.device, cfg.precision)
         self.device = self.accelerator.device
+        self.fsdp = cfg.strategy == "fsdp"
+        if self.fsdp:
+            self._check_fsdp()
+        self._teachers: list = []    # teachers sharded for this phase (fsdp)
         self.step_count = 0          # optimiser steps done
         self.epoch = 0
         self.batch_in_epoch = 0      # micro-batches consumed in the current epoch
@@ -179,8 +188,29 @@ class Engine:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def _check_fsdp(self) -> None:
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if acc.num_processes < 2:
+            raise ConfigError("engine.strategy=fsdp shards the student and the teacher across processes, and this "
+                              "run has one. Start it with `distill run RECIPE --nproc N` (N >= 2), or use "
+                              "engine.strategy=ddp (the default) in a single process.")
+        if acc.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            raise ConfigError(f"engine.strategy=fsdp: the processes were started as {acc.distributed_type.value} "
+                              "(an accelerate config with its own FSDP/DeepSpeed/XLA setting?). Start them with "
+                              "`distill run --nproc N` or plain torchrun, or leave engine.strategy at ddp.")
+        if self.cfg.precision == "fp16":
+            raise ConfigError("engine.strategy=fsdp does not support fp16 loss scaling here; use bf16 or fp32.")
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"engine.strategy=fsdp needs torch.distributed.fsdp.fully_shard (torch >= 2.6); "
+                              f"this is torch {torch.__version__}.") from None
+
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler=None):
-        """Move to the device and wrap for distributed runs. Teachers never pass through here.
+        """Move to the device and wrap for distributed runs. Teachers are never wrapped (under
+        engine.strategy=fsdp the ones the model holds are sharded, see `_shard`).
 
         The optimiser goes through accelerate only where accelerate must act on it (fp16 loss
         scaling, DeepSpeed, XLA); otherwise it stays a plain torch optimiser, which keeps the
@@ -193,7 +223,9 @@ class Engine:
         special = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.XLA,
                                            DistributedType.MEGATRON_LM)
         self._plain_backward = acc.scaler is None and not special
-        if special:
+        if self.fsdp:
+            model, optimizer = self._shard(model, optimizer)
+        elif special:
             prepared = acc.prepare(*[o for o in (model, optimizer) if o is not None])
             prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
             model = prepared[0]
@@ -207,6 +239,65 @@ class Engine:
                 optimizer = acc.prepare_optimizer(optimizer)
         self._model, self._opt, self._sched = model, optimizer, scheduler
         return model, optimizer, scheduler
+
+    def _shard(self, model: nn.Module, optimizer: torch.optim.Optimizer | None):
+        """engine.strategy=fsdp: shard `model` in place (each repeated block is a unit of its own, the
+        model is the root unit holding the rest, so the method's forward may read any of its
+        parameters; its `student` may also be called alone), point the optimiser at the sharded
+        parameters, and shard every frozen Teacher the model holds."""
+        from distill.dist import fsdp_callable_alone, fsdp_shard, local_numel
+        from distill.teacher import Teacher
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        if optimizer is not None:
+            if optimizer.state:
+                raise DistillError("engine.strategy=fsdp: the optimiser must be fresh (no state) when the model is prepared")
+            for group in optimizer.param_groups:
+                if any(id(p) not in names for p in group["params"]):
+                    raise DistillError("engine.strategy=fsdp: the optimiser holds parameters that are not the "
+                                       "prepared module's; FSDP can only shard the module's own parameters.")
+        fsdp_shard(model)
+        student = getattr(model, "student", None)
+        if isinstance(student, nn.Module) and student is not model:
+            self._alone_hooks = fsdp_callable_alone(model, student)
+        if optimizer is not None:
+            params = dict(model.named_parameters())
+            for group in optimizer.param_groups:
+                group["params"] = [params[names[id(p)]] for p in group["params"]]
+        # a teacher whose modules are already sharded (part of the model or of another teacher, as
+        # in an ensemble that includes the run's teacher) stays whole
+        claimed = {id(m) for m in model.modules()}
+        for m in model.modules():
+            for v in list(vars(m).values()):
+                if isinstance(v, Teacher) and not v.sharded:
+                    mods = {id(sub) for sub in v.module.modules()}
+                    if mods & claimed:
+                        continue
+                    claimed |= mods
+                    self._teachers.append(v.shard())
+        # one line in the metrics: how many parameter elements each process holds
+        counts = torch.tensor([[local_numel(model)] + [local_numel(t.module) for t in self._teachers]],
+                              dtype=torch.float64)
+        every = self.accelerator.gather(counts.to(self.device)).cpu().long().tolist()
+        self.log({"fsdp/processes": self.accelerator.num_processes,
+                  "fsdp/params": sum(p.numel() for p in model.parameters()),
+                  "fsdp/params_local": [row[0] for row in every],
+                  "fsdp/teacher_params": [t.num_parameters() for t in self._teachers],
+                  "fsdp/teacher_params_local": [row[1:] for row in every]})
+        return model, optimizer
+
+    def _unshard(self) -> None:
+        """engine.strategy=fsdp: give the model and the teachers back whole (every process)."""
+        from distill.dist import fsdp_release, is_fsdp
+
+        for h in getattr(self, "_alone_hooks", []):
+            h.remove()
+        self._alone_hooks = []
+        if self._model is not None and is_fsdp(self._model):
+            fsdp_release(self._model)
+        for t in self._teachers:
+            t.unshard()
+        self._teachers = []
 
     def start(self, module: nn.Module, train_cfg: TrainConfig, *, batches_per_epoch: int | None = None,
               total_steps: int | None = None, params: Iterable[torch.nn.Parameter] | None = None):
@@ -280,9 +371,18 @@ class Engine:
         boundary = self._micro >= window
         bad = self.cfg.nan_policy == "skip" and not bool(torch.isfinite(total.detach()).all())
         self._bad_in_window = getattr(self, "_bad_in_window", False) or bad
-        ctx = nullcontext() if boundary or self._model is None else self.accelerator.no_sync(self._model)
+        if self.fsdp:  # gradients are reduce-scattered at the last micro-batch of the window only
+            if self._model is not None:
+                self._model.set_requires_gradient_sync(boundary)
+            ctx = nullcontext()
+        else:
+            ctx = nullcontext() if boundary or self._model is None else self.accelerator.no_sync(self._model)
         with ctx:
-            if bad:  # no backward through NaNs: zero gradients keep every process in step under DDP
+            if bad and self.fsdp:
+                # every process must join FSDP's gradient reduction; the window is skipped on all of
+                # them (decided jointly below), so these gradients are discarded
+                (total / window).backward()
+            elif bad:  # no backward through NaNs: zero gradients keep every process in step under DDP
                 params = [p for p in (self._model or nn.Module()).parameters() if p.requires_grad]
                 if params:
                     sum((p * 0).sum() for p in params).backward()
@@ -309,7 +409,10 @@ class Engine:
             else:
                 self.consecutive_bad = 0
                 if self.cfg.clip_grad_norm and self._model is not None:
-                    self.accelerator.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
+                    if self.fsdp:  # the norm over the sharded gradients is the global one
+                        torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
+                    else:
+                        self.accelerator.clip_grad_norm_(self._model.parameters(), self.cfg.clip_grad_norm)
                 if self._opt is not None:
                     self._opt.step()
                     self._opt.zero_grad(set_to_none=True)
@@ -430,11 +533,13 @@ class Engine:
     def save_checkpoint(self, model: nn.Module, optimizer=None, scheduler=None, extra: dict | None = None) -> Path | None:
         """Write checkpoints/step_XXXXXXXX.pt atomically, point `latest` at it, keep the newest few."""
         self.accelerator.wait_for_everyone()
+        if self.fsdp and self.checkpoint_dir is not None:  # gather full weights (every process takes part)
+            model_sd, opt_sd = self._full_state(model, optimizer)
         if not self.is_main or self.checkpoint_dir is None:
             return None
         state = {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "model": model_sd if self.fsdp else unwrap(model).state_dict(),
+            "optimizer": (opt_sd if self.fsdp else optimizer.state_dict()) if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
             "rng": _rng_state(),
@@ -442,6 +547,8 @@ class Engine:
             "history": json.dumps(self.history),
             "extra": json.dumps(extra or {}),
         }
+        if self.fsdp:  # optimiser state is keyed by parameter name, not position
+            state["strategy"] = "fsdp"
         d = self.checkpoint_dir
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"step_{self.step_count:08d}.pt"
@@ -459,6 +566,29 @@ class Engine:
             old.unlink(missing_ok=True)
         return path
 
+    @staticmethod
+    def _full_state(model: nn.Module, optimizer) -> tuple[dict, dict | None]:
+        """Full (gathered) model and optimiser state dicts of a sharded model, on the main process
+        (the others get empty ones). Every process must call this."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd = get_model_state_dict(model, options=opts)
+        opt_sd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+        return model_sd, opt_sd
+
+    @staticmethod
+    def _load_full_state(model: nn.Module, optimizer, model_sd: dict, opt_sd: dict | None) -> None:
+        """Load full state dicts (read by every process) into a sharded model and its optimiser."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_sd, options=opts)
+        if optimizer is not None and opt_sd is not None:
+            set_optimizer_state_dict(model, optimizer, opt_sd, options=opts)
+
     def latest_checkpoint(self) -> Path | None:
         d = self.checkpoint_dir
         if d is None or not (d / "latest").is_file():
@@ -475,9 +605,16 @@ class Engine:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise DistillError(f"checkpoint {path} cannot be read ({e}); delete it to restart that phase.") from None
-        unwrap(model).load_state_dict(state["model"])
-        if optimizer is not None and state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
+        written = state.get("strategy", "ddp")
+        if written != self.cfg.strategy:
+            raise DistillError(f"checkpoint {path} was written with engine.strategy={written}; resume it with the "
+                               f"same strategy (this run has {self.cfg.strategy}), or delete it to restart that phase.")
+        if self.fsdp:
+            self._load_full_state(model, optimizer, state["model"], state["optimizer"])
+        else:
+            unwrap(model).load_state_dict(state["model"])
+            if optimizer is not None and state["optimizer"] is not None:
+                optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] is not None and self.accelerator.scaler is not None:
@@ -511,4 +648,6 @@ class Engine:
         self._stop_progress()
         if self._tb is not None:
             self._tb.close()
+        if self.fsdp:  # the trained module and the teachers leave the phase whole, on every process
+            self._unshard()
         self.accelerator.wait_for_everyone()

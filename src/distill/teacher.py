@@ -2,7 +2,8 @@
 
 `Teacher` is not an nn.Module: it cannot become a submodule of a student or method, so it is
 never in an optimiser, a DDP wrapper or a student's state dict. It is in eval mode, its
-parameters do not require grad, and it runs under no_grad.
+parameters do not require grad, and it runs under no_grad. Under engine.strategy=fsdp the engine
+shards it across the processes for the length of a training phase (`shard` / `unshard`).
 
 `TeacherCache` stores, per sample id, the teacher's top-k logits (fp16), their indices, and the
 log-sum-exp at the distillation temperature (so top-k log-probs and the tail mass are exact),
@@ -50,6 +51,37 @@ class Teacher:
 
     def to(self, device) -> Teacher:
         self._module.to(device)
+        return self
+
+    @property
+    def sharded(self) -> bool:
+        return getattr(self, "_sharded", False)
+
+    def shard(self) -> Teacher:
+        """Shard the frozen module across the processes with FSDP (engine.strategy=fsdp; every
+        process calls this). A model with repeated blocks (children of an nn.ModuleList, as in
+        transformers) has each block sharded, gathered for the block's forward and freed right after
+        it; the rest (embeddings, heads, norms) stays whole on every process, since methods read
+        those directly (e.g. the LM head's weights). A model without blocks is sharded as one unit.
+        It never gets gradients or optimiser state. The weights fingerprint is taken first."""
+        from distill.dist import fsdp_shard, fsdp_units
+
+        if not self.sharded:
+            self.fingerprint()
+            fsdp_shard(self._module, root=not fsdp_units(self._module), reshard_after_forward=True)
+            self._module.requires_grad_(False)
+            self._module.eval()
+            self._sharded = True
+        return self
+
+    def unshard(self) -> Teacher:
+        """Undo `shard` (every process calls this): the module holds its full weights again."""
+        from distill.dist import fsdp_release
+
+        if self.sharded:
+            fsdp_release(self._module)
+            self._module.requires_grad_(False)
+            self._sharded = False
         return self
 
     def fingerprint(self) -> str:
