@@ -44,10 +44,12 @@ def train(method, steps, lr=3e-3, batch=256):
 
 
 SMALL = {"progressive": {"start_steps": 4}, "reflow": {"pairs": 2000, "distill_fraction": 0.3},
-         "consistency": {"grid_steps": 16, "skip": 2}, "dmd": {"fake_updates": 2, "regression_weight": 0.25, "regression_pairs": 1000}}
+         "consistency": {"grid_steps": 16, "skip": 2}, "dmd": {"fake_updates": 2, "regression_weight": 0.25, "regression_pairs": 1000},
+         "sid": {"fake_updates": 4, "alpha": 1.0}}  # from scratch at lr 3e-3, SiD with alpha 1.2 or 2 fake updates diverges
+CONDITIONAL = {"guidance"}  # needs a class-conditional teacher: tests/diffusion/test_diff_guidance.py
 
 
-@pytest.mark.parametrize("name", methods.names("diffusion"))
+@pytest.mark.parametrize("name", [n for n in methods.names("diffusion") if n not in CONDITIONAL])
 def test_diff_every_method_trains_and_approaches_the_teacher(name):
     method, teacher = make(name, steps=150, **SMALL.get(name, {}))
     z = torch.randn(1500, 2, generator=torch.Generator().manual_seed(5))
@@ -56,7 +58,7 @@ def test_diff_every_method_trains_and_approaches_the_teacher(name):
     losses = train(method, 150)
     after = sliced_wasserstein(method.sample(z, 1), ref)
     assert after < 0.85 * before, (before, after)
-    if name != "dmd":  # DMD's surrogate loss is |grad|^2/2, not a quantity that must fall
+    if name not in ("dmd", "sid"):  # surrogate losses of a moving fake score, not quantities that must fall
         assert sum(losses[-20:]) < sum(losses[:20])
 
 

@@ -83,6 +83,10 @@ class DiffusionMethod(nn.Module):
             self.calls += 1
         return n
 
+    def evaluate(self, source, z: Tensor, steps: list[int], eval_cfg) -> dict[str, float]:
+        """Metrics of this method beyond the runner's (e.g. guided samples); merged into its summary."""
+        return {}
+
     def sampling_net(self, steps: int) -> nn.Module:
         return self.student
 

@@ -29,6 +29,9 @@ class DiffusionTeacherConfig(Strict):
     beta_max: float = Field(20.0, gt=0, description="vp process only")
     steps: int = Field(64, ge=1, description="the teacher's full sampler step count")
     seed: int = Field(0, description="the teacher's training seed (the same teacher serves every run seed)")
+    labels: bool = Field(False, description="train a class-conditional teacher (model with num_classes) on the data's "
+                                            "labels, for classifier-free guidance")
+    label_drop: float = Field(0.1, ge=0, le=1, description="with labels: probability of the null class in training")
     train: TrainConfig = Field(default_factory=_teacher_train)
 
 

@@ -66,7 +66,7 @@ class DMD(DiffusionMethod):
         return self.student_denoise(x, grid[i])[0]
 
     def _fake_step(self, g: Tensor) -> Tensor:
-        t = self.t_min + (self.t_max - self.t_min) * torch.rand(g.shape[0], device=g.device)
+        t = self.sample_t(g.shape[0], g.device)
         eps = torch.randn_like(g)
         out = call(self.fake, self.process.noisy(g, eps, t), t)
         loss = ((out - self.process.target(g, eps, self.ctx.teacher_param)) ** 2).flatten(1).sum(1).mean()
@@ -75,26 +75,43 @@ class DMD(DiffusionMethod):
         self.fake_opt.step()
         return loss.detach()
 
+    def update_fake(self, g: Tensor, z: Tensor) -> Tensor:
+        """The fake denoiser's `fake_updates` steps for this generator step (two time-scale updates):
+        the first on this batch's samples g (detached), the rest on fresh ones. Returns the first loss."""
+        if not self.training:
+            return torch.zeros((), device=z.device)
+        with torch.enable_grad():
+            fake_loss = self._fake_step(g.detach())
+            for _ in range(self.fake_updates - 1):
+                with torch.no_grad():
+                    g2 = self.generate(torch.randn_like(z))
+                self._fake_step(g2)
+        return fake_loss
+
+    def sample_t(self, n: int, device) -> Tensor:
+        return self.t_min + (self.t_max - self.t_min) * torch.rand(n, device=device)
+
+    def fake_denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The fake denoiser's x0 prediction at (x_t, t)."""
+        return self.process.denoise(call(self.fake, x_t, t), x_t, t, self.ctx.teacher_param)[0]
+
+    def generator_terms(self, g: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """DMD's distribution matching term for generator samples g (with grad)."""
+        t = self.sample_t(z.shape[0], z.device)
+        x_t = self.process.noisy(g.detach(), torch.randn_like(g), t)
+        with torch.no_grad():
+            real = self.teacher_denoise(x_t, t)[0]
+            fake = self.fake_denoise(x_t, t)
+            norm = (g - real).abs().flatten(1).mean(1).clamp(min=1e-4).reshape(-1, *([1] * (g.dim() - 1)))
+            grad = (fake - real) / norm
+        return {"dm": 0.5 * ((g - (g - grad).detach()) ** 2).flatten(1).sum(1).mean()}
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         self.tick()
         z = batch["z"]
         g = self.generate(z)                                               # (B, ...)
-        fake_loss = torch.zeros((), device=z.device)
-        if self.training:
-            with torch.enable_grad():
-                fake_loss = self._fake_step(g.detach())
-                for _ in range(self.fake_updates - 1):
-                    with torch.no_grad():
-                        g2 = self.generate(torch.randn_like(z))
-                    self._fake_step(g2)
-        t = self.t_min + (self.t_max - self.t_min) * torch.rand(z.shape[0], device=z.device)
-        x_t = self.process.noisy(g.detach(), torch.randn_like(g), t)
-        with torch.no_grad():
-            real = self.teacher_denoise(x_t, t)[0]
-            fake = self.process.denoise(call(self.fake, x_t, t), x_t, t, self.ctx.teacher_param)[0]
-            norm = (g - real).abs().flatten(1).mean(1).clamp(min=1e-4).reshape(-1, *([1] * (g.dim() - 1)))
-            grad = (fake - real) / norm
-        terms = {"dm": 0.5 * ((g - (g - grad).detach()) ** 2).flatten(1).sum(1).mean()}
+        fake_loss = self.update_fake(g, z)
+        terms = self.generator_terms(g, z)
         if self.regression_weight > 0:
             if self.pairs is None:
                 self.pairs = teacher_couplings(self, self.regression_pairs, z, self.ctx.seed + 104729)

@@ -16,10 +16,12 @@ from torch import Tensor, nn
 
 from distill.config import TrainConfig
 from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.errors import ConfigError
 from distill.eval.distributions import mmd, sliced_wasserstein, straightness
 from distill.families.diffusion.base import DiffusionContext, DiffusionMethod
 from distill.families.diffusion.config import DiffusionMethodConfig, DiffusionRunConfig
 from distill.families.diffusion.process import Process, ddim_sample
+from distill.families.diffusion.unet import conditioning
 from distill.models.io import count_parameters
 from distill.registry import datasets, methods, models, register_runner
 from distill.teacher import Teacher
@@ -27,7 +29,8 @@ from distill.utils import atomic_torch_save, atomic_write_text, seed_everything
 
 
 class StreamLoader:
-    """`steps` batches {"x0": data (B, D), "z": noise (B, D)} from a generator seeded by (seed, epoch)."""
+    """`steps` batches {"x0": data (B, D), "z": noise (B, D)} from a generator seeded by (seed, epoch);
+    with "y": labels (B,) too when the source has them (`sample_labeled`; the same draws as `sample`)."""
 
     def __init__(self, source, batch_size: int, steps: int, seed: int):
         self.source, self.batch_size, self.steps, self.seed, self.epoch = source, batch_size, steps, seed, 0
@@ -40,23 +43,35 @@ class StreamLoader:
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        labeled = hasattr(self.source, "sample_labeled")
         for _ in range(self.steps):
-            x0 = self.source.sample(self.batch_size, g)
-            yield {"x0": x0, "z": torch.randn(x0.shape, generator=g)}
+            if labeled:
+                x0, y = self.source.sample_labeled(self.batch_size, g)
+                yield {"x0": x0, "z": torch.randn(x0.shape, generator=g), "y": y}
+            else:
+                x0 = self.source.sample(self.batch_size, g)
+                yield {"x0": x0, "z": torch.randn(x0.shape, generator=g)}
 
 
 class DenoisingLoss(nn.Module):
     """The teacher's own objective: |net(x_t, t) - target|^2 with t ~ U(t_min, 1) (flow matching for
-    param=velocity, DDPM's simple loss for param=eps)."""
+    param=velocity, DDPM's simple loss for param=eps). With label_drop set, a class-conditional net is
+    trained on the batch's labels "y", each dropped to the null class with that probability, so that one
+    net gives both the conditional and the unconditional output (classifier-free guidance)."""
 
-    def __init__(self, net: nn.Module, process: Process, param: str):
+    def __init__(self, net: nn.Module, process: Process, param: str, label_drop: float | None = None):
         super().__init__()
-        self.net, self.process, self.param = net, process, param
+        self.net, self.process, self.param, self.label_drop = net, process, param, label_drop
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x0, z = batch["x0"], batch["z"]
         t = 1e-3 + (1 - 1e-3) * torch.rand(x0.shape[0], device=x0.device)
-        out = self.net(self.process.noisy(x0, z, t), t)
+        y = None
+        if self.label_drop is not None:
+            drop = torch.rand(x0.shape[0], device=x0.device) < self.label_drop
+            y = torch.where(drop, torch.full_like(batch["y"], self.net.num_classes), batch["y"])
+        with conditioning(y):
+            out = self.net(self.process.noisy(x0, z, t), t)
         return {"denoise": ((out - self.process.target(x0, z, self.param)) ** 2).flatten(1).sum(1).mean()}
 
 
@@ -89,7 +104,8 @@ def teacher_key(cfg: DiffusionRunConfig) -> str:
     t = cfg.teacher
     blob = json.dumps({"data": cfg.data.model_dump(mode="json"), "model": t.model.model_dump(mode="json"),
                        "process": [t.process, t.param, t.beta_min, t.beta_max], "seed": t.seed,
-                       "train": t.train.model_dump(mode="json"), "format": 1}, sort_keys=True)
+                       "train": t.train.model_dump(mode="json"), "format": 1,
+                       **({"labels": t.label_drop} if t.labels else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,7 +122,13 @@ def load_or_train_teacher(cfg: DiffusionRunConfig, source, process: Process, log
         f"for {cfg.teacher.train.max_steps} steps")
     seed_everything(cfg.teacher.seed)
     t0 = time.perf_counter()
-    objective = DenoisingLoss(net, process, cfg.teacher.param)
+    label_drop = None
+    if cfg.teacher.labels:
+        if getattr(net, "num_classes", None) is None or not hasattr(source, "sample_labeled"):
+            raise ConfigError("teacher.labels: needs a class-conditional teacher.model (num_classes) and a data set "
+                              f"with labels (given {cfg.teacher.model.name} on {cfg.data.name})")
+        label_drop = cfg.teacher.label_drop
+    objective = DenoisingLoss(net, process, cfg.teacher.param, label_drop)
     fit(objective, net.parameters(), source, cfg.teacher.train, cfg, seed=cfg.teacher.seed, out_dir=None, name="teacher")
     info = {"train_s": round(time.perf_counter() - t0, 2), "params": count_parameters(net), "key": teacher_key(cfg)}
     net.cpu()
@@ -189,6 +211,7 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
                 _, tr, tt = method.sample(z, k, return_traj=True)
                 m[f"straightness@{k}"] = straightness(tr, tt)
             samples[f"{label}@{k}"] = xk.cpu()
+        m.update(method.evaluate(source, z, steps_list, cfg.eval))
         m["swd"], m["mmd"] = m[f"swd@{cfg.student.steps}"], m[f"mmd@{cfg.student.steps}"]
         summary["students"][label] = m
         log(f"student [{label}]: swd " + ", ".join(f"{m[f'swd@{k}']:.4f} at {k}" for k in steps_list)

@@ -1,5 +1,7 @@
 """2-D toy distributions, sampled on the fly: two moons, a ring of 8 Gaussians, a checkerboard.
-Each is scaled to a spread of about 1 per coordinate, the scale of the N(0, I) noise."""
+Each is scaled to a spread of about 1 per coordinate, the scale of the N(0, I) noise. Each also has
+class labels (`sample_labeled`), for class-conditional teachers: the moon (2 classes), the Gaussian
+of the ring (8), the column of the checkerboard (4)."""
 from __future__ import annotations
 
 import math
@@ -16,9 +18,10 @@ ToyName = Literal["moons", "8gaussians", "checkerboard"]
 
 
 class Toy:
-    """A sampler of a 2-D distribution: `sample(n, generator) -> (n, 2)`."""
+    """A sampler of a 2-D distribution: `sample(n, generator) -> (n, 2)`; `sample_labeled` -> ((n, 2), (n,))."""
 
     dim = 2
+    CLASSES = {"moons": 2, "8gaussians": 8, "checkerboard": 4}
 
     def __init__(self, name: ToyName = "moons", noise: float = 0.05):
         if name not in ("moons", "8gaussians", "checkerboard"):
@@ -28,7 +31,15 @@ class Toy:
     def __repr__(self) -> str:
         return f"Toy({self.name!r})"
 
+    @property
+    def num_classes(self) -> int:
+        return self.CLASSES[self.name]
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.sample_labeled(n, generator)[0]
+
+    def sample_labeled(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Points (n, 2) and their classes (n,) long; the same random draws as `sample`."""
         g = generator
         if self.name == "moons":
             u = torch.rand(n, generator=g) * math.pi
@@ -36,16 +47,17 @@ class Toy:
             x = torch.where(upper, torch.cos(u), 1 - torch.cos(u))
             y = torch.where(upper, torch.sin(u), 0.5 - torch.sin(u))
             pts = torch.stack([x - 0.5, y - 0.25], 1) * torch.tensor([1.0, 2.0])
-            return pts + self.noise * torch.randn(n, 2, generator=g)
+            return pts + self.noise * torch.randn(n, 2, generator=g), (~upper).long()
         if self.name == "8gaussians":
-            k = torch.randint(0, 8, (n,), generator=g).float() * (2 * math.pi / 8)
+            label = torch.randint(0, 8, (n,), generator=g)
+            k = label.float() * (2 * math.pi / 8)
             centres = torch.stack([torch.cos(k), torch.sin(k)], 1) * 1.5
-            return centres + max(self.noise, 0.02) * 2 * torch.randn(n, 2, generator=g)
+            return centres + max(self.noise, 0.02) * 2 * torch.randn(n, 2, generator=g), label
         # checkerboard on [-2, 2]^2: 8 of 16 unit squares, scaled by 0.75
         x1 = torch.rand(n, generator=g) * 4 - 2
         x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g).float() * 2
         x2 = x2 + (torch.floor(x1) % 2)
-        return torch.stack([x1, x2], 1) * 0.75
+        return torch.stack([x1, x2], 1) * 0.75, (torch.floor(x1).long() + 2).clamp(0, 3)
 
 
 @register_dataset("toy2d", family="diffusion", description="2-D toy distributions (moons, 8gaussians, checkerboard)")

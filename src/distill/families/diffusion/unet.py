@@ -42,6 +42,15 @@ def conditioning(labels: Tensor | None) -> Iterator[None]:
         _LABELS.reset(token)
 
 
+def current_labels() -> Tensor | None:
+    """The labels set by the innermost `conditioning` (None: unconditional)."""
+    return _LABELS.get()
+
+
+def null_labels(n: int, num_classes: int, device) -> Tensor:
+    return torch.full((n,), num_classes, dtype=torch.long, device=device)
+
+
 @contextlib.contextmanager
 def guidance(net: nn.Module, scale: float) -> Iterator[None]:
     """Run `net` (a UNetDenoiser, or a Teacher around one) with classifier-free guidance scale `scale`."""
@@ -76,7 +85,7 @@ class UNetDenoiser(nn.Module):
         if self.num_classes is None:
             return self._raw(x, t, None)
         y = _LABELS.get() if y is None else y
-        null = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        null = null_labels(x.shape[0], self.num_classes, x.device)
         if y is None:
             return self._raw(x, t, null)
         y = torch.as_tensor(y, device=x.device).long()
