@@ -94,8 +94,7 @@ def latency_scaling(nodes: int = 100, seed: int = 0, graph=None, hidden: int = 1
 
     from distill.data.graphs import cora
     from distill.families.graph.gnn import sage
-    from distill.families.graph.latency import (gnn_batch_latency_ms, gnn_latency_ms, mlp_batch_latency_ms,
-                                                mlp_latency_ms, single_thread)
+    from distill.families.graph.latency import gnn_latency_ms, mlp_latency_ms, single_thread
     from distill.families.graph.ops import CSRGraph
     from distill.models.mlp import mlp
 
@@ -112,15 +111,10 @@ def latency_scaling(nodes: int = 100, seed: int = 0, graph=None, hidden: int = 1
         gnn = sage((g.x.shape[1],), C, hidden=hidden, num_layers=hops, aggregator="gcn")
         for b in batch_sizes:
             ids = perm[:nodes] if b == 1 else perm[:max(nodes, 6 * b)]
-            if b == 1:
-                size = float(np.mean([len(csr.khop(np.array([v]), hops)) for v in ids.tolist()]))
-                ms = single_thread(gnn_latency_ms, gnn, g.x, csr, ids, hops)
-                mlp_ms = single_thread(mlp_latency_ms, student, g.x, ids)
-            else:
-                size = float(np.mean([len(csr.khop(np.sort(ids[i:i + b].numpy()), hops))
-                                      for i in range(0, len(ids) - b + 1, b)]))
-                ms = single_thread(gnn_batch_latency_ms, gnn, g.x, csr, ids, hops, b)
-                mlp_ms = single_thread(mlp_batch_latency_ms, student, g.x, ids, b)
+            size = float(np.mean([len(csr.khop(np.sort(ids[i:i + b].numpy()), hops))
+                                  for i in range(0, len(ids) - b + 1, b)]))
+            ms = single_thread(gnn_latency_ms, gnn, g.x, csr, ids, hops, b, 3 if b == 1 else 1)
+            mlp_ms = single_thread(mlp_latency_ms, student, g.x, ids, b, 3 if b == 1 else 1)
             lines.append(f"| {hops} | {b} | {size:.1f} | {ms:.4f} | {mlp_ms:.4f} | {ms / mlp_ms:.1f}x |")
     return "\n".join(lines)
 

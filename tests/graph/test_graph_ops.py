@@ -147,3 +147,18 @@ def test_khop_equals_dense_reachability():
     csr = CSRGraph(ei, 9)
     reach = ((torch.eye(9) + a) @ (torch.eye(9) + a))[4] > 0
     assert csr.khop(np.array([4]), 2).tolist() == reach.nonzero().flatten().tolist()
+
+
+def test_latency_per_node_one_at_a_time_and_batched():
+    from distill.families.graph.latency import gnn_latency_ms, mlp_latency_ms
+    from distill.models.mlp import mlp
+
+    g = contextual_sbm(100, 3, 8, avg_degree=4, seed=3)
+    csr = CSRGraph(g.edge_index, g.num_nodes)
+    gnn, student = sage((8,), 3, aggregator="gcn"), mlp((8,), 3, hidden=[8])
+    nodes = torch.arange(0, 40)
+    for b in (1, 8):
+        assert gnn_latency_ms(gnn, g.x, csr, nodes, 2, b) > 0
+        assert mlp_latency_ms(student, g.x, nodes, b) > 0
+    with pytest.raises(ValueError, match="one batch of 64"):
+        mlp_latency_ms(student, g.x, nodes, 64)

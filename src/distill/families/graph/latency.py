@@ -28,70 +28,42 @@ def clock() -> float:
     return time.perf_counter() if os.environ.get("DISTILL_LATENCY_CLOCK") == "wall" else time.thread_time()
 
 
-@torch.no_grad()
-def gnn_latency_ms(model: nn.Module, x: Tensor, csr: CSRGraph, nodes: Tensor, hops: int, warmup: int = 3) -> float:
-    """Median ms to predict one node with a GNN, neighbourhood fetching included."""
-    model = model.cpu().eval()
+def _median_ms_per_node(predict, nodes: Tensor, batch_size: int, warmup: int) -> float:
+    """Median over calls of (time of predict(sorted node ids) / batch size), in ms; the first
+    `warmup` calls are not counted (unless there are no others)."""
+    groups = [np.sort(nodes[i:i + batch_size].numpy()) for i in range(0, len(nodes) - batch_size + 1, batch_size)]
+    if not groups:
+        raise ValueError(f"latency: {len(nodes)} nodes do not fill one batch of {batch_size}")
     times = []
-    for k, v in enumerate(nodes.tolist()):
+    for k, ids in enumerate(groups):
         t0 = clock()
-        sub = csr.khop(np.array([v]), hops)
+        predict(ids)
+        if k >= warmup or len(groups) <= warmup:
+            times.append((clock() - t0) / batch_size)
+    return 1000.0 * statistics.median(times)
+
+
+@torch.no_grad()
+def gnn_latency_ms(model: nn.Module, x: Tensor, csr: CSRGraph, nodes: Tensor, hops: int, batch_size: int = 1,
+                   warmup: int = 3) -> float:
+    """Median ms per node to predict `batch_size` nodes at a time with a GNN, neighbourhood fetching
+    included: the union of the batch's L-hop neighbourhoods is fetched once."""
+    model = model.cpu().eval()
+
+    def predict(ids: np.ndarray) -> Tensor:
+        sub = csr.khop(ids, hops)
         ei = torch.from_numpy(csr.subgraph_edges(sub))
         out = model(x[torch.from_numpy(sub)], GraphOps(ei, len(sub), csr.degree(sub)))
-        _ = out[int(np.searchsorted(sub, v))]
-        if k >= warmup or len(nodes) <= warmup:
-            times.append(clock() - t0)
-    return 1000.0 * statistics.median(times)
+        return out[torch.from_numpy(np.searchsorted(sub, ids))]
+
+    return _median_ms_per_node(predict, nodes, batch_size, warmup)
 
 
 @torch.no_grad()
-def gnn_batch_latency_ms(model: nn.Module, x: Tensor, csr: CSRGraph, nodes: Tensor, hops: int, batch_size: int,
-                         warmup: int = 1) -> float:
-    """Median per-node ms when `batch_size` nodes are predicted together: the union of their L-hop
-    neighbourhoods is fetched once (shared neighbours are read once)."""
+def mlp_latency_ms(model: nn.Module, x: Tensor, nodes: Tensor, batch_size: int = 1, warmup: int = 3) -> float:
+    """Median ms per node to predict `batch_size` nodes at a time from their own features."""
     model = model.cpu().eval()
-    times = []
-    for k, start in enumerate(range(0, len(nodes) - batch_size + 1, batch_size)):
-        batch = np.sort(nodes[start:start + batch_size].numpy())
-        t0 = clock()
-        sub = csr.khop(batch, hops)
-        ei = torch.from_numpy(csr.subgraph_edges(sub))
-        out = model(x[torch.from_numpy(sub)], GraphOps(ei, len(sub), csr.degree(sub)))
-        _ = out[torch.from_numpy(np.searchsorted(sub, batch))]
-        if k >= warmup:
-            times.append((clock() - t0) / batch_size)
-    if not times:
-        raise ValueError(f"gnn_batch_latency_ms: {len(nodes)} nodes give fewer than {warmup + 1} batches of {batch_size}")
-    return 1000.0 * statistics.median(times)
-
-
-@torch.no_grad()
-def mlp_batch_latency_ms(model: nn.Module, x: Tensor, nodes: Tensor, batch_size: int, warmup: int = 1) -> float:
-    """Median per-node ms when `batch_size` nodes are predicted together from their own features."""
-    model = model.cpu().eval()
-    times = []
-    for k, start in enumerate(range(0, len(nodes) - batch_size + 1, batch_size)):
-        idx = nodes[start:start + batch_size]
-        t0 = clock()
-        _ = model(x[idx])
-        if k >= warmup:
-            times.append((clock() - t0) / batch_size)
-    if not times:
-        raise ValueError(f"mlp_batch_latency_ms: {len(nodes)} nodes give fewer than {warmup + 1} batches of {batch_size}")
-    return 1000.0 * statistics.median(times)
-
-
-@torch.no_grad()
-def mlp_latency_ms(model: nn.Module, x: Tensor, nodes: Tensor, warmup: int = 3) -> float:
-    """Median ms to predict one node from its own features."""
-    model = model.cpu().eval()
-    times = []
-    for k, v in enumerate(nodes.tolist()):
-        t0 = clock()
-        _ = model(x[v:v + 1])
-        if k >= warmup or len(nodes) <= warmup:
-            times.append(clock() - t0)
-    return 1000.0 * statistics.median(times)
+    return _median_ms_per_node(lambda ids: model(x[torch.from_numpy(ids)]), nodes, batch_size, warmup)
 
 
 def single_thread(fn, *args, **kw):
