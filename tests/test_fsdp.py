@@ -9,7 +9,8 @@ Two levels:
   processes had died) is resumed from its step-2 checkpoint by fresh modules and a fresh engine,
   and a NaN loss on one process skips that step on both;
 - the CLI: `distill run --nproc 2 engine.strategy=fsdp` on a classifier recipe (kd with the live,
-  sharded teacher, and fitnet with taps on both) against `distill run` in one process.
+  sharded teacher, and fitnet with taps on both), SIGKILLed in the middle of kd and finished with
+  `--resume`, against `distill run` in one process.
 
 Tolerance: 1e-5 absolute on the weights (observed: about 1e-7). One process and two shards compute
 the same mean gradient but sum it in a different order (per-rank means, then the reduce-scatter
@@ -279,23 +280,28 @@ RECIPE = {
 }
 
 
-def _run(tmp_path, name, *extra):
+def _run(tmp_path, name, *extra, env=None, fails=False):
     cfg = dict(RECIPE, output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"))
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DISTILL_RUN_DIR")}
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DISTILL_RUN_DIR")}
     out = subprocess.run([sys.executable, "-m", "distill.cli.main", "run", str(path), f"name={name}", *extra],
-                         capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
+                         capture_output=True, text=True, timeout=600, env={**base, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert (out.returncode != 0) if fails else (out.returncode == 0), out.stderr[-3000:]
     return tmp_path / "runs" / name
 
 
 @pytest.mark.slow
-def test_cli_fsdp_two_processes_equal_one_process(tmp_path):
+def test_cli_fsdp_two_processes_killed_resumed_equal_one_process(tmp_path):
     from distill.models.io import load_model
 
     single = _run(tmp_path, "single")
-    sharded = _run(tmp_path, "fsdp", "--nproc", "2", "engine.strategy=fsdp")
+    fsdp = ("--nproc", "2", "engine.strategy=fsdp", "engine.checkpoint_every=3")
+    # both processes are SIGKILLed right after step 5 of kd (last checkpoint: step 3), then resumed
+    killed = _run(tmp_path, "fsdp", *fsdp, env={"DISTILL_FAULT_STEP": "5", "DISTILL_FAULT_PHASE": "kd"}, fails=True)
+    assert (killed / "students" / "kd" / "checkpoints" / "latest").read_text().strip() == "step_00000003.pt"
+    assert not (killed / "students" / "kd" / "model.safetensors").exists()
+    sharded = _run(tmp_path, "fsdp", *fsdp, "--resume")
     for method in ("kd", "fitnet"):
         a = load_model(single / "students" / method).state_dict()
         b = load_model(sharded / "students" / method).state_dict()
@@ -304,8 +310,8 @@ def test_cli_fsdp_two_processes_equal_one_process(tmp_path):
     lines = [json.loads(l) for l in (sharded / "metrics.jsonl").read_text().splitlines()]
     for method in ("kd", "fitnet"):
         info = [l for l in lines if l["phase"] == method and "fsdp/teacher_params_local" in l]
-        assert len(info) == 1
-        total, local = info[0]["fsdp/teacher_params"][0], [r[0] for r in info[0]["fsdp/teacher_params_local"]]
+        assert len(info) == (2 if method == "kd" else 1)  # kd started twice (killed, resumed)
+        total, local = info[-1]["fsdp/teacher_params"][0], [r[0] for r in info[-1]["fsdp/teacher_params_local"]]
         assert sum(local) == total and max(local) < 0.55 * total  # each process holds about half the teacher
     hints = [l["loss/hint"] for l in lines if l["phase"] == "fitnet" and "loss/hint" in l]
     assert len(hints) == 8 and min(hints) > 1e-3  # taps on the sharded teacher read real features
