@@ -2,9 +2,12 @@
 its full step count and the teacher run at the same step counts; mean +- std over seeds.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diffusion.py --toys moons 8gaussians --seeds 0 1 2 [--set train.max_steps=500]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diffusion.py --recipe recipes/diffusion/toy_guidance.yaml --toys 8gaussians --seeds 0 --out runs/bench/diffusion_guidance
 
 Writes runs/bench/diffusion/results.json and results.md (the table in docs/benchmarks/diffusion.md).
-The teacher (one per toy, seed 0) is trained once and cached; student seeds vary.
+The teacher (one per toy, seed 0) is trained once and cached; student seeds vary. Methods that
+report guided samples (guidance distillation) get a second table: SWD to the teacher's classifier-free
+guided samples at its full step count and the same w, class accuracy, sampling time.
 """
 from __future__ import annotations
 
@@ -22,6 +25,32 @@ def fmt(vals: list[float]) -> str:
         return ""
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.mean(vals):.3f} +- {sd:.3f}"
+
+
+def guided_table(runs: list[dict], steps: list[int]) -> list[str]:
+    """Rows for the students whose summaries carry guided_* metrics (one row per model and w)."""
+    guided = [label for label in runs[0]["students"] if any(k.startswith("guided_swd@") for k in runs[0]["students"][label])]
+    if not guided:
+        return []
+    T = runs[0]["teacher"]["steps"]
+    first = runs[0]["students"][guided[0]]
+    scales = sorted({k.split("/")[1] for k in first if k.startswith("guided_swd@")}, key=lambda w: float(w[1:]))
+    head = ("| model | w | " + " | ".join(f"SWD to CFG teacher@{T} @{k}" for k in steps) + " | "
+            + " | ".join(f"class acc @{k}" for k in steps) + f" | net evals @{T} | sampling ms @{T} |")
+    lines = [f"Guided samples (labels balanced over the classes; the same noise for every model; CFG teacher at {T} "
+             f"steps: class accuracy " + ", ".join(f"{w} {statistics.mean(r['students'][guided[0]][f'guided_teacher_acc@{T}/{w}'] for r in runs):.3f}"
+                                                   for w in scales) + ").", "", head, "|---|---|" + "---|" * (2 * len(steps) + 2)]
+    for w in scales:
+        ms = [r["students"][guided[0]] for r in runs]
+        lines.append(f"| CFG teacher at k steps | {w[1:]} | " + " | ".join(fmt([m[f"guided_teacher_swd@{k}/{w}"] for m in ms]) for k in steps)
+                     + " | " + " | ".join(fmt([m[f"guided_teacher_acc@{k}/{w}"] for m in ms]) for k in steps)
+                     + f" | {2 * T} | {statistics.mean(m[f'guided_teacher_ms@{T}/{w}'] for m in ms):.0f} |")
+        for label in guided:
+            ms = [r["students"][label] for r in runs]
+            lines.append(f"| {label} | {w[1:]} | " + " | ".join(fmt([m[f"guided_swd@{k}/{w}"] for m in ms]) for k in steps)
+                         + " | " + " | ".join(fmt([m[f"guided_acc@{k}/{w}"] for m in ms]) for k in steps)
+                         + f" | {T} | {statistics.mean(m[f'guided_ms@{T}/{w}'] for m in ms):.0f} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -71,6 +100,7 @@ def main() -> None:
                          + " | ".join(fmt([m[f"swd_teacher@{k}"] for m in ms]) for k in steps) + f" | {fmt(st)} | "
                          f"{statistics.mean(m['train_s'] for m in ms):.0f} |")
         lines.append("")
+        lines += guided_table(runs, steps)
     (out / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -59,3 +59,33 @@ def test_diff_bad_config_names_the_field(tmp_path, over, field):
 def test_diff_recipes_load(path):
     cfg = load_config(path)
     assert cfg.family == "diffusion"
+
+
+def test_diff_run_guidance_with_a_class_conditional_teacher(tmp_path):
+    from distill.api import run
+
+    r = recipe(tmp_path, methods=[{"name": "guidance", "params": {"eval_scales": [1.0, 3.0]}},
+                                  {"name": "guidance", "label": "adapter", "params": {"variant": "adapter"}}])
+    r["teacher"]["model"]["params"]["num_classes"] = 8
+    r["teacher"]["labels"] = True
+    r["student"] = {"steps": 4}
+    r["eval"]["steps"] = [4, 8]
+    s = run(r, log=lambda m: None, show_table=False)
+    full, adapter = s["students"]["guidance"], s["students"]["adapter"]
+    T = s["teacher"]["steps"]
+    assert {"guided_swd@4/w3", "guided_acc@4/w3", f"guided_teacher_acc@{T}/w3", "guided_ms@4/w1"} <= set(full)
+    assert 0 <= full["guided_acc@4/w3"] <= 1 and full["guided_teacher_swd@8/w1"] == 0.0
+    assert "guided_swd@4/w1" in adapter and adapter["params"] == full["params"]
+    # the conditional teacher is cached apart from an unconditional one
+    keys = {p.parent.name for p in (tmp_path / "cache" / "diffusion_teachers").glob("*/teacher.pt")}
+    run(recipe(tmp_path, methods=[{"name": "reflow", "params": {"pairs": 200}}]), log=lambda m: None, show_table=False)
+    assert len({p.parent.name for p in (tmp_path / "cache" / "diffusion_teachers").glob("*/teacher.pt")} - keys) == 1
+
+
+def test_diff_teacher_labels_need_a_conditional_model(tmp_path):
+    from distill.api import run
+
+    r = recipe(tmp_path, methods=[{"name": "reflow", "params": {"pairs": 100}}])
+    r["teacher"]["labels"] = True
+    with pytest.raises(ConfigError, match="teacher.labels"):
+        run(r, log=lambda m: None, show_table=False)
