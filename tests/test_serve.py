@@ -60,3 +60,61 @@ def test_refuses_non_loopback_bind_and_unreachable_server():
         make_server(Teacher(nn.Linear(2, 2)), "0.0.0.0", 0)
     with pytest.raises(DistillError, match="not reachable"):
         RemoteTeacher("http://127.0.0.1:9", timeout=2)
+
+
+def test_tokenizer_endpoint_serves_data_files_only(tmp_path):
+    import base64
+    import hashlib
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "the", "cat", "sat"])}
+    t = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "teacher"
+    PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(folder)
+    (folder / "tokenization_evil.py").write_text("raise SystemExit")  # code is never served
+    (folder / "extra.pkl").write_bytes(b"\x80\x04N.")                  # nor pickles
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=7, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    model.save_pretrained(folder)
+    from distill.families.llm.models import load_causal_lm
+
+    teacher = Teacher(load_causal_lm(str(folder)))  # served from its folder: the tokenizer is found there
+    server = make_server(teacher, "127.0.0.1", 0, max_k=4)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteTeacher(f"http://127.0.0.1:{server.server_address[1]}", timeout=30)
+        assert remote.info["tokenizer"] == "folder"
+        kind, files = remote.tokenizer_files()
+        assert kind == "folder" and "tokenizer.json" in files and "config.json" in files
+        assert not any(n.endswith((".py", ".pkl", ".safetensors")) for n in files)
+        assert files["tokenizer.json"] == (folder / "tokenizer.json").read_bytes()
+
+        # the client accepts only known tokenizer file names with a matching checksum
+        def fake(name, body=b"{}", digest=None):
+            d = hashlib.sha256(name.encode() + b"\0" + hashlib.sha256(body).digest()).hexdigest()
+            return lambda *a, **k: {"fingerprint": remote.fingerprint(), "kind": "folder",
+                                    "files": {name: base64.b64encode(body).decode()}, "sha256": digest or d}
+
+        remote._call = fake("../tokenization_evil.py")
+        with pytest.raises(DistillError, match="unexpected tokenizer files"):
+            remote.tokenizer_files()
+        remote._call = fake("tokenizer.json", digest="0" * 64)
+        with pytest.raises(DistillError, match="checksum"):
+            remote.tokenizer_files()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_no_tokenizer_and_another_model_are_refused(served):
+    _, url = served
+    remote = RemoteTeacher(url, timeout=30)
+    assert remote.info["tokenizer"] is None  # a model built in memory: no tokenizer folder
+    with pytest.raises(DistillError, match="no tokenizer"):
+        remote.tokenizer_files()
+    remote.info["fingerprint"] = "another-model"  # as if the server had been restarted with other weights
+    with pytest.raises(DistillError, match="now serves another model"):
+        remote.topk(torch.zeros(1, 3, dtype=torch.long), k=2)

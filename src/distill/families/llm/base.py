@@ -7,6 +7,11 @@ per-token mean over the accumulation window.
 
 Class attributes the runner reads (never method names):
 - `needs_teacher`: the teacher is passed in;
+- `reads_teacher_cache`: the method can take its targets from the offline cache or a served
+  teacher (`method.cache`) instead of the teacher; it is then built with `teacher=None` when the
+  recipe has only `teacher.url`;
+- `generates_with_teacher`: the method generates text with the teacher (so it needs the model
+  here, not a served teacher);
 - `uses_prompts`: batches are one example per row with left-padded `prompt_ids` (generation);
 - `cross_tokenizer`: the method aligns a student tokenizer that differs from the teacher's
   (`set_tokenizers(teacher_tok, student_tok)` is called before training);
@@ -33,7 +38,7 @@ class LMMethod(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: Teacher | None, *, chunk_size: int = 1024):
         super().__init__()
-        if self.needs_teacher and teacher is None:
+        if self.needs_teacher and teacher is None and not getattr(self, "reads_teacher_cache", False):
             raise ValueError(f"{type(self).__name__} needs a teacher")
         self.student = student
         self._teacher = teacher  # plain attribute: never a submodule, never optimised

@@ -33,12 +33,23 @@ def expand(path: str | None) -> str | None:
 
 
 class LMTeacherConfig(Strict):
-    path: str = Field(..., description="transformers folder, hub id, or llama2.c .bin (converted once)")
-    tokenizer: str | None = Field(None, description="tokenizer folder/id; the SentencePiece model for a llama2.c .bin")
+    """The teacher: a model loaded here (`path`), a served one (`url`), or both.
+
+    With only `url` nothing of the teacher is loaded in this process: the tokenizer comes from the
+    server (or `tokenizer`), methods that read served targets (token_kd) train from it, the
+    teacher's own metrics are not evaluated and the students' teacher agreement uses its served
+    top-1. Data sampled from the teacher (`data.source: teacher`) and methods that run the teacher
+    here (seq_kd, on_policy, first, the cross-tokenizer methods) then need `path`. With both, the
+    served model must be `path` (same weights fingerprint) and `path` serves evaluation and data."""
+    path: str | None = Field(None, description="transformers folder, hub id, or llama2.c .bin (converted once); "
+                                               "optional when `url` is given")
+    tokenizer: str | None = Field(None, description="tokenizer folder/id; the SentencePiece model for a llama2.c .bin; "
+                                                    "with only `url`, a local tokenizer to use instead of the served one")
     cache_top_k: int | None = Field(None, ge=1, description="cache the teacher's top-k log-probs per target token on "
                                                            "disk; methods that can (token_kd) read it instead of the teacher")
     url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd) take "
-                                              "their targets from it instead of running the teacher here")
+                                              "their targets from it instead of running the teacher here; without "
+                                              "`path`, the tokenizer comes from it too")
     served_top_k: int = Field(64, ge=1, description="k asked of the served teacher")
 
 
@@ -112,9 +123,37 @@ class LLMRunConfig(RunConfig):
             if self.student.tokenizer and entry.builder.needs_teacher and not getattr(entry.builder, "cross_tokenizer", False):
                 raise ConfigError(f"methods.{i}.name: {m.name!r} needs the teacher's tokenizer, but student.tokenizer="
                                   f"{self.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
+        t = self.teacher
+        if not t.path and not t.url:
+            raise ConfigError("teacher.path: required (a transformers folder, hub id or llama2.c .bin), unless "
+                              "teacher.url names a served teacher (`distill serve-teacher`).")
+        if not t.path:
+            self._check_served_only()
         if self.data.source != "teacher" and not self.data.path:
             raise ConfigError(f"data.path: required for data.source={self.data.source!r}.")
         for where, p in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path),
                          ("data.ood_path", self.data.ood_path)):
             if p and self.data.source != "hf" and not Path(expand(p)).exists():  # type: ignore[arg-type]
                 raise ConfigError(f"{where}: {expand(p)!r} does not exist.")
+
+    def _check_served_only(self) -> None:
+        """Only `teacher.url`: refuse what needs the teacher model in this process, saying how to fix it."""
+        from distill.registry import methods
+
+        if self.data.source == "teacher":
+            raise ConfigError("data.source: 'teacher' samples the training text from the teacher, which needs the "
+                              "model here, but the recipe gives only teacher.url (a served teacher answers log-probs, "
+                              "it does not generate); use data.source=text|jsonl|hf with data.path, or give "
+                              "teacher.path as well.")
+        for i, m in enumerate(self.methods):
+            b = methods.get(m.name, "llm").builder
+            if not b.needs_teacher or getattr(b, "reads_teacher_cache", False):
+                continue
+            if getattr(b, "generates_with_teacher", False):
+                raise ConfigError(f"methods.{i}.name: {m.name!r} generates its training text with the teacher, which "
+                                  "needs the model here, but the recipe gives only teacher.url (a served teacher "
+                                  "answers log-probs, it does not generate); give teacher.path as well, or use a "
+                                  "method that reads served targets (token_kd).")
+            raise ConfigError(f"methods.{i}.name: {m.name!r} runs the teacher in this process and cannot read the "
+                              "served teacher's targets; give teacher.path as well, or use a method that reads "
+                              "served targets (token_kd) or needs no teacher (sft, redi).")

@@ -4,7 +4,7 @@ teacher, next-token accuracy and expected calibration error (ECE) of the top-1 p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,10 @@ from distill.families.llm.data import IGNORE, Example, collate, model_inputs, ro
 @torch.no_grad()
 def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int, seq_len: int,
                device: torch.device | str, teacher: nn.Module | None = None, ece_bins: int = 15,
-               chunk: int = 2048) -> dict[str, Any]:
+               chunk: int = 2048, teacher_top1: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+               ) -> dict[str, Any]:
+    """`teacher` (a causal LM) or `teacher_top1` (batch -> the teacher's top-1 token at each counted
+    position, e.g. from a served teacher) adds `teacher_agreement`."""
     was = model.training
     model.eval()
     nats = 0.0
@@ -34,7 +37,10 @@ def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, ba
         mask = b["labels"] != IGNORE
         logits = model(**model_inputs(b)).logits[mask].float()  # (N, V)
         y = b["labels"][mask]
-        t_top = teacher(**model_inputs(b)).logits[mask].argmax(-1) if teacher is not None else None
+        if teacher is not None:
+            t_top = teacher(**model_inputs(b)).logits[mask].argmax(-1)
+        else:
+            t_top = teacher_top1(b) if teacher_top1 is not None else None
         for j in range(0, y.numel(), chunk):  # the (N, V) log-probs a chunk at a time
             lp = F.log_softmax(logits[j:j + chunk], -1)
             yj = y[j:j + chunk]
@@ -56,7 +62,7 @@ def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, ba
     out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": nats / math.log(2) / max(n_bytes, 1),
            "token_accuracy": correct / max(tokens, 1), "ece": float((conf_sum - acc_sum).abs().sum() / max(tokens, 1)),
            "tokens": tokens, "bytes": n_bytes}
-    if teacher is not None:
+    if teacher is not None or teacher_top1 is not None:
         out["teacher_agreement"] = agree / max(tokens, 1)
     return out
 

@@ -1,6 +1,8 @@
-"""The llm family's run: load the teacher (converting a llama2.c checkpoint once), build the data,
-then one student per method from the same initialisation, each evaluated on held-out and
-out-of-domain text; summary.json and report.md in the run folder.
+"""The llm family's run: load the teacher (converting a llama2.c checkpoint once) or connect to a
+served one (`teacher.url` without `teacher.path`: tokenizer and targets from the server, nothing
+of the teacher loaded here), build the data, then one student per method from the same
+initialisation, each evaluated on held-out and out-of-domain text; summary.json and report.md in
+the run folder.
 """
 from __future__ import annotations
 
@@ -50,10 +52,13 @@ def teacher_samples(teacher: Teacher, tok, n: int, tokens: int, temperature: flo
     return out
 
 
-def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher, device, log) -> tuple[list[Example], list[Example], list[Example]]:
+def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher | None, device, log) -> tuple[list[Example], list[Example], list[Example]]:
     """(train, held-out, out-of-domain) examples."""
     d = cfg.data
     if d.source == "teacher":
+        if teacher is None:
+            raise ConfigError("data.source: 'teacher' needs the teacher model here; give teacher.path, or use "
+                              "data.source=text|jsonl|hf with data.path.")
         key = hash_json({"teacher": teacher.fingerprint(), "n": d.num_samples, "e": d.eval_samples,
                          "t": d.sample_tokens, "temp": d.sample_temperature, "seed": cfg.seed})
         path = Path(cfg.cache_dir) / "llm_data" / f"teacher-samples-{key}.json"
@@ -118,10 +123,11 @@ def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcf
     return engine
 
 
-def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Teacher | None) -> dict[str, Any]:
+def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Teacher | None,
+                   teacher_top1: Callable | None = None) -> dict[str, Any]:
     kw = dict(pad_id=tok.pad_token_id, batch_size=cfg.data.eval_batch_size, seq_len=cfg.data.seq_len, device=device,
               ece_bins=cfg.eval.ece_bins)
-    m = lm_metrics(model, held, teacher=teacher.module if teacher is not None else None, **kw)
+    m = lm_metrics(model, held, teacher=teacher.module if teacher is not None else None, teacher_top1=teacher_top1, **kw)
     if ood:
         o = lm_metrics(model, ood, **kw)
         m.update({"ood_loss": o["loss"], "ood_bits_per_byte": o["bits_per_byte"]})
@@ -134,15 +140,34 @@ def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Te
 @register_runner("llm")
 def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     device = Engine(cfg.engine, None, seed=cfg.seed).device
+    teacher: Teacher | None = None
+    served = None  # the served teacher, when the recipe gives only teacher.url
     with main_first():  # the main process converts / samples into the cache, the others read it
-        teacher, tok, src = load_teacher(cfg, device)
-        log(f"teacher: {src} ({count_parameters(teacher.module):,} parameters, vocab {len(tok)})")
+        if cfg.teacher.path:
+            teacher, tok, src = load_teacher(cfg, device)
+            log(f"teacher: {src} ({count_parameters(teacher.module):,} parameters, vocab {len(tok)})")
+        else:
+            from distill.families.llm.served import ServedTeacher
+
+            served = ServedTeacher(cfg.teacher.url)  # type: ignore[arg-type]
+            tok, src = served.tokenizer(expand(cfg.teacher.tokenizer)), str(cfg.teacher.url)
+            log(f"teacher: served at {src} (fingerprint {served.fingerprint[:12]}, vocab {served.vocab_size}), "
+                f"tokenizer {'from ' + str(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else 'from the server'} "
+                f"(vocab {len(tok)}); not loaded here")
         train, held, ood = build_examples(cfg, tok, teacher, device, log)
     log(f"data: {len(train)} train / {len(held)} held-out examples, {len(ood)} out-of-domain windows")
     metrics_path = run_dir / "metrics.jsonl"
     results: dict[str, Any] = {"family": "llm", "primary_metric": "bits_per_byte", "higher_is_better": False,
                                "teacher": None, "students": {}}
-    t_metrics = evaluate_model(teacher.module, tok, held, ood, cfg, device, None)
+    if teacher is not None:
+        t_metrics = evaluate_model(teacher.module, tok, held, ood, cfg, device, None)
+    else:  # the full distribution stays on the server: the students' teacher agreement uses its top-1
+        from distill.families.llm.served import NOT_EVALUATED
+
+        assert served is not None
+        t_metrics = {"served": True, "fingerprint": served.fingerprint, "vocab_size": served.vocab_size,
+                     "note": NOT_EVALUATED}
+        log(f"teacher: {NOT_EVALUATED}")
     t_metrics["source"] = src
     results["teacher"] = t_metrics
 
@@ -156,6 +181,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
         log(f"student tokenizer: {cfg.student.tokenizer} (vocab {len(s_tok)})")
     s_train, s_held, s_ood = s_data
     same_tok = s_tok is tok
+    served_top1 = served.top1(tok.pad_token_id or 0) if served is not None and same_tok else None
 
     for mcfg in cfg.methods:
         label = mcfg.display
@@ -188,9 +214,12 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             if cfg.teacher.url and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.served import ServedTargets
 
+                t_kw = dict(pad_id=tok.pad_token_id or 0)
+                if served is not None:  # the connection of this run: replies from another model are refused
+                    t_kw["remote"] = served.remote
                 method.cache = ServedTargets(cfg.teacher.url, cfg.teacher.served_top_k,
-                                             float(getattr(method, "temperature", 1.0)), pad_id=tok.pad_token_id or 0)
-                if method.cache.meta["fingerprint"] != teacher.fingerprint():
+                                             float(getattr(method, "temperature", 1.0)), **t_kw)
+                if teacher is not None and method.cache.meta["fingerprint"] != teacher.fingerprint():
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")
                 log(f"student {label}: targets from the served teacher at {cfg.teacher.url}")
@@ -205,7 +234,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 atomic_write_text(done, json.dumps({"method": mcfg.name, "params": mcfg.params,
                                                     "steps": engine.step_count, "last_terms": engine.last_terms}))
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None)
+        m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None, served_top1)
         m["method"] = mcfg.name
         results["students"][label] = m
         log(f"student {label}: bits/byte {m['bits_per_byte']:.4f}, teacher agreement {m.get('teacher_agreement', float('nan')):.3f}")
@@ -223,13 +252,19 @@ def report(cfg: LLMRunConfig, results: dict[str, Any]) -> str:
     cols = ["params", "loss", "perplexity", "bits_per_byte", "ood_bits_per_byte", "teacher_agreement",
             "token_accuracy", "ece"]
     rows = [("teacher", results["teacher"])] + list(results["students"].items())
+    t = results["teacher"]
+    if t.get("served"):
+        who = (f"Teacher served at `{t['source']}` (fingerprint `{t['fingerprint'][:12]}`): {t['note']}; "
+               "the students' teacher agreement is with its served top-1")
+    else:
+        who = f"Teacher `{cfg.teacher.path}`"
     lines = [f"# {cfg.name}: language-model distillation", "",
-             f"Teacher `{cfg.teacher.path}`; data source `{cfg.data.source}` "
+             f"{who}; data source `{cfg.data.source}` "
              f"({results['data']['train']} train / {results['data']['held_out']} held-out examples). "
              "Lower bits per byte is better; `ood` is out-of-domain text.", "",
              "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in rows:
-        cells = [f"{m[c]:,}" if c == "params" else (f"{m[c]:.4f}" if c in m else "-") for c in cols]
+        cells = [("-" if c not in m else f"{m[c]:,}" if c == "params" else f"{m[c]:.4f}") for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Samples (first greedy, then sampled)", ""]
     for name, m in rows:

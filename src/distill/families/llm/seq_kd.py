@@ -18,6 +18,8 @@ from distill.registry import register_method
 @register_method("seq_kd", family="llm", description="sequence-level KD: CE on teacher-generated continuations (Kim & Rush 2016)",
                  injected=("student", "teacher"))
 class SeqKD(LMMethod):
+    generates_with_teacher = True  # the teacher writes the training continuations (needs it in this process)
+
     def __init__(self, student, teacher, temperature: Annotated[float, Field(ge=0)] = 0.0,
                  max_new_tokens: Annotated[int, Field(ge=1)] = 128, batch_size: Annotated[int, Field(ge=1)] = 64,
                  kd_weight: Annotated[float, Field(ge=0)] = 0.0, chunk_size: Annotated[int, Field(ge=1)] = 1024):

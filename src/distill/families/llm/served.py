@@ -1,23 +1,102 @@
-"""A served teacher as the source of token_kd's targets (`teacher.url` in a recipe).
+"""A served teacher (`teacher.url` in a recipe): the source of token_kd's targets, and, when the
+recipe gives no `teacher.path`, of the teacher's tokenizer and its top-1 for evaluation.
 
 The student's batches are sent to `distill serve-teacher` one example per row (so packed rows
 keep their isolation), and the teacher's top-k log-probs and exact tail mass come back for the
 counted positions, in the same layout as the offline cache (`cache.py`): token_kd uses either.
+
+Without `teacher.path` nothing of the teacher is loaded here: the tokenizer comes from the server
+(GET /v1/tokenizer: data files only, written to a temporary folder and read by the transformers
+tokenizer loaders; `teacher.tokenizer` may name a local one instead), the teacher's identity is
+the fingerprint the server reported when the run connected (replies from another model are
+refused), and the students' agreement with the teacher is measured against its served top-1.
 """
 from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from distill.errors import ConfigError
 from distill.families.llm.data import IGNORE
 from distill.serve import RemoteTeacher
+
+NOT_EVALUATED = "teacher served: not evaluated locally"
+
+
+def _sentencepiece_tokenizer(model_file: str | Path, what: str):
+    """A SentencePiece model loaded as the converter (`distill convert llama2c`) saves it."""
+    from distill.cli.convert import save_sentencepiece_tokenizer
+    from distill.families.llm.models import load_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            save_sentencepiece_tokenizer(model_file, tmp)
+        except Exception as e:
+            raise ConfigError(f"{what}: cannot read the SentencePiece model {str(model_file)!r}: {e}") from None
+        return load_tokenizer(tmp, what)
+
+
+class ServedTeacher:
+    """The run's connection to a served teacher: its fingerprint, vocabulary size and tokenizer."""
+
+    def __init__(self, url: str, timeout: float = 120.0):
+        self.url = url
+        self.remote = RemoteTeacher(url, timeout=timeout)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.remote.fingerprint()
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.remote.info["vocab_size"])
+
+    def tokenizer(self, local: str | None = None):
+        """The served tokenizer, or `local` (a tokenizer folder, hub id or SentencePiece .model) if given."""
+        from distill.families.llm.models import load_tokenizer
+
+        if local is not None:
+            tok = _sentencepiece_tokenizer(local, "teacher.tokenizer") if Path(local).suffix == ".model" \
+                else load_tokenizer(local, "teacher.tokenizer")
+            if self.vocab_size and len(tok) > self.vocab_size:
+                raise ConfigError(f"teacher.tokenizer: {local!r} has {len(tok)} tokens, more than the served model's "
+                                  f"vocabulary ({self.vocab_size}); it is not the served teacher's tokenizer.")
+            return tok
+        if not self.remote.info.get("tokenizer"):
+            raise ConfigError(f"teacher.url: the served teacher at {self.url} offers no tokenizer (its model folder "
+                              "holds no tokenizer files); give teacher.tokenizer (a tokenizer folder) or teacher.path.")
+        kind, files = self.remote.tokenizer_files()
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            if kind == "sentencepiece":
+                return _sentencepiece_tokenizer(Path(tmp) / "tokenizer.model", "teacher.url (served tokenizer)")
+            return load_tokenizer(tmp, "teacher.url (served tokenizer)")
+
+    def targets(self, k: int, temperature: float, pad_id: int = 0) -> ServedTargets:
+        return ServedTargets(self.url, k, temperature, pad_id=pad_id, remote=self.remote)
+
+    def top1(self, pad_id: int = 0) -> Callable[[dict[str, Tensor]], Tensor]:
+        """batch -> the served teacher's most likely next token at each counted position (n,), in the
+        order of `batch["labels"][labels != IGNORE]` (for `lm_metrics`' teacher agreement)."""
+        targets = self.targets(1, 1.0, pad_id)
+
+        def top1(batch: dict[str, Tensor]) -> Tensor:
+            return targets.lookup(batch)[0][:, 0].to(batch["labels"].device)
+
+        return top1
 
 
 class ServedTargets:
     """`lookup(batch)` -> (indices (n, k), log-probs (n, k), log tail (n,)) from a served teacher."""
 
-    def __init__(self, url: str, k: int, temperature: float, pad_id: int = 0, timeout: float = 120.0):
-        self.remote = RemoteTeacher(url, timeout=timeout)
+    def __init__(self, url: str, k: int, temperature: float, pad_id: int = 0, timeout: float = 120.0,
+                 remote: RemoteTeacher | None = None):
+        self.remote = remote if remote is not None else RemoteTeacher(url, timeout=timeout)
         self.k, self.temperature, self.pad_id = k, temperature, pad_id
         self.meta = {"vocab_size": int(self.remote.info["vocab_size"]), "fingerprint": self.remote.fingerprint()}
 

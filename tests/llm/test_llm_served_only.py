@@ -1,0 +1,141 @@
+"""A recipe with only `teacher.url` (no local teacher): the tokenizer comes from the server, token_kd
+trains from the served targets with the losses and weights of the in-process teacher, and what
+needs the teacher model here is refused with a clear error."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("transformers")
+from llm_helpers import corpus, tiny_lm  # noqa: E402
+
+import distill  # noqa: E402
+from distill.errors import ConfigError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served_teacher(tmp_path_factory, tiny_tok):
+    from distill.families.llm.models import load_causal_lm
+    from distill.serve import make_server
+    from distill.teacher import Teacher
+
+    root = tmp_path_factory.mktemp("served_only")
+    teacher_dir = root / "teacher"
+    tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(teacher_dir)
+    tiny_tok.save_pretrained(teacher_dir)
+    text = root / "train.txt"
+    text.write_text("\n\n".join(corpus(24)))
+    # the CLI's way: the model is loaded from its folder, whose tokenizer files the server offers
+    server = make_server(Teacher(load_causal_lm(str(teacher_dir))), "127.0.0.1", 0, max_k=len(tiny_tok))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"dir": teacher_dir, "text": text, "vocab": len(tiny_tok),
+           "url": f"http://127.0.0.1:{server.server_address[1]}"}
+    server.shutdown()
+    server.server_close()
+
+
+def _recipe(tmp_path, served, teacher, **over):
+    r = {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+         "teacher": teacher,
+         "student": {"arch": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1},
+         "data": {"source": "text", "path": str(served["text"]), "seq_len": 48, "batch_size": 4, "prompt_tokens": 4,
+                  "pack": True},
+         "train": {"epochs": 1, "max_steps": 3, "optimizer": {"name": "sgd", "lr": 0.5}},
+         "engine": {"device": "cpu", "progress": False, "log_every": 1},
+         "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"temperature": 2.0}}]}
+    r.update(over)
+    return r
+
+
+def _kd_losses(run_dir, label="token_kd"):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss/kd"] for r in rows if r.get("phase") == label and "loss/kd" in r]
+
+
+def test_url_only_token_kd_equals_in_process_teacher(tmp_path, served_teacher):
+    import torch
+    from safetensors.torch import load_file
+
+    s = served_teacher
+    local = distill.run(dict(_recipe(tmp_path, s, {"path": str(s["dir"])}), name="local"), log=lambda m: None)
+    logs: list[str] = []
+    hidden = s["dir"].with_name("teacher_moved_away")
+    s["dir"].rename(hidden)  # nothing of the teacher may be read from disk here
+    try:
+        remote = distill.run(dict(_recipe(tmp_path, s, {"url": s["url"], "served_top_k": s["vocab"]}), name="served"),
+                             log=logs.append)
+    finally:
+        hidden.rename(s["dir"])
+    a, b = _kd_losses(tmp_path / "runs" / "local"), _kd_losses(tmp_path / "runs" / "served")
+    assert len(a) == 3 and a[0] > 0
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    wa = load_file(str(tmp_path / "runs" / "local" / "students" / "token_kd" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "runs" / "served" / "students" / "token_kd" / "model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    ls, rs = local["students"]["token_kd"], remote["students"]["token_kd"]
+    for key in ("bits_per_byte", "loss", "token_accuracy"):  # student metrics unchanged
+        assert ls[key] == pytest.approx(rs[key], rel=1e-4), key
+    # the teacher agreement comes from the served top-1
+    assert rs["teacher_agreement"] == pytest.approx(ls["teacher_agreement"], abs=1e-9)
+    # the served tokenizer is the teacher's: same data, and the student is saved with it
+    assert local["data"] == remote["data"]
+    assert (tmp_path / "runs" / "served" / "students" / "token_kd" / "tokenizer.json").is_file()
+    # the teacher itself is not evaluated here, and the summary and report say so
+    t = remote["teacher"]
+    assert t["served"] and t["note"] == "teacher served: not evaluated locally" and "bits_per_byte" not in t
+    assert t["source"] == s["url"] and len(t["fingerprint"]) > 8
+    assert "bits_per_byte" in local["teacher"]
+    assert "teacher served: not evaluated locally" in (tmp_path / "runs" / "served" / "report.md").read_text()
+    assert any("not loaded here" in line for line in logs)
+
+
+def test_url_only_refuses_what_needs_the_teacher_here(tmp_path, served_teacher):
+    from distill.config import load_config
+
+    s = served_teacher
+    teacher = {"url": s["url"]}
+    with pytest.raises(ConfigError, match=r"data\.source: 'teacher'.*teacher\.path"):
+        load_config(_recipe(tmp_path, s, teacher, data={"source": "teacher"}))
+    with pytest.raises(ConfigError, match=r"methods\.0\.name: 'seq_kd' generates its training text with the teacher"
+                                          r".*give teacher\.path"):
+        load_config(_recipe(tmp_path, s, teacher, methods=[{"name": "seq_kd"}]))
+    with pytest.raises(ConfigError, match=r"methods\.1\.name: 'on_policy' runs the teacher in this process.*"
+                                          r"cannot read the served teacher's targets"):
+        load_config(_recipe(tmp_path, s, teacher, methods=[{"name": "sft"}, {"name": "on_policy"}]))
+    with pytest.raises(ConfigError, match=r"methods\.0\.name: 'first'"):
+        load_config(_recipe(tmp_path, s, teacher, methods=[{"name": "first"}]))
+    with pytest.raises(ConfigError, match=r"teacher\.path: required.*teacher\.url"):
+        load_config(_recipe(tmp_path, s, {}))
+    # sft and token_kd with only a url are accepted
+    load_config(_recipe(tmp_path, s, teacher, methods=[{"name": "sft"}, {"name": "token_kd"}]))
+
+
+def test_served_sentencepiece_tokenizer_matches_the_converted_one(tmp_path):
+    pytest.importorskip("sentencepiece")
+    from distill.cli.convert import save_sentencepiece_tokenizer
+    from distill.families.llm.config import assets_dir
+    from distill.families.llm.models import load_tokenizer
+    from distill.families.llm.served import ServedTeacher
+    from distill.serve import make_server
+    from distill.teacher import Teacher
+
+    spm = assets_dir() / "stories260K" / "tok512.model"
+    if not spm.is_file():
+        pytest.skip("tok512.model asset absent")
+    save_sentencepiece_tokenizer(spm, tmp_path / "converted")
+    local = load_tokenizer(str(tmp_path / "converted"))
+    server = make_server(Teacher(tiny_lm("llama", 512, hidden=8, layers=1)), "127.0.0.1", 0, max_k=4, tokenizer=spm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        served = ServedTeacher(f"http://127.0.0.1:{server.server_address[1]}")
+        assert served.remote.info["tokenizer"] == "sentencepiece"
+        for tok in (served.tokenizer(), served.tokenizer(str(spm))):  # from the server; a local .model
+            text = "Once upon a time, there was a little girl."
+            assert tok(text)["input_ids"] == local(text)["input_ids"]
+            assert (tok.bos_token_id, tok.eos_token_id, len(tok)) == (local.bos_token_id, local.eos_token_id, len(local))
+    finally:
+        server.shutdown()
+        server.server_close()
