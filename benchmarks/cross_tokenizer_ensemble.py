@@ -1,7 +1,7 @@
 """Two teachers with different tokenizers, one byte-level student tokenizer, one ensemble.
 
 Teachers: stories260K (512-token SentencePiece, TinyStories) and a small Llama trained here on the
-training part of tinyshakespeare with its own byte-level BPE (recipes/llm/shakespeare_teacher.yaml,
+training part of tinyshakespeare with its own byte-level BPE (benchmarks/shakespeare_teacher.yaml,
 `sft`). Each is transferred with `alm` into the same byte-level student (same architecture, same
 budget: 2 epochs over about 67K bytes of its own domain: 300 teacher-written stories, or a slice
 of the shakespeare teacher's training text). The ensemble averages the two students' next-byte
@@ -29,7 +29,7 @@ from distill.api import run
 from distill.config import load_config, read_yaml
 
 XTOK = "recipes/llm/cross_tokenizer_alm.yaml"
-TEACHER = "recipes/llm/shakespeare_teacher.yaml"
+TEACHER = "benchmarks/shakespeare_teacher.yaml"
 ROWS = ["teacher: stories260K (own SP tokens)", "teacher: shakespeare (own BPE tokens)",
         "byte student of stories260K (alm)", "byte student of shakespeare teacher (alm)",
         "ensemble of the two byte students (mean prob.)",
