@@ -76,6 +76,7 @@ def test_diff_run_guidance_with_a_class_conditional_teacher(tmp_path):
     assert {"guided_swd@4/w3", "guided_acc@4/w3", f"guided_teacher_acc@{T}/w3", "guided_ms@4/w1"} <= set(full)
     assert 0 <= full["guided_acc@4/w3"] <= 1 and full["guided_teacher_swd@8/w1"] == 0.0
     assert "guided_swd@4/w1" in adapter and adapter["params"] == full["params"]
+    assert "SWD to CFG teacher" in (Path(s["run_dir"]) / "report.md").read_text()
     # the conditional teacher is cached apart from an unconditional one
     keys = {p.parent.name for p in (tmp_path / "cache" / "diffusion_teachers").glob("*/teacher.pt")}
     run(recipe(tmp_path, methods=[{"name": "reflow", "params": {"pairs": 200}}]), log=lambda m: None, show_table=False)

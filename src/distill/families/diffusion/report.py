@@ -28,6 +28,23 @@ def rows(summary: dict[str, Any], steps: list[int]) -> list[list[str]]:
 HEADERS = ["model", "steps", "SWD to data", "MMD to data", "SWD to teacher", "straightness", "sampling ms", "params"]
 
 
+def guided_rows(summary: dict[str, Any], steps: list[int]) -> list[list[str]]:
+    """Rows of the guided samples (methods whose evaluate gives guided_* metrics): model, w, steps, SWD, accuracy, ms."""
+    out = []
+    for label, m in summary["students"].items():
+        scales = sorted({k.split("/")[1] for k in m if k.startswith("guided_swd@")}, key=lambda w: float(w[1:]))
+        for w in scales:  # the teacher's rows as that method measured them (same noise and labels)
+            out += [[f"CFG teacher ({label})", w[1:], str(k), f"{m[f'guided_teacher_swd@{k}/{w}']:.4f}",
+                     f"{m[f'guided_teacher_acc@{k}/{w}']:.3f}", str(2 * k), f"{m[f'guided_teacher_ms@{k}/{w}']:.1f}"]
+                    for k in steps]
+            out += [[label, w[1:], str(k), f"{m[f'guided_swd@{k}/{w}']:.4f}", f"{m[f'guided_acc@{k}/{w}']:.3f}", str(k),
+                     f"{m[f'guided_ms@{k}/{w}']:.1f}"] for k in steps]
+    return out
+
+
+GUIDED_HEADERS = ["model", "w", "steps", "SWD to CFG teacher (full steps)", "class accuracy", "net evals", "sampling ms"]
+
+
 def plot_samples(path: Path, samples: dict[str, Tensor]) -> None:
     import matplotlib
 
@@ -58,6 +75,11 @@ def write_report(run_dir: Path, cfg, summary: dict[str, Any], samples: dict[str,
              "Sliced Wasserstein distance (SWD) and MMD to fresh data; SWD to the teacher's full-step samples "
              "from the same noise. Lower is better. Straightness: 0 for straight, constant-speed paths.", "",
              markdown_table(HEADERS, rows(summary, steps)), ""]
+    guided = guided_rows(summary, steps)
+    if guided:
+        lines += ["Guided samples (labels balanced over the classes, the same noise): SWD to the classifier-free "
+                  f"guided teacher at {summary['teacher']['steps']} steps and the same w; class accuracy of the samples "
+                  "(nearest labelled data point).", "", markdown_table(GUIDED_HEADERS, guided), ""]
     if next(iter(samples.values())).shape[-1] == 2:
         plot_samples(run_dir / "samples.png", samples)
         lines += ["![samples](samples.png)", ""]
