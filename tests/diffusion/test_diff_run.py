@@ -77,6 +77,10 @@ def test_diff_run_guidance_with_a_class_conditional_teacher(tmp_path):
     assert 0 <= full["guided_acc@4/w3"] <= 1 and full["guided_teacher_swd@8/w1"] == 0.0
     assert "guided_swd@4/w1" in adapter and adapter["params"] == full["params"]
     assert "SWD to CFG teacher" in (Path(s["run_dir"]) / "report.md").read_text()
+    import torch
+
+    saved = torch.load(Path(s["run_dir"]) / "students" / "adapter" / "method.pt", weights_only=True)
+    assert saved["variant"] == "adapter" and saved["adapters"] and saved["w_enc"]
     # the conditional teacher is cached apart from an unconditional one
     keys = {p.parent.name for p in (tmp_path / "cache" / "diffusion_teachers").glob("*/teacher.pt")}
     run(recipe(tmp_path, methods=[{"name": "reflow", "params": {"pairs": 200}}]), log=lambda m: None, show_table=False)

@@ -83,6 +83,10 @@ class DiffusionMethod(nn.Module):
             self.calls += 1
         return n
 
+    def extra_state(self) -> dict:
+        """What sampling needs beyond the student's weights (e.g. a w-embedding); saved beside student.pt."""
+        return {}
+
     def evaluate(self, source, z: Tensor, steps: list[int], eval_cfg) -> dict[str, float]:
         """Metrics of this method beyond the runner's (e.g. guided samples); merged into its summary."""
         return {}

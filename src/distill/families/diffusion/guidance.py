@@ -156,6 +156,12 @@ class Guidance(DiffusionMethod):
         finally:
             self._w = old
 
+    def extra_state(self) -> dict:
+        """The w-conditioning (encoder, projection or adapters) and its settings: with student.pt, the guided student."""
+        mods = {"w_enc": self.w_enc, **({"w_proj": self.w_proj} if self.variant == "full" else {"adapters": self.adapters})}
+        return {"variant": self.variant, "w_range": [self.w_min, self.w_max],
+                **{k: m.state_dict() for k, m in mods.items()}}
+
     def trainable_parameters(self):
         if self.variant == "adapter":
             return [*self.w_enc.parameters(), *self.adapters.parameters()]

@@ -219,6 +219,8 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_torch_save(student.state_dict(), out_dir / "student.pt")
+            if extra := method.extra_state():
+                atomic_torch_save(extra, out_dir / "method.pt")
 
     if run_dir is not None:
         atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
