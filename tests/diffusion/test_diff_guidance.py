@@ -104,9 +104,9 @@ def test_diff_guidance_student_matches_the_guided_teacher_at_w(variant):
     for w, b0 in zip((1.0, 3.0), before):
         gap, spread = guided_gap(method, teacher, w)
         if w == 3.0:
-            assert b0 > 0.05                       # guidance moves the target away from the conditional output
-            assert gap < 0.25 * b0, (variant, w, b0, gap)
-        assert gap < 0.02 + 0.25 * spread, (variant, w, gap, spread)
+            assert b0 > 0.5                        # guidance moves the target away from the conditional output
+            assert gap < 0.05 * b0, (variant, w, b0, gap)      # trained: ~0.003 (full), ~0.02 (adapter) of ~1.9
+        assert gap < 0.05 * max(spread, 1.0), (variant, w, gap, spread)   # w=1: ~0.01
     assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
     # w changes the output
     x, t, y = torch.randn(64, 2), torch.full((64,), 0.5), torch.arange(64) % 3
