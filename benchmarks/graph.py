@@ -84,7 +84,7 @@ def table(res: dict, seeds: int) -> str:
     return "\n".join(lines)
 
 
-def latency_scaling(nodes: int = 100, seed: int = 0, graph=None, hidden: int = 128, layers=(1, 2, 3),
+def latency_scaling(nodes: int = 300, seed: int = 0, graph=None, hidden: int = 128, layers=(1, 2, 3),
                     batch_sizes=(1, 64)) -> str:
     """Per-node time of SAGE with 1-3 layers (the neighbourhood to fetch grows with depth) vs the MLP,
     one node at a time and in batches (a batch fetches the union of its nodes' neighbourhoods once).
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         print(latency_scaling())
         return
     if args.latency_large:
-        print(latency_scaling(nodes=50, graph=large_graph(), hidden=256, layers=(2, 3)))
+        print(latency_scaling(nodes=100, graph=large_graph(), hidden=256, layers=(2, 3)))
         return
     settings = tuple(args.settings.split(","))
     res = suite(args.seeds, args.overrides, log=lambda m: print(m, file=sys.stderr, flush=True), settings=settings)
