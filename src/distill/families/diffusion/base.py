@@ -13,6 +13,7 @@ fake-score network and its optimiser, teacher couplings).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Literal
@@ -130,3 +131,15 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 def uniform_index(n: int, size: int, device) -> Tensor:
     return torch.randint(0, n, (size,), device=device)
+
+
+@contextlib.contextmanager
+def held(net: nn.Module):
+    """Gradients flow through `net` to its inputs, none to its weights."""
+    flags = [p.requires_grad for p in net.parameters()]
+    net.requires_grad_(False)
+    try:
+        yield net
+    finally:
+        for p, f in zip(net.parameters(), flags):
+            p.requires_grad_(f)

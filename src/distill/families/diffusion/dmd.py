@@ -9,18 +9,27 @@ that of a "fake" denoiser trained online on the generator's own samples. In x0 t
 The fake denoiser takes `fake_updates` steps per generator step (two time-scale update rule,
 DMD2). `regression_weight` > 0 adds DMD's regression loss on teacher ODE pairs. With
 `gen_steps` > 1 the generator is a few-step sampler trained by backward simulation (DMD2): its
-input at step i is produced by running itself for i steps. Not done here: DMD2's GAN term.
+input at step i is produced by running itself for i steps. `gan_weight` > 0 adds DMD2's GAN term
+(sec. 4.3; gan.py): a discriminator head on the fake network's features (a TimeMLP's last hidden
+layer, a UNet's mid-block) tells noised real data (the batch's x0: the one part of DMD that reads
+data) from noised generator samples. The fake network's trunk learns from that classification loss
+(weight `disc_weight`) together with its denoising loss, in its own update; the head is the method's
+submodule, optimised by the engine on the term "disc" (on detached features); the generator gets
+the non-saturating loss "gan" through the held fake network and head, with weight `gan_weight`.
 """
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 from typing_extensions import Annotated
 
-from distill.families.diffusion.base import DiffusionContext, DiffusionMethod
+from distill.families.diffusion.base import DiffusionContext, DiffusionMethod, held
+from distill.families.diffusion.gan import (Discriminator, FeatureTap, discriminator_loss, feature_site,
+                                            generator_gan_loss)
 from distill.families.diffusion.process import Process, call
 from distill.families.diffusion.reflow import teacher_couplings
 from distill.registry import register_method
@@ -38,8 +47,10 @@ class DMD(DiffusionMethod):
                  regression_pairs: Annotated[int, Field(ge=1)] = 4096,
                  gen_steps: Annotated[int, Field(ge=1)] = 1,
                  t_min: Annotated[float, Field(ge=0, lt=1)] = 0.02, t_max: Annotated[float, Field(gt=0, le=1)] = 0.98,
+                 gan_weight: Annotated[float, Field(ge=0)] = 0.0, disc_weight: Annotated[float, Field(ge=0)] = 1.0,
                  init_from_teacher: bool = True):
         super().__init__(student, teacher, ctx, init_from_teacher)
+        self.gan_weight, self.disc_weight = gan_weight, disc_weight
         self.fake_updates, self.regression_weight = fake_updates, regression_weight
         self.regression_pairs, self.gen_steps, self.t_min, self.t_max = regression_pairs, gen_steps, t_min, t_max
         # the fake denoiser starts as the teacher; it is kept out of the module tree so that the
@@ -51,6 +62,17 @@ class DMD(DiffusionMethod):
         self.__dict__["fake_opt"] = torch.optim.Adam(fake.parameters(), lr=fake_lr)
         self.pairs: tuple[Tensor, Tensor] | None = None
         self.weights = {"dm": 1.0, "regression": regression_weight}
+        self._disc_feat: Tensor | None = None    # the head's features from this step's fake update (detached)
+        if gan_weight > 0:
+            self.site = feature_site(fake)
+            p = next(fake.parameters())
+            self.disc = Discriminator(self.site.width, self.site.spatial).to(p.device, p.dtype)
+            self.weights.update(gan=gan_weight, disc=1.0)
+
+    def trainable_parameters(self):
+        if self.gan_weight > 0:  # the generator and the discriminator head: their losses touch disjoint weights
+            return itertools.chain(self.student.parameters(), self.disc.parameters())
+        return self.student.parameters()
 
     def generate(self, z: Tensor) -> Tensor:
         """Generator samples (with grad). gen_steps > 1: a random step of the generator's own sampler."""
@@ -65,23 +87,45 @@ class DMD(DiffusionMethod):
                 x = self.process.noisy(x0, torch.randn_like(x), grid[k + 1])
         return self.student_denoise(x, grid[i])[0]
 
-    def _fake_step(self, g: Tensor) -> Tensor:
+    def _fake_step(self, g: Tensor, real: Tensor | None = None) -> Tensor:
+        """One update of the fake denoiser on samples g; with real data (GAN term on), its trunk also
+        learns the discriminator's classification loss. Returns the denoising loss."""
         t = self.sample_t(g.shape[0], g.device)
         eps = torch.randn_like(g)
-        out = call(self.fake, self.process.noisy(g, eps, t), t)
+        x_t = self.process.noisy(g, eps, t)
+        if real is None:
+            out = call(self.fake, x_t, t)
+        else:
+            out, feat = self._gan_pass(x_t, t, real)
         loss = ((out - self.process.target(g, eps, self.ctx.teacher_param)) ** 2).flatten(1).sum(1).mean()
+        total = loss
+        if real is not None:
+            self._disc_feat = feat.detach()
+            n = g.shape[0]
+            fake_logits, real_logits = self.disc(feat).split([n, n])
+            total = loss + self.disc_weight * discriminator_loss(real_logits, fake_logits)
         self.fake_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward(inputs=list(self.fake.parameters()))   # the head is the engine's to optimise
         self.fake_opt.step()
         return loss.detach()
 
-    def update_fake(self, g: Tensor, z: Tensor) -> Tensor:
+    def _gan_pass(self, x_t: Tensor, t: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        """The fake network on noised generator samples x_t (B, ...) and the batch's real data noised
+        at fresh times, in one call: (its output on x_t (B, ...), features of both (2B, ...))."""
+        tr = self.sample_t(real.shape[0], real.device)
+        xr = self.process.noisy(real, torch.randn_like(real), tr)
+        with FeatureTap(self.site) as tap:
+            out = call(self.fake, torch.cat([x_t, xr]), torch.cat([t, tr]))
+        return out[: x_t.shape[0]], tap.value
+
+    def update_fake(self, g: Tensor, z: Tensor, real: Tensor | None = None) -> Tensor:
         """The fake denoiser's `fake_updates` steps for this generator step (two time-scale updates):
-        the first on this batch's samples g (detached), the rest on fresh ones. Returns the first loss."""
+        the first on this batch's samples g (detached) and, with the GAN term, its real data; the rest
+        on fresh samples. Returns the first loss."""
         if not self.training:
             return torch.zeros((), device=z.device)
         with torch.enable_grad():
-            fake_loss = self._fake_step(g.detach())
+            fake_loss = self._fake_step(g.detach(), real)
             for _ in range(self.fake_updates - 1):
                 with torch.no_grad():
                     g2 = self.generate(torch.randn_like(z))
@@ -106,12 +150,33 @@ class DMD(DiffusionMethod):
             grad = (fake - real) / norm
         return {"dm": 0.5 * ((g - (g - grad).detach()) ** 2).flatten(1).sum(1).mean()}
 
+    def gan_terms(self, g: Tensor, real: Tensor) -> dict[str, Tensor]:
+        """DMD2's GAN terms: "disc", the head's logistic loss on this step's (detached) features of noised
+        real data and samples; "gan", the generator's non-saturating loss through the held fake network."""
+        n = g.shape[0]
+        feat = self._disc_feat
+        if feat is None:  # no fake update ran (eval mode): features from a pass that trains nothing
+            with torch.no_grad():
+                t = self.sample_t(n, g.device)
+                feat = self._gan_pass(self.process.noisy(g, torch.randn_like(g), t), t, real)[1]
+        self._disc_feat = None
+        fake_logits, real_logits = self.disc(feat.detach()).split([n, n])
+        t = self.sample_t(n, g.device)
+        x_t = self.process.noisy(g, torch.randn_like(g), t)                 # with grad through g
+        with torch.enable_grad(), held(self.fake), held(self.disc), FeatureTap(self.site) as tap:
+            call(self.fake, x_t, t)
+            gen_logits = self.disc(tap.value)
+        return {"disc": discriminator_loss(real_logits, fake_logits), "gan": generator_gan_loss(gen_logits)}
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         self.tick()
         z = batch["z"]
         g = self.generate(z)                                               # (B, ...)
-        fake_loss = self.update_fake(g, z)
+        real = batch["x0"] if self.gan_weight > 0 else None
+        fake_loss = self.update_fake(g, z, real)
         terms = self.generator_terms(g, z)
+        if real is not None:
+            terms.update(self.gan_terms(g, real))
         if self.regression_weight > 0:
             if self.pairs is None:
                 self.pairs = teacher_couplings(self, self.regression_pairs, z, self.ctx.seed + 104729)

@@ -14,29 +14,15 @@ SiD code, by 1 / mean|x_g - f_phi(x_t)| per sample. alpha = 1.2 is the paper's d
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 from typing_extensions import Annotated
 
-from distill.families.diffusion.base import DiffusionContext
+from distill.families.diffusion.base import DiffusionContext, held
 from distill.families.diffusion.dmd import DMD
 from distill.registry import register_method
 from distill.teacher import Teacher
-
-
-@contextlib.contextmanager
-def held(net: nn.Module):
-    """Gradients flow through `net` to its inputs, none to its weights."""
-    flags = [p.requires_grad for p in net.parameters()]
-    net.requires_grad_(False)
-    try:
-        yield net
-    finally:
-        for p, f in zip(net.parameters(), flags):
-            p.requires_grad_(f)
 
 
 @register_method("sid", family="diffusion", injected=("student", "teacher", "ctx"),
