@@ -114,11 +114,17 @@ def _t(t: Tensor | float, x: Tensor) -> Tensor:
 
 
 def copy_weights(src: nn.Module, dst: nn.Module) -> bool:
-    """Load src's weights into dst when every name and shape matches; False (dst untouched) otherwise."""
+    """Load src's weights into dst when every name and shape matches; False (dst untouched) otherwise.
+    A dst with LoRA adapters (peft: `x.base_layer.weight`, `x.lora_A...`) gets its base weights; its
+    adapters are left as they are."""
     a, b = src.state_dict(), dst.state_dict()
-    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+    base = {k.replace(".base_layer.", "."): k for k in b if ".lora_" not in k}
+    if a.keys() != base.keys() or any(a[k].shape != b[base[k]].shape for k in a):
         return False
-    dst.load_state_dict(copy.deepcopy(a))
+    if len(base) == len(b) and all(k == v for k, v in base.items()):
+        dst.load_state_dict(copy.deepcopy(a))
+    else:
+        dst.load_state_dict({base[k]: v.clone() for k, v in a.items()}, strict=False)
     return True
 
 

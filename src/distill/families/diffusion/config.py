@@ -7,6 +7,7 @@ from pydantic import Field
 
 from distill.config import check_methods, Component, MethodConfig, OptimizerConfig, register_config, RunConfig, ScheduleConfig, Strict, TrainConfig
 from distill.errors import ConfigError
+from distill.families.diffusion.lora import DiffusionLoraConfig
 
 
 def _teacher_train() -> TrainConfig:
@@ -39,6 +40,8 @@ class DiffusionStudentConfig(Strict):
     model: Component | None = Field(None, description="default: the teacher's architecture")
     param: Literal["velocity", "eps", "x0"] | None = Field(None, description="default: the teacher's")
     steps: int = Field(1, ge=1, description="the step count the student is distilled for (the headline metric)")
+    lora: DiffusionLoraConfig | None = Field(
+        None, description="train only LoRA adapters (peft) on a copy of the teacher; needs the teacher's architecture")
 
 
 DiffusionMethodConfig = MethodConfig  # the shared entry of a `methods:` list
@@ -84,5 +87,16 @@ class DiffusionRunConfig(RunConfig):
             entry = models.get(comp.name, "diffusion", where=f"{where}.name")
             comp.params = entry.validate(comp.params, f"{where}.params")
         check_methods(self.methods, "diffusion")
+        if self.student.lora is not None:
+            from distill.families.diffusion.lora import require_peft
+
+            require_peft()
+            if self.student.model is not None and self.student.model != self.teacher.model:
+                raise ConfigError("student.lora: a LoRA student is the teacher plus adapters; leave student.model "
+                                  f"unset (given {self.student.model.name} beside teacher {self.teacher.model.name})")
+            for i, m in enumerate(self.methods):
+                if m.params.get("init_from_teacher", True) is False:
+                    raise ConfigError(f"methods.{i}.params.init_from_teacher: a LoRA student starts from the "
+                                      "teacher's weights; remove init_from_teacher=false or student.lora")
         if self.student.steps not in self.eval.steps:
             self.eval.steps = sorted({*self.eval.steps, self.student.steps})

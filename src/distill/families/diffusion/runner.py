@@ -5,6 +5,7 @@ fresh data and to the teacher's full-step samples (same noise); summary.json, re
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -20,6 +21,7 @@ from distill.errors import ConfigError
 from distill.eval.distributions import mmd, sliced_wasserstein, straightness
 from distill.families.diffusion.base import DiffusionContext, DiffusionMethod
 from distill.families.diffusion.config import DiffusionMethodConfig, DiffusionRunConfig
+from distill.families.diffusion.lora import add_lora, merge_lora, save_lora
 from distill.families.diffusion.process import Process, ddim_sample
 from distill.families.diffusion.unet import conditioning
 from distill.models.io import count_parameters
@@ -190,7 +192,12 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
         train = mcfg.train or cfg.train
         ctx = DiffusionContext(process, cfg.teacher.param, cfg.student_param, T, cfg.student.steps,
                                total_steps=(train.max_steps or train.epochs * 100) * cfg.engine.grad_accum, seed=cfg.seed)
+        if cfg.student.lora is not None:     # adapters first: methods copy the student (EMA targets, snapshots)
+            add_lora(student, cfg.student.lora)
         method = build_method(mcfg, student, teacher, ctx)
+        if cfg.student.lora is not None and not method.initialised_from_teacher:
+            raise ConfigError(f"student.lora: the student's base weights do not fit the teacher's "
+                              f"({cfg.teacher.model.name}); a LoRA student needs the teacher's architecture")
         log(f"student [{label}]: {mcfg.name}, {cfg.student.steps} step(s), "
             f"{'from the teacher' if method.initialised_from_teacher else 'from scratch'}")
         t0 = time.perf_counter()
@@ -201,6 +208,8 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
         train_s = time.perf_counter() - t0
         method.to(device)
         m: dict[str, Any] = {"method": mcfg.name, "train_s": round(train_s, 2), "params": count_parameters(student)}
+        if cfg.student.lora is not None:
+            m["trainable_params"] = sum(p.numel() for p in student.parameters() if p.requires_grad)
         for k in steps_list:
             gk = torch.Generator().manual_seed(cfg.eval.seed + 1)
             xk, ms = _timed(lambda k=k: method.sample(z, k, generator=gk))
@@ -218,7 +227,11 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
             + f" ({train_s:.1f}s training)")
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(student.state_dict(), out_dir / "student.pt")
+            if cfg.student.lora is not None:   # the adapters alone, and student.pt with them merged in
+                save_lora(student, out_dir / "lora")
+                atomic_torch_save(merge_lora(copy.deepcopy(student).cpu()).state_dict(), out_dir / "student.pt")
+            else:
+                atomic_torch_save(student.state_dict(), out_dir / "student.pt")
             if extra := method.extra_state():
                 atomic_torch_save(extra, out_dir / "method.pt")
 
