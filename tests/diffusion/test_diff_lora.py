@@ -143,3 +143,25 @@ def test_diff_lora_recipe_errors(tmp_path, over, match):
 
     with pytest.raises(ConfigError, match=match):
         run(recipe(tmp_path, **over), log=lambda m: None, show_table=False)
+
+
+def test_diff_lora_unet_students_through_the_runner_with_dmd_gan(tmp_path):
+    from distill.api import run
+
+    r = {"name": "img_lora", "family": "diffusion", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+         "data": {"name": "digits_images", "params": {"size": 8}, "batch_size": 8},
+         "teacher": {"model": {"name": "unet", "params": {"widths": [8, 16], "groups": 4, "num_classes": None}},
+                     "steps": 4, "train": {"max_steps": 5, "optimizer": {"lr": 0.003}}},
+         "student": {"steps": 1, "lora": {"rank": 4, "alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv2"]}},
+         "methods": [{"name": "progressive", "params": {"start_steps": 4}},
+                     {"name": "dmd", "params": {"fake_updates": 1, "gan_weight": 0.1}}],
+         "train": {"max_steps": 3}, "eval": {"samples": 10, "steps": [1], "projections": 8},
+         "engine": {"device": "cpu", "progress": False}}
+    s = run(r, log=lambda m: None, show_table=False)
+    for label in ("progressive", "dmd"):
+        m = s["students"][label]
+        assert 0 < m["trainable_params"] < m["params"]
+        folder = Path(s["run_dir"]) / "students" / label
+        assert (folder / "lora" / "adapter_model.safetensors").is_file() and (folder / "student.pt").is_file()
+    ckpt = sorted((Path(s["run_dir"]) / "students" / "dmd" / "checkpoints").glob("step_*.pt"))[-1]
+    assert any(k.startswith("disc.") for k in torch.load(ckpt, weights_only=True)["model"])
