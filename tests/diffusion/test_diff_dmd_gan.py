@@ -106,7 +106,7 @@ def test_diff_dmd_gan_discriminator_loss_falls_on_a_fixed_batch():
     assert sum(disc[-5:]) / 5 < 0.8 * sum(disc[:5]) / 5, disc
 
 
-def test_diff_dmd_gan_head_is_saved_and_restored_by_the_engine(tmp_path):
+def test_diff_dmd_gan_head_and_fake_network_are_saved_and_restored_by_the_engine(tmp_path):
     method = make(gan_weight=0.5)
     _, opt = run(method, 3)
     eng = Engine(EngineConfig(device="cpu", progress=False), tmp_path, seed=0, name="dmd")
@@ -119,6 +119,11 @@ def test_diff_dmd_gan_head_is_saved_and_restored_by_the_engine(tmp_path):
     head = list(fresh.disc.parameters())
     assert all(torch.equal(opt2.state[p]["exp_avg"], opt.state[q]["exp_avg"])
                for p, q in zip(head, method.disc.parameters()))
+    # the fake denoiser (outside the module tree) and its optimiser come back with them
+    assert all(torch.equal(a, b) for a, b in zip(method.fake.parameters(), fresh.fake.parameters()))
+    assert fresh.fake_opt.state_dict()["state"].keys() == method.fake_opt.state_dict()["state"].keys()
+    assert all(torch.equal(fresh.fake_opt.state[p]["exp_avg"], method.fake_opt.state[q]["exp_avg"])
+               for p, q in zip(fresh.fake.parameters(), method.fake.parameters()))
 
 
 def test_diff_dmd_gan_needs_a_known_feature_site():

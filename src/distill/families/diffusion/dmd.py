@@ -16,6 +16,8 @@ data) from noised generator samples. The fake network's trunk learns from that c
 (weight `disc_weight`) together with its denoising loss, in its own update; the head is the method's
 submodule, optimised by the engine on the term "disc" (on detached features); the generator gets
 the non-saturating loss "gan" through the held fake network and head, with weight `gan_weight`.
+The fake denoiser and its optimiser are saved in the method's state_dict (its extra state), so an
+engine checkpoint resumes them too.
 """
 from __future__ import annotations
 
@@ -192,3 +194,12 @@ class DMD(DiffusionMethod):
         out = super().to(*args, **kwargs)
         self.fake.to(*args, **kwargs)
         return out
+
+    # the fake denoiser and its optimiser live outside the module tree; they travel in the method's
+    # state_dict (key "_extra_state"), so a checkpoint resumes them with the generator and the head
+    def get_extra_state(self) -> dict:
+        return {"fake": self.fake.state_dict(), "fake_opt": self.fake_opt.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.fake.load_state_dict(state["fake"])
+        self.fake_opt.load_state_dict(state["fake_opt"])
