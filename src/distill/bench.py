@@ -26,6 +26,7 @@ It serves any family whose summary follows the convention
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -165,12 +166,31 @@ def cell_path(suite: Suite, cell: Cell) -> Path:
     return suite.output_dir / "cells" / f"{cell.key}.json"
 
 
-def load_cells(suite: Suite) -> dict[str, dict[str, Any]]:
+def cell_fingerprint(suite: Suite, cell: Cell) -> str:
+    """What a finished cell was computed from: the recipe (file contents or mapping) and every
+    override. A cell file with another fingerprint is stale: the suite changed since it ran."""
+    src = cell.recipe.source
+    if isinstance(src, dict):
+        recipe = json.dumps(src, sort_keys=True, default=str)
+    else:
+        p = Path(src)
+        recipe = p.read_text() if p.is_file() else str(src)
+    blob = json.dumps([recipe, cell_overrides(suite, cell)], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_cells(suite: Suite, stale: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Finished cells whose fingerprint matches the suite as it is now; the keys of cells computed
+    from another recipe or other overrides are appended to `stale` (they will run again)."""
     out = {}
     for cell in suite.cells():
         p = cell_path(suite, cell)
         if p.is_file():
-            out[cell.key] = json.loads(p.read_text())
+            rec = json.loads(p.read_text())
+            if rec.get("fingerprint") == cell_fingerprint(suite, cell):
+                out[cell.key] = rec
+            elif stale is not None:
+                stale.append(cell.key)
     return out
 
 
@@ -209,7 +229,8 @@ def run_cell(suite: Suite, cell: Cell, log: Callable[[str], None]) -> dict[str, 
            "seed": cell.seed, "primary_metric": pm, "higher_is_better": bool(summary.get("higher_is_better", True)),
            "last": metrics[pm], "best": metrics.get(f"best_{pm}", metrics[pm]),
            "teacher": teacher.get(pm), "wall_s": round(wall, 2), "run_dir": summary.get("run_dir"),
-           "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+           "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+           "fingerprint": cell_fingerprint(suite, cell)}
     atomic_write_text(cell_path(suite, cell), json.dumps(rec, indent=2))
     return rec
 
@@ -218,7 +239,11 @@ def run_suite(suite: Suite, *, log: Callable[[str], None] = print, rerun: bool =
               command: str = "") -> dict[str, Any]:
     """Run every unfinished cell, then write results.csv, results.md and results.png."""
     suite.output_dir.mkdir(parents=True, exist_ok=True)
-    done = {} if rerun else load_cells(suite)
+    stale: list[str] = []
+    done = {} if rerun else load_cells(suite, stale)
+    if stale:
+        log(f"{len(stale)} finished cell(s) were computed from another version of this suite's recipe or "
+            f"overrides and run again (e.g. {stale[0]})")
     cells = suite.cells()
     t_start = time.perf_counter()
     for i, cell in enumerate(cells):
@@ -339,11 +364,12 @@ def plot(suite: Suite, rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def dry_run_text(suite: Suite) -> str:
-    done = load_cells(suite)
+    stale: list[str] = []
+    done = load_cells(suite, stale)
     lines = [f"suite {suite.name}: {len(suite.recipes)} recipe(s) x {len(suite.methods)} method(s) x "
              f"{len(suite.seeds)} seed(s) = {len(suite.cells())} cells -> {suite.output_dir}"]
     for c in suite.cells():
-        state = "done" if c.key in done else "todo"
+        state = "done" if c.key in done else "stale" if c.key in stale else "todo"
         lines.append(f"  [{state}] {c.key}: {' '.join(cell_overrides(suite, c)[-1:])}")
     n, s = estimate_seconds(suite, done)
     lines.append(f"{n} cells to run, estimated {human_time(s)}")

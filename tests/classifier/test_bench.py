@@ -66,6 +66,16 @@ def test_run_resume_and_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "run_cell", fake)
     B.run_suite(s, log=lambda m: None)
     assert calls == [s.cells()[0].key]
+    # the finished cells carry what they were computed from; a changed suite makes them stale
+    assert B.load_cells(s).keys() == {c.key for c in s.cells()}
+    calls.clear()
+    s.overrides.append("train.epochs=2")
+    stale: list[str] = []
+    assert B.load_cells(s, stale) == {} and len(stale) == len(s.cells())
+    assert B.dry_run_text(s).count("[stale]") == len(s.cells())
+    logs: list[str] = []
+    B.run_suite(s, log=logs.append)
+    assert calls == [c.key for c in s.cells()] and any("computed from another version" in m for m in logs)
 
 
 def test_dry_run_lists_cells_and_estimate(tmp_path):
