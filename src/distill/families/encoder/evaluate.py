@@ -13,16 +13,23 @@ from distill.families.encoder.data import collate
 
 
 @torch.no_grad()
-def encode(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
-    """L2-normalised sentence embeddings (N, D) in row order."""
+def batched_output(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device,
+                   key: str) -> torch.Tensor:
+    """One output of the model (`embedding`, `logits`, ...) for every row, (N, ...) in row order, in
+    eval mode (the model's mode is restored)."""
     was = model.training
     model.eval()
     out = []
     for i in range(0, len(rows), batch_size):
         b = collate(rows[i:i + batch_size], pad_id)
-        out.append(model(b["input_ids"].to(device), b["attention_mask"].to(device))["embedding"].float().cpu())
+        out.append(model(b["input_ids"].to(device), b["attention_mask"].to(device))[key].float().cpu())
     model.train(was)
-    return F.normalize(torch.cat(out), dim=-1)
+    return torch.cat(out)
+
+
+def encode(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
+    """L2-normalised sentence embeddings (N, D) in row order."""
+    return F.normalize(batched_output(model, rows, pad_id, batch_size, device, "embedding"), dim=-1)
 
 
 def spearman_of_similarities(e_s: torch.Tensor, e_t: torch.Tensor) -> float:

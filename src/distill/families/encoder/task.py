@@ -127,19 +127,11 @@ def build_task(tcfg, tok, max_length: int) -> TaskData:
                     tokenize(tok, [t for t, _ in test], max_length), [y for _, y in test])
 
 
-@torch.no_grad()
 def predict_logits(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
     """Head logits (N, C) in row order."""
-    from distill.families.encoder.data import collate
+    from distill.families.encoder.evaluate import batched_output
 
-    was = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(rows), batch_size):
-        b = collate(rows[i:i + batch_size], pad_id)
-        out.append(model(b["input_ids"].to(device), b["attention_mask"].to(device))["logits"].float().cpu())
-    model.train(was)
-    return torch.cat(out)
+    return batched_output(model, rows, pad_id, batch_size, device, "logits")
 
 
 def accuracy(logits: torch.Tensor, labels: list[int]) -> float:
