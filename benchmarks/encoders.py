@@ -83,6 +83,35 @@ def task_grid(a) -> dict:
     return {"teacher": teacher, "task": info, "rows": rows, "table": lines}
 
 
+def table(teacher: dict, rows: dict[str, dict]) -> list[str]:
+    lines = ["| student / method | params | MB | Spearman vs teacher | top-10 overlap | Spearman at init | sent/s | x teacher |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| teacher all-MiniLM-L6-v2 | {teacher['params']:,} | {teacher['size_mb']:.1f} | 1 | 1 | - | "
+             f"{teacher['sentences_per_s']:.0f} | 1.0 |"]
+    for k, d in rows.items():
+        lines.append(f"| {k} | {d['params']:,} | {d['size_mb']:.1f} | {ms(d['spearman'])} | {ms(d['top10_overlap'])} | "
+                     f"{ms(d['init_spearman'])} | {statistics.mean(d['sentences_per_s']):.0f} | "
+                     f"{statistics.mean(d['speedup']):.1f} |")
+    return lines
+
+
+def merge(paths: list[Path]) -> list[str]:
+    """One table from several --json files of the same protocol (rows of later files are added;
+    a row present twice is an error). The teacher row is the first file's."""
+    first = json.loads(paths[0].read_text())
+    rows: dict[str, dict] = {}
+    for p in paths:
+        d = json.loads(p.read_text())
+        for k, v in d["rows"].items():
+            if k in rows:
+                raise SystemExit(f"--merge: {k} is in more than one file ({p})")
+            rows[k] = v
+    order = {s: i for i, s in enumerate(STUDENTS)}
+    meth = {m: i for i, m in enumerate(METHODS)}
+    key = lambda k: (order.get(k.split("/")[0], 99), meth.get(k.split("/")[1], 99))  # noqa: E731
+    return table(first["teacher"], {k: rows[k] for k in sorted(rows, key=key)})
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -93,7 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--json", type=Path)
     ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print one table from these --json files and exit")
     a = ap.parse_args(argv)
+    if a.merge:
+        lines = merge(a.merge)
+        print("\n".join(lines))
+        return {"table": lines}
     torch.set_num_threads(1)
     if a.task:
         out = task_grid(a) | {"args": vars(a) | {"json": str(a.json)}}
@@ -122,14 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
                     d.setdefault(k, []).append(m[k])
             print(f"[{student} seed {seed}] " + ", ".join(f"{k} {v['spearman']:.3f}" for k, v in r["students"].items())
                   + f" ({time.perf_counter() - t0:.0f}s)", flush=True)
-    lines = ["| student / method | params | MB | Spearman vs teacher | top-10 overlap | Spearman at init | sent/s | x teacher |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| teacher all-MiniLM-L6-v2 | {teacher['params']:,} | {teacher['size_mb']:.1f} | 1 | 1 | - | "
-             f"{teacher['sentences_per_s']:.0f} | 1.0 |"]
-    for k, d in rows.items():
-        lines.append(f"| {k} | {d['params']:,} | {d['size_mb']:.1f} | {ms(d['spearman'])} | {ms(d['top10_overlap'])} | "
-                     f"{ms(d['init_spearman'])} | {statistics.mean(d['sentences_per_s']):.0f} | "
-                     f"{statistics.mean(d['speedup']):.1f} |")
+    lines = table(teacher, rows)
     print("\n".join(lines))
     out = {"teacher": teacher, "rows": rows, "table": lines, "args": vars(a) | {"json": str(a.json)}}
     if a.json:
