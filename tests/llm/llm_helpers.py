@@ -22,3 +22,27 @@ def tiny_lm(arch: str, vocab: int, *, hidden: int = 16, layers: int = 2, seed: i
     torch.manual_seed(seed)
     return build_student(arch, vocab, 1, 2, hidden_size=hidden, num_layers=layers, num_heads=2, num_kv_heads=1 if arch == "llama" else None,
                          intermediate_size=2 * hidden, max_positions=128, pad_vocab_to=pad_vocab_to)
+
+
+def kd_losses(run_dir, label: str = "token_kd") -> list[float]:
+    """The `loss/kd` values a run logged for one student, in order."""
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss/kd"] for r in rows if r.get("phase") == label and "loss/kd" in r]
+
+
+def assert_same_token_kd_runs(runs_dir, a: str = "local", b: str = "served") -> None:
+    """Two runs of the token_kd student logged the same KD losses and saved the same weights."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    la, lb = kd_losses(runs_dir / a), kd_losses(runs_dir / b)
+    assert len(la) == 3 and la[0] > 0
+    assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
+    wa = load_file(str(runs_dir / a / "students" / "token_kd" / "model.safetensors"))
+    wb = load_file(str(runs_dir / b / "students" / "token_kd" / "model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+

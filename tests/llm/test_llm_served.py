@@ -1,26 +1,17 @@
 """token_kd with targets from a served teacher gives the losses and weights of the in-process teacher."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 
 pytest.importorskip("transformers")
-from llm_helpers import corpus, tiny_lm  # noqa: E402
+from llm_helpers import assert_same_token_kd_runs, corpus, tiny_lm  # noqa: E402
 
 import distill  # noqa: E402
 
 
-def _kd_losses(run_dir, label="token_kd"):
-    return [json.loads(l)["loss/kd"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(l).get("phase") == label and "loss/kd" in l]
-
-
 def test_served_teacher_losses_equal_in_process(tmp_path, tiny_tok):
-    import torch
-    from safetensors.torch import load_file
-
     from distill.families.llm.models import load_causal_lm
     from distill.serve import make_server
     from distill.teacher import Teacher
@@ -49,11 +40,5 @@ def test_served_teacher_losses_equal_in_process(tmp_path, tiny_tok):
     finally:
         server.shutdown()
         server.server_close()
-    a, b = _kd_losses(tmp_path / "runs" / "local"), _kd_losses(tmp_path / "runs" / "served")
-    assert len(a) == 3 and a[0] > 0
-    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-    wa = load_file(str(tmp_path / "runs" / "local" / "students" / "token_kd" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "runs" / "served" / "students" / "token_kd" / "model.safetensors"))
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    assert_same_token_kd_runs(tmp_path / "runs")
     assert local["students"]["token_kd"]["bits_per_byte"] == pytest.approx(served["students"]["token_kd"]["bits_per_byte"], rel=1e-4)

@@ -3,13 +3,12 @@ trains from the served targets with the losses and weights of the in-process tea
 needs the teacher model here is refused with a clear error."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 
 pytest.importorskip("transformers")
-from llm_helpers import corpus, tiny_lm  # noqa: E402
+from llm_helpers import assert_same_token_kd_runs, corpus, tiny_lm  # noqa: E402
 
 import distill  # noqa: E402
 from distill.errors import ConfigError  # noqa: E402
@@ -49,15 +48,7 @@ def _recipe(tmp_path, served, teacher, **over):
     return r
 
 
-def _kd_losses(run_dir, label="token_kd"):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss/kd"] for r in rows if r.get("phase") == label and "loss/kd" in r]
-
-
 def test_url_only_token_kd_equals_in_process_teacher(tmp_path, served_teacher):
-    import torch
-    from safetensors.torch import load_file
-
     s = served_teacher
     local = distill.run(dict(_recipe(tmp_path, s, {"path": str(s["dir"])}), name="local"), log=lambda m: None)
     logs: list[str] = []
@@ -68,13 +59,7 @@ def test_url_only_token_kd_equals_in_process_teacher(tmp_path, served_teacher):
                              log=logs.append)
     finally:
         hidden.rename(s["dir"])
-    a, b = _kd_losses(tmp_path / "runs" / "local"), _kd_losses(tmp_path / "runs" / "served")
-    assert len(a) == 3 and a[0] > 0
-    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-    wa = load_file(str(tmp_path / "runs" / "local" / "students" / "token_kd" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "runs" / "served" / "students" / "token_kd" / "model.safetensors"))
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    assert_same_token_kd_runs(tmp_path / "runs")
     ls, rs = local["students"]["token_kd"], remote["students"]["token_kd"]
     for key in ("bits_per_byte", "loss", "token_accuracy"):  # student metrics unchanged
         assert ls[key] == pytest.approx(rs[key], rel=1e-4), key
