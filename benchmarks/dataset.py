@@ -16,36 +16,33 @@ import shutil
 import time
 from pathlib import Path
 
+# digits upsampled to 16x16, width-32 ConvNet-3 (data, model, evaluation and device of both digits tiers)
+DIGITS = {
+    "data": {"name": "digits", "params": {"size": 16}},
+    "model": {"name": "convnet", "params": {"width": 32}},
+    "eval": {"model": {"name": "convnet", "params": {"width": 32}}, "n_models": 3, "epochs": 300,
+             "full_data_epochs": 30},
+    "engine": {"device": "cpu"},
+}
+MTT_SMALL = {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10}
+
 TIERS = {
-    # digits upsampled to 16x16, width-32 ConvNet-3: a CPU finishes in about 15 minutes
+    # a CPU finishes in about 15 minutes
     "digits": {
-        "data": {"name": "digits", "params": {"size": 16}},
-        "model": {"name": "convnet", "params": {"width": 32}},
-        "eval": {"model": {"name": "convnet", "params": {"width": 32}}, "n_models": 3, "epochs": 300,
-                 "full_data_epochs": 30},
-        "engine": {"device": "cpu"},
+        **DIGITS,
         "methods": {
-            1: [("herding", 0, {}), ("dc", 100, {}), ("dsa", 100, {}), ("dm", 300, {}),
-                ("mtt", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+            1: [("herding", 0, {}), ("dc", 100, {}), ("dsa", 100, {}), ("dm", 300, {}), ("mtt", 100, MTT_SMALL)],
             10: [("herding", 0, {}), ("dc", 20, {"outer_loop": 5, "inner_loop": 5}),
-                 ("dsa", 20, {"outer_loop": 5, "inner_loop": 5}), ("dm", 300, {}),
-                 ("mtt", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+                 ("dsa", 20, {"outer_loop": 5, "inner_loop": 5}), ("dm", 300, {}), ("mtt", 100, MTT_SMALL)],
         },
     },
     # the newer methods on the digits tier (soft-label ones beside KD from their own teacher)
     "digits_more": {
-        "data": {"name": "digits", "params": {"size": 16}},
-        "model": {"name": "convnet", "params": {"width": 32}},
-        "eval": {"model": {"name": "convnet", "params": {"width": 32}}, "n_models": 3, "epochs": 300,
-                 "full_data_epochs": 30},
-        "engine": {"device": "cpu"},
+        **DIGITS,
         "methods": {
-            1: [("datadam", 300, {}), ("sre2l", 300, {"teacher_epochs": 20}),
-                ("ftd", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10}),
-                ("datm", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
-            10: [("datadam", 300, {}), ("sre2l", 300, {"teacher_epochs": 20}),
-                 ("ftd", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10}),
-                 ("datm", 100, {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10})],
+            ipc: [("datadam", 300, {}), ("sre2l", 300, {"teacher_epochs": 20}), ("ftd", 100, MTT_SMALL),
+                  ("datm", 100, MTT_SMALL)]
+            for ipc in (1, 10)
         },
     },
     # Fashion-MNIST 28x28, the paper ConvNet-128-3 (GPU)
