@@ -8,13 +8,15 @@ shards it across the processes for the length of a training phase (`shard` / `un
 `TeacherCache` stores, per sample id, the teacher's top-k logits (fp16), their indices, and the
 log-sum-exp at the distillation temperature (so top-k log-probs and the tail mass are exact),
 with metadata (teacher weights hash, data hash, temperature, k, augmentation) and a sha256 of
-the tensor file. A cache that does not match the run, or whose checksum fails, is refused.
+the tensor file. `FeatureCache` stores, per sample id, the teacher's logits and the outputs of the
+layers a feature method taps. A cache that does not match the run, or whose checksum fails, is
+refused.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +152,33 @@ class CachedOutputs:
     logprobs: torch.Tensor  # (B, k) float32, normalised over all classes at temperature T
 
 
-class TeacherCache:
-    FILE, META = "outputs.safetensors", "meta.json"
+class CheckedCache:
+    """A folder of tensors written by `write_checked`, opened only when its metadata matches."""
+
+    FILE, META, WHAT = "", "meta.json", "cache"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, expected: dict[str, Any]):
+        """Open a cache, refusing it if its metadata differs from `expected` or its checksum fails."""
+        meta, tensors = read_checked(Path(folder), cls.FILE, cls.META, expected, cls.WHAT)
+        return cls(Path(folder), meta, tensors)
+
+    def size_bytes(self) -> int:
+        return (self.folder / self.FILE).stat().st_size  # type: ignore[attr-defined]
+
+
+def refuse_augmentation(augmentation: str) -> None:
+    if augmentation != "none":
+        raise CacheMismatchError(
+            "teacher cache: outputs under random augmentation differ at every epoch, so a per-sample "
+            "cache would be wrong. Turn augmentation off or set teacher.cache_outputs=false.")
+
+
+class TeacherCache(CheckedCache):
+    FILE, WHAT = "outputs.safetensors", "teacher cache"
 
     def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
         self.folder, self.meta = folder, meta
@@ -171,10 +198,7 @@ class TeacherCache:
               temperature: float, k: int, augmentation: str = "none", batch_size: int = 512,
               device: str | torch.device = "cpu") -> TeacherCache:
         """Run the teacher once over `inputs` (N, ...) in id order and write the cache."""
-        if augmentation != "none":
-            raise CacheMismatchError(
-                "teacher cache: outputs under random augmentation differ at every epoch, so a per-sample "
-                "cache would be wrong. Turn augmentation off or set teacher.cache_outputs=false.")
+        refuse_augmentation(augmentation)
         folder = Path(folder)
         idx_l, logit_l, lse_l = [], [], []
         for i in range(0, inputs.shape[0], batch_size):
@@ -188,12 +212,6 @@ class TeacherCache:
         meta = cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation)
         meta = write_checked(folder, cls.FILE, cls.META, tensors, meta)
         return cls(folder, meta, tensors)
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike, expected: dict[str, Any]) -> TeacherCache:
-        """Open a cache, refusing it if its metadata differs from `expected` or its checksum fails."""
-        meta, tensors = read_checked(Path(folder), cls.FILE, cls.META, expected, "teacher cache")
-        return cls(Path(folder), meta, tensors)
 
     @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, inputs: torch.Tensor, *, data_hash: str,
@@ -220,5 +238,75 @@ class TeacherCache:
             out = CachedOutputs(out.indices.to(device), out.logprobs.to(device))
         return out
 
-    def size_bytes(self) -> int:
-        return (self.folder / self.FILE).stat().st_size
+
+TeacherPass = Callable[[torch.Tensor], "tuple[torch.Tensor, list[torch.Tensor]]"]
+
+
+class FeatureCache(CheckedCache):
+    """The teacher's logits (N, C) and tapped layer outputs (N, ...) per sample id, stored in fp16
+    (logits in fp32). Disk and memory: N x (C + the tapped sizes) values; `estimate_bytes` tells
+    before building. `run` is the method's own teacher pass (x -> logits, [features]), so the
+    cache holds exactly what the method would have read from the live teacher."""
+
+    FILE, WHAT = "features.safetensors", "teacher feature cache"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        self.folder, self.meta = folder, meta
+        self.layers: list[str] = list(meta["layers"])
+        self.logits = tensors["logits"]                                    # (N, C) fp32
+        self.features = [tensors[f"layer{i}"] for i in range(len(self.layers))]  # (N, ...) fp16
+
+    @staticmethod
+    def expected_meta(teacher: Teacher, data_hash: str, layers: Sequence[str], num_samples: int,
+                      augmentation: str = "none") -> dict[str, Any]:
+        return {"format": CACHE_FORMAT, "kind": "features", "teacher": teacher.fingerprint(), "data": data_hash,
+                "layers": list(layers), "augmentation": augmentation, "num_samples": int(num_samples),
+                "dtype": "float16"}
+
+    @staticmethod
+    def estimate_bytes(run: TeacherPass, example: torch.Tensor, num_samples: int) -> int:
+        """Size of the cache for `num_samples` inputs, from one example batch (B, ...)."""
+        logits, feats = run(example)
+        per = logits[0].numel() * 4 + sum(f[0].numel() * 2 for f in feats)
+        return int(per * num_samples)
+
+    @classmethod
+    def build(cls, folder: str | os.PathLike, run: TeacherPass, inputs: torch.Tensor, *, teacher: Teacher,
+              data_hash: str, layers: Sequence[str], augmentation: str = "none", batch_size: int = 256,
+              device: str | torch.device = "cpu") -> FeatureCache:
+        """Run `run` once over `inputs` (N, ...) in id order and write the cache."""
+        refuse_augmentation(augmentation)
+        logit_l: list[torch.Tensor] = []
+        feat_l: list[list[torch.Tensor]] = [[] for _ in layers]
+        with torch.no_grad():
+            for i in range(0, inputs.shape[0], batch_size):
+                logits, feats = run(inputs[i:i + batch_size].to(device))
+                if len(feats) != len(layers):
+                    raise ValueError(f"feature cache: the teacher pass gave {len(feats)} features for {len(layers)} layers")
+                logit_l.append(logits.float().cpu())
+                for acc, f in zip(feat_l, feats):
+                    acc.append(f.detach().half().cpu())
+        tensors = {"logits": torch.cat(logit_l), **{f"layer{j}": torch.cat(acc) for j, acc in enumerate(feat_l)}}
+        meta = cls.expected_meta(teacher, data_hash, layers, inputs.shape[0], augmentation)
+        meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
+        return cls(Path(folder), meta, tensors)
+
+    @classmethod
+    def load_or_build(cls, folder: str | os.PathLike, run: TeacherPass, inputs: torch.Tensor, *, teacher: Teacher,
+                      data_hash: str, layers: Sequence[str], augmentation: str = "none", **kw) -> FeatureCache:
+        """Reuse a matching cache; build one if the folder is empty; refuse a mismatching one."""
+        folder = Path(folder)
+        if (folder / cls.META).exists():
+            return cls.load(folder, cls.expected_meta(teacher, data_hash, layers, inputs.shape[0], augmentation))
+        return cls.build(folder, run, inputs, teacher=teacher, data_hash=data_hash, layers=layers,
+                         augmentation=augmentation, **kw)
+
+    def lookup(self, ids: torch.Tensor, device: str | torch.device | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits (B, C) and features [(B, ...)] as float32 for sample ids (B,)."""
+        ids = ids.cpu()
+        logits = self.logits[ids]
+        feats = [f[ids].float() for f in self.features]
+        if device is not None:
+            logits, feats = logits.to(device), [f.to(device) for f in feats]
+        return logits, feats

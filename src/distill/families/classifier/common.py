@@ -16,7 +16,7 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
 from distill.taps import Taps, module_names
-from distill.teacher import CachedOutputs
+from distill.teacher import CachedOutputs, FeatureCache
 
 PENULTIMATE = "penultimate"
 
@@ -55,8 +55,11 @@ class FeatureMethod(ClassifierMethod):
 
     Subclasses call `self.features(batch)` -> (student logits, teacher logits, [f_s], [f_t]) and
     build their modules in `build(f_s, f_t)` (called once by `setup` with example features).
-    These methods need the live teacher (its features are not in the output cache).
+    The teacher side comes from the live teacher, or from a `FeatureCache` of exactly the tapped
+    layers when one is attached (`teacher.cache_features`; no teacher forward while training).
     """
+
+    supports_feature_cache = True
 
     def __init__(self, student, teacher, student_layers: list[str], teacher_layers: list[str]):
         super().__init__(student, teacher)
@@ -65,11 +68,24 @@ class FeatureMethod(ClassifierMethod):
                               f"{len(teacher_layers)} teacher layers; give one teacher layer per student layer.")
         self.s_taps = LayerTaps(student, student_layers)
         self.t_taps = LayerTaps(teacher.module, teacher_layers)
+        self.feature_cache: FeatureCache | None = None
+
+    @property
+    def teacher_layers(self) -> list[str]:
+        return self.t_taps.layers
+
+    def teacher_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The live teacher on inputs x: logits (B, C) and the tapped layers' outputs."""
+        t_logits = self._teacher(x)
+        return t_logits, [f.detach() for f in self.t_taps.read()]
 
     def features(self, batch: dict[str, torch.Tensor]):
         logits = self.student(batch["x"])
-        t_logits = self._teacher(batch["x"])
-        return logits, t_logits, self.s_taps.read(), [f.detach() for f in self.t_taps.read()]
+        if self.feature_cache is not None:
+            t_logits, f_t = self.feature_cache.lookup(batch["idx"], device=batch["x"].device)
+        else:
+            t_logits, f_t = self.teacher_pass(batch["x"])
+        return logits, t_logits, self.s_taps.read(), f_t
 
     def setup(self, batch: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

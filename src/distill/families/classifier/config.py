@@ -22,6 +22,9 @@ class TeacherConfig(Strict):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=30))
     cache_outputs: bool = Field(False, description="cache top-k teacher logits on disk (logit-only methods)")
     cache_top_k: int | None = Field(None, ge=1, description="k of the output cache (default: all classes)")
+    cache_features: bool = Field(False, description="cache, per feature method, the teacher's logits and the "
+                                 "layers it taps (fp16 on disk: N x the tapped sizes; methods then run without "
+                                 "the teacher)")
 
 
 class StudentConfig(Strict):

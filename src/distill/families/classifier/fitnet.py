@@ -14,9 +14,9 @@ from torch import nn
 from typing_extensions import Annotated
 
 from distill.errors import ConfigError
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.families.classifier.base import masked_cross_entropy
+from distill.families.classifier.common import FeatureMethod
 from distill.registry import register_method
-from distill.taps import Taps
 
 
 def make_projector(s_shape: torch.Size, t_shape: torch.Size, norm: bool = True) -> nn.Module:
@@ -33,32 +33,24 @@ def make_projector(s_shape: torch.Size, t_shape: torch.Size, norm: bool = True) 
 
 @register_method("fitnet", family="classifier", description="FitNets: regress a teacher layer from a student layer via a projector (Romero 2015)",
                  injected=("student", "teacher"))
-class FitNet(ClassifierMethod):
+class FitNet(FeatureMethod):
     def __init__(self, student, teacher, student_layer: str, teacher_layer: str,
                  hint_weight: Annotated[float, Field(ge=0)] = 1.0, kd_weight: Annotated[float, Field(ge=0)] = 0.0,
                  temperature: Annotated[float, Field(gt=0)] = 4.0, projector_norm: bool = True):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, [student_layer], [teacher_layer])
         self.student_layer, self.teacher_layer, self.temperature = student_layer, teacher_layer, temperature
         self.projector_norm = projector_norm
-        self.s_taps = Taps(student, [student_layer]).attach()
-        self.t_taps = Taps(teacher.module, [teacher_layer]).attach()
         self.projector: nn.Module | None = None
         self.weights = {"ce": 1.0, "hint": hint_weight, "kd": kd_weight}
 
     def hparams(self):
         return {"student_layer": self.student_layer, "teacher_layer": self.teacher_layer}
 
-    def setup(self, batch: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.student(batch["x"])
-            self._teacher(batch["x"])
-        s, t = self.s_taps[self.student_layer], self.t_taps[self.teacher_layer]
-        self.projector = make_projector(s.shape, t.shape, self.projector_norm).to(s.device)
+    def build(self, f_s: list[torch.Tensor], f_t: list[torch.Tensor]) -> None:
+        self.projector = make_projector(f_s[0].shape, f_t[0].shape, self.projector_norm)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
-        t_logits = self._teacher(batch["x"])
-        f_s, f_t = self.s_taps[self.student_layer], self.t_taps[self.teacher_layer]
+        logits, t_logits, (f_s,), (f_t,) = self.features(batch)
         assert self.projector is not None, "setup() was not called"
         r = self.projector(f_s)
         if r.dim() == 4 and r.shape[-2:] != f_t.shape[-2:]:

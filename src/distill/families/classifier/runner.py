@@ -24,7 +24,7 @@ from distill.families.classifier.base import ClassifierMethod
 from distill.families.classifier.config import ClassifierRunConfig, MethodConfig
 from distill.models.io import build_model, count_parameters, load_model, save_model
 from distill.registry import datasets, methods, register_runner
-from distill.teacher import Teacher, TeacherCache
+from distill.teacher import FeatureCache, Teacher, TeacherCache
 from distill.dist import barrier, is_main
 from distill.utils import atomic_write_text, hash_json, seed_everything
 
@@ -117,27 +117,47 @@ def build_method(mcfg: MethodConfig, student: nn.Module, teacher: Teacher) -> Cl
 
 
 def attach_cache(method: ClassifierMethod, cfg: ClassifierRunConfig, teacher: Teacher, bundle: DataBundle,
-                 device) -> None:
-    """Give a logit-only method the on-disk teacher outputs when the recipe asks for them."""
-    if not (cfg.teacher.cache_outputs and method.supports_cache):
+                device, log: Callable[[str], None] = print) -> None:
+    """Give a logit-only method the on-disk teacher outputs (`teacher.cache_outputs`), and a feature
+    method the teacher's logits and tapped layers (`teacher.cache_features`), when the recipe asks."""
+    data_hash = bundle.train.fingerprint()
+    build: Callable[[], Any] | None = None
+    if cfg.teacher.cache_outputs and method.supports_cache:
+        t = getattr(method, "temperature", 1.0)
+        k = cfg.teacher.cache_top_k or bundle.num_classes
+        folder = Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{data_hash}-T{t}-k{k}"
+
+        def build_outputs():
+            method.cache = TeacherCache.load_or_build(folder, teacher, bundle.train.x, data_hash=data_hash,
+                                                      temperature=t, k=k, device=device)
+        build = build_outputs
+    elif cfg.teacher.cache_features and getattr(method, "supports_feature_cache", False):
+        layers = method.teacher_layers
+        folder = Path(cfg.cache_dir) / "teacher_features" / f"{teacher.fingerprint()}-{data_hash}-{hash_json(layers)}"
+        if not (folder / FeatureCache.META).exists():
+            size = FeatureCache.estimate_bytes(method.teacher_pass, bundle.train.x[:2].to(device), len(bundle.train))
+            log(f"teacher features: caching {layers} for {len(bundle.train)} samples ({size / 2**20:.0f} MiB) "
+                f"in {folder}")
+
+        def build_features():
+            method.feature_cache = FeatureCache.load_or_build(folder, method.teacher_pass, bundle.train.x,
+                                                              teacher=teacher, data_hash=data_hash, layers=layers,
+                                                              device=device)
+        build = build_features
+    if build is None:
         return
-    t = getattr(method, "temperature", 1.0)
-    k = cfg.teacher.cache_top_k or bundle.num_classes
-    folder = Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{bundle.train.fingerprint()}-T{t}-k{k}"
     for turn in ("main", "others"):  # the main process builds, the others then read
         if (turn == "main") == is_main():
-            method.cache = TeacherCache.load_or_build(folder, teacher, bundle.train.x,
-                                                      data_hash=bundle.train.fingerprint(), temperature=t, k=k,
-                                                      device=device)
+            build()
         barrier()
 
 
 def fit_student(student: nn.Module, mcfg: MethodConfig, teacher: Teacher, bundle: DataBundle,
                 cfg: ClassifierRunConfig, out: Path, metrics_path: Path, label: str, device,
-                train_cfg: TrainConfig | None = None) -> dict[str, Any]:
+                train_cfg: TrainConfig | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Distil `student` with one method; save it to `out` (main process) and return its record."""
     method = build_method(mcfg, student, teacher)
-    attach_cache(method, cfg, teacher, bundle, device)
+    attach_cache(method, cfg, teacher, bundle, device, log)
     engine = train_phase(method, bundle.train, bundle.test, train_cfg or mcfg.train or cfg.train, cfg.engine,
                          batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out, metrics_path=metrics_path,
                          name=label, weights=mcfg.weights, drop_last=cfg.data.drop_last, val=bundle.val)
@@ -201,13 +221,17 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
         else:
             log(f"student [{label}]: training {cfg.student.model.name} with {mcfg.name}")
             entry = methods.get(mcfg.name, "classifier")
-            if cfg.teacher.cache_outputs and entry.builder.needs_teacher and not entry.builder.supports_cache:
-                log(f"student [{label}]: {mcfg.name} reads more than the teacher's logits, so it runs the live "
-                    "teacher (teacher.cache_outputs serves the logit-only methods)")
+            live = entry.builder.needs_teacher and not entry.builder.supports_cache
+            if live and getattr(entry.builder, "supports_feature_cache", False) and cfg.teacher.cache_features:
+                live = False
+            if live and (cfg.teacher.cache_outputs or cfg.teacher.cache_features):
+                log(f"student [{label}]: {mcfg.name} cannot read its teacher signal from a cache, so it runs the "
+                    "live teacher (teacher.cache_outputs serves logit-only methods, teacher.cache_features "
+                    "feature methods)")
             seed_everything(cfg.seed)  # every method starts from the same student initialisation
             student = build_model(cfg.student.model.name, cfg.student.model.params, bundle.input_shape,
                                   bundle.num_classes)
-            res = fit_student(student, mcfg, teacher, bundle, cfg, out, metrics_path, label, device)
+            res = fit_student(student, mcfg, teacher, bundle, cfg, out, metrics_path, label, device, log=log)
         m, lg = summarize(student, bundle, out, cfg, device, res)
         results["students"][label] = m
         histories[label] = res.get("history", [])

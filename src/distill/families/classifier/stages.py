@@ -51,7 +51,7 @@ def run_stages(cfg, bundle: DataBundle, run_dir: Path, metrics_path: Path, devic
             t_model, _ = get_teacher(scfg, sbundle, log)
             log(f"staged student, stage {i + 1}/{len(cfg.stages)} [{st.label}]: {st.method.name} on {sbundle.name}")
             res = fit_student(student, st.method, Teacher(t_model.to(device)), sbundle, scfg, out, metrics_path,
-                              f"{label}/{st.label}", device, train_cfg=st.train)
+                              f"{label}/{st.label}", device, train_cfg=st.train, log=log)
         m, _ = summarize(student, sbundle, out, scfg, device, res)
         stage_metrics[st.label] = {"accuracy": m["accuracy"], "data": sbundle.name, "method": st.method.name}
         offset = history[-1]["epoch"] if history else 0
