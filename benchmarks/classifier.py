@@ -1,8 +1,10 @@
 """Run the classifier suite (benchmarks/classifier.yaml) with one shared teacher.
 
-1. trains (or reuses from the cache) the suite's ConvNet teacher once, with seed 0, and pins it
-   with `teacher.checkpoint`, so the 3 seeds vary the student's initialisation and batch order;
-2. trains two small MLP teachers for the `ensemble` method (a heterogeneous 3-teacher ensemble);
+1. trains (or reuses from the cache) the suite's ConvNet teacher once, with seed 0, on the whole
+   training set (`--teacher-data full`; the students see the suite's subset), and pins it with
+   `teacher.checkpoint`, so the 3 seeds vary the student's initialisation and batch order;
+2. trains two small MLP teachers on the same data for the `ensemble` method (a heterogeneous
+   3-teacher ensemble);
 3. runs the grid with `distill.bench` (resumable: rerun the same command to continue);
 4. times `kd` with and without the teacher-output cache (the cache's speed-up).
 
@@ -38,16 +40,22 @@ def main() -> None:
     ap.add_argument("--suite", default=str(HERE / "classifier.yaml"))
     ap.add_argument("--output-dir", default=None)
     ap.add_argument("--skip-cache-check", action="store_true")
+    ap.add_argument("--teacher-data", choices=["full", "suite"], default="full",
+                    help="train the teachers on the whole training set (default) or on the suite's subset")
+    ap.add_argument("--teachers-only", action="store_true", help="train (or find) the teachers and stop")
     args = ap.parse_args()
 
     raw = yaml.safe_load(Path(args.suite).read_text())
     recipe = raw["recipe"]
     t0 = time.perf_counter()
-    teacher = train_teacher(recipe, ["seed=0"])
-    extra = [train_teacher(recipe, ["seed=0", "teacher.model.name=mlp", f"teacher.model.params={{hidden: [{h}]}}"])
+    base = ["seed=0"] + (["data.params.train_subset=null"] if args.teacher_data == "full" else [])
+    teacher = train_teacher(recipe, base)
+    extra = [train_teacher(recipe, [*base, "teacher.model.name=mlp", f"teacher.model.params={{hidden: [{h}]}}"])
              for h in (256, 512)]
     t_teachers = time.perf_counter() - t0
     print(f"teachers ready in {t_teachers:.0f}s: {teacher}, ensemble members {[str(e) for e in extra]}")
+    if args.teachers_only:
+        return
 
     suite = load_suite(args.suite, args.output_dir)
     suite.overrides.append(f"teacher.checkpoint={teacher}")
