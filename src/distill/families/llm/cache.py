@@ -29,7 +29,7 @@ from distill.errors import CacheMismatchError
 from distill.families.llm.data import IGNORE, Example, collate
 from distill.families.llm.models import head_of, hidden_states
 from distill.losses.divergences import Kind, sparse_divergence
-from distill.teacher import Teacher, read_checked, write_checked
+from distill.teacher import CheckedCache, Teacher, write_checked
 from distill.utils import hash_json
 
 LM_CACHE_FORMAT = 1
@@ -69,8 +69,8 @@ def _unique(examples: Sequence[Example]) -> list[Example]:
     return out
 
 
-class LMTeacherCache:
-    FILE, META = "outputs.safetensors", "meta.json"
+class LMTeacherCache(CheckedCache):
+    FILE, WHAT = "outputs.safetensors", "LM teacher cache"
 
     def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
         self.folder, self.meta = folder, meta
@@ -120,12 +120,6 @@ class LMTeacherCache:
         return cls(folder, meta, tensors)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, expected: dict[str, Any]) -> LMTeacherCache:
-        """Open a cache; refuse it if a metadata field differs from `expected` or the checksum fails."""
-        meta, tensors = read_checked(Path(folder), cls.FILE, cls.META, expected, "LM teacher cache")
-        return cls(Path(folder), meta, tensors)
-
-    @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
                       temperature: float, k: int, seq_len: int, **kw) -> LMTeacherCache:
         folder = Path(folder)
@@ -138,9 +132,6 @@ class LMTeacherCache:
     @property
     def temperature(self) -> float:
         return float(self.meta["temperature"])
-
-    def size_bytes(self) -> int:
-        return (self.folder / self.FILE).stat().st_size
 
     def bytes_per_token(self) -> float:
         return self.size_bytes() / max(int(self.meta["tokens"]), 1)
