@@ -15,7 +15,6 @@ from distill.teacher import Teacher  # noqa: E402
 PROCESS = Process("flow")
 SMALL = {"progressive": {"start_steps": 4}, "reflow": {"pairs": 32, "distill_fraction": 0.5},
          "consistency": {"grid_steps": 8, "skip": 2}, "dmd": {"fake_updates": 1}, "sid": {"fake_updates": 1}}
-UNCONDITIONAL = {"reflow", "dmd", "sid"}  # they draw their own noise batches (teacher couplings, fake-score data)
 
 
 def tiny(seed: int, num_classes: int | None = 10) -> UNetDenoiser:
@@ -43,7 +42,7 @@ def test_diff_unet_every_method_trains(name, data):
     ctx = DiffusionContext(PROCESS, "velocity", "velocity", 4, 1, total_steps=12, seed=0)
     method = methods.get(name, "diffusion").builder(student, teacher, ctx, init_from_teacher=False, **SMALL.get(name, {}))
     opt = torch.optim.Adam(method.trainable_parameters(), lr=3e-3)
-    labels = None if name in UNCONDITIONAL else y
+    labels = y
     losses = []
     torch.manual_seed(2)
     method.train()
@@ -114,3 +113,68 @@ def test_frechet_distance_zero_on_itself_and_grows_with_shift():
     assert abs(d[1] - 8.0) < 1e-4                       # mean shift 1 in 8 dims: |mu|^2 = 8
     b = torch.randn(500, 8, generator=g)
     assert frechet_distance(a, b) < 0.5 * d[0] + 0.5    # two samples of one law are close
+
+
+class LabelSpy(UNetDenoiser):
+    """A UNet denoiser that records, per call, the labels it sees: None, or (batch sizes match, labels)."""
+
+    def __init__(self, net: UNetDenoiser, seen: list):
+        super().__init__(net.unet)
+        self.seen = seen
+
+    def forward(self, x, t, y=None):
+        from distill.families.diffusion.unet import current_labels
+        y = current_labels()
+        self.seen.append(None if y is None else (y.shape[0] == x.shape[0], y.clone()))
+        return super().forward(x, t)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("reflow", {"pairs": 24, "distill_fraction": 0.5}),
+    ("dmd", {"fake_updates": 2, "regression_weight": 0.5, "regression_pairs": 24, "gan_weight": 0.1}),
+    ("sid", {"fake_updates": 1})])
+def test_diff_unet_self_drawn_batches_are_class_conditional(name, params, data):
+    """reflow and dmd draw their own batches (teacher couplings, fake-score data): under conditioning(y)
+    every teacher, student and fake-score call gets labels of its batch size, with real classes."""
+    x0, y, z = data
+    seen_t, seen_s = [], []
+    teacher = Teacher(LabelSpy(tiny(0), seen_t))
+    student = LabelSpy(tiny(1), seen_s)
+    ctx = DiffusionContext(PROCESS, "velocity", "velocity", 2, 1, total_steps=2, seed=0)
+    method = methods.get(name, "diffusion").builder(student, teacher, ctx, **params)
+    assert method.num_classes == 10
+    method.train()
+    for _ in range(2):
+        with conditioning(y):
+            terms = method({"x0": x0, "z": z})
+        sum(method.weights.get(k, 1.0) * v for k, v in terms.items()).backward()
+    spies = [seen_t, seen_s] + ([method.fake.seen] if name != "reflow" else [])  # fake net: a copy of the spy
+    for seen in spies:
+        assert seen and all(s is not None and s[0] for s in seen), seen
+        assert all(int(s[1].max()) < 10 for s in seen)             # real classes, never the null label
+    if name == "reflow":
+        assert sorted(set(method.pairs[2].tolist())) != [10]
+        assert method.pairs[2].shape == (24,)
+    # the labels change the student's samples
+    method.eval()
+    with conditioning(y):
+        cond = method.sample(z, 1)
+    assert not torch.allclose(cond, method.sample(z, 1))
+
+
+def test_diff_reflow_couplings_follow_their_classes(data):
+    """The pairs are the teacher's ODE under each pair's own class, reproducibly."""
+    x0, y, z = data
+    teacher = Teacher(tiny(0).eval())
+    ctx = DiffusionContext(PROCESS, "velocity", "velocity", 2, 1, total_steps=2, seed=0)
+    method = methods.get("reflow", "diffusion").builder(tiny(1), teacher, ctx, pairs=6)
+    from distill.families.diffusion.reflow import teacher_couplings
+    with conditioning(y):
+        pz, px, py = teacher_couplings(method, 6, z, seed=3)
+        again = teacher_couplings(method, 6, z, seed=3)
+    assert torch.equal(px, again[1]) and torch.equal(py, again[2])
+    with conditioning(py):
+        assert torch.allclose(px, ddim_sample(teacher, PROCESS, pz, 2, "velocity"), atol=1e-5)
+    uz, ux, uy = teacher_couplings(method, 6, z, seed=3)            # no labels set: unconditional pairs
+    assert uy is None
+    assert torch.allclose(ux, ddim_sample(teacher, PROCESS, uz, 2, "velocity"), atol=1e-5)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.families.diffusion.process import Process, call, ddim_sample, renoise_sample
+from distill.families.diffusion.unet import current_labels
 from distill.teacher import Teacher
 
 
@@ -53,6 +54,16 @@ class DiffusionMethod(nn.Module):
         self.weights: dict[str, float] = {}
         self.calls = 0           # training forward calls so far (schedules inside methods)
         self.initialised_from_teacher = init_from_teacher and copy_weights(teacher.module, student)
+        # class-conditional teacher (UNet / MLP with num_classes): the count of real classes, else None
+        self.num_classes: int | None = getattr(teacher.module, "num_classes", None)
+
+    def draw_labels(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor | None:
+        """Labels for a batch the method draws itself (teacher couplings, fake-score data): n classes
+        uniform over the teacher's, when the caller runs the method class-conditionally (labels set
+        by `unet.conditioning`) and the teacher has classes; else None (the null class)."""
+        if self.num_classes is None or current_labels() is None:
+            return None
+        return torch.randint(0, self.num_classes, (n,), generator=generator).to(device)
 
     # -- the teacher, read in its own parameterisation
     def teacher_denoise(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:

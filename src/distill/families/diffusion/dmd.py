@@ -18,6 +18,12 @@ submodule, optimised by the engine on the term "disc" (on detached features); th
 the non-saturating loss "gan" through the held fake network and head, with weight `gan_weight`.
 The fake denoiser and its optimiser are saved in the method's state_dict (its extra state), so an
 engine checkpoint resumes them too.
+
+Class-conditional teachers: run under `unet.conditioning(y)` with the batch's labels y (B,), the
+generator, the teacher and the fake denoiser all see y for the generator's samples; the fake
+denoiser's extra updates use a permutation of y; with the GAN term, the real data (the batch's
+x0) are read with their labels y; the regression pairs carry their own uniformly drawn classes.
+With labels None everything runs with the null class (unconditional), as before.
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ from distill.families.diffusion.base import DiffusionContext, DiffusionMethod, h
 from distill.families.diffusion.gan import (Discriminator, FeatureTap, discriminator_loss, feature_site,
                                             generator_gan_loss)
 from distill.families.diffusion.process import Process, call
-from distill.families.diffusion.reflow import teacher_couplings
+from distill.families.diffusion.reflow import pick, teacher_couplings
+from distill.families.diffusion.unet import conditioning, current_labels
 from distill.registry import register_method
 from distill.teacher import Teacher
 
@@ -62,7 +69,7 @@ class DMD(DiffusionMethod):
         fake = copy.deepcopy(src).requires_grad_(True).train()
         self.__dict__["fake"] = fake
         self.__dict__["fake_opt"] = torch.optim.Adam(fake.parameters(), lr=fake_lr)
-        self.pairs: tuple[Tensor, Tensor] | None = None
+        self.pairs: tuple[Tensor, Tensor, Tensor | None] | None = None
         self.weights = {"dm": 1.0, "regression": regression_weight}
         self._disc_feat: Tensor | None = None    # the head's features from this step's fake update (detached)
         if gan_weight > 0:
@@ -116,7 +123,8 @@ class DMD(DiffusionMethod):
         at fresh times, in one call: (its output on x_t (B, ...), features of both (2B, ...))."""
         tr = self.sample_t(real.shape[0], real.device)
         xr = self.process.noisy(real, torch.randn_like(real), tr)
-        with FeatureTap(self.site) as tap:
+        y = current_labels()    # the real data's labels are the batch's (those of the generator's samples)
+        with FeatureTap(self.site) as tap, conditioning(None if y is None else torch.cat([y, y])):
             out = call(self.fake, torch.cat([x_t, xr]), torch.cat([t, tr]))
         return out[: x_t.shape[0]], tap.value
 
@@ -126,12 +134,15 @@ class DMD(DiffusionMethod):
         on fresh samples. Returns the first loss."""
         if not self.training:
             return torch.zeros((), device=z.device)
+        y = current_labels()
         with torch.enable_grad():
             fake_loss = self._fake_step(g.detach(), real)
             for _ in range(self.fake_updates - 1):
-                with torch.no_grad():
-                    g2 = self.generate(torch.randn_like(z))
-                self._fake_step(g2)
+                y2 = None if y is None else y[torch.randperm(y.shape[0], device=y.device)]
+                with conditioning(y2):
+                    with torch.no_grad():
+                        g2 = self.generate(torch.randn_like(z))
+                    self._fake_step(g2)
         return fake_loss
 
     def sample_t(self, n: int, device) -> Tensor:
@@ -183,8 +194,9 @@ class DMD(DiffusionMethod):
             if self.pairs is None:
                 self.pairs = teacher_couplings(self, self.regression_pairs, z, self.ctx.seed + 104729)
             idx = torch.randint(0, self.regression_pairs, (z.shape[0],), device=z.device)
-            pz, px = self.pairs[0][idx], self.pairs[1][idx]
-            terms["regression"] = ((self.student_denoise(pz, 1.0)[0] - px) ** 2).flatten(1).sum(1).mean()
+            pz, px, py = pick(self.pairs, idx)
+            with conditioning(py):
+                terms["regression"] = ((self.student_denoise(pz, 1.0)[0] - px) ** 2).flatten(1).sum(1).mean()
         # the fake denoiser's loss is logged, not optimised by the engine (weight 0)
         terms["fake"] = fake_loss
         self.weights["fake"] = 0.0

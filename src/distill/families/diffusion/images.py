@@ -41,3 +41,19 @@ def digits_images(size: Annotated[int, Field(ge=8)] = 16, split: str = "train", 
     x, y = ds.x, ds.y
     return ImageSource(x.clamp(0, 1) * 2 - 1, y, 10, f"digits{size}-{split}")
 
+
+
+@register_dataset("fashion_mnist_images", family="diffusion",
+                  description="Fashion-MNIST 28x28 in [-1, 1], with labels (local files only: the Debian package "
+                              "dataset-fashion-mnist or data.params.root)")
+def fashion_mnist_images(split: str = "train", subset: Annotated[int, Field(ge=10)] | None = None,
+                         root: str | None = None, seed: int = 0) -> ImageSource:
+    """Fashion-MNIST images (N, 1, 28, 28) in [-1, 1]; `subset` keeps a seeded random subset of the split."""
+    from distill.data.fashion_mnist import fashion_mnist
+
+    if split not in ("train", "test"):
+        raise ValueError(f"fashion_mnist_images: split must be 'train' or 'test', got {split!r}")
+    kw = {"train_subset": subset} if split == "train" else {"test_subset": subset}
+    bundle = fashion_mnist(root=root, download=False, seed=seed, **kw)
+    ds = bundle.train if split == "train" else bundle.test
+    return ImageSource(ds.x * 2 - 1, ds.y, 10, f"fmnist28-{split}")
