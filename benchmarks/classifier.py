@@ -6,7 +6,8 @@
 2. trains two small MLP teachers on the same data for the `ensemble` method (a heterogeneous
    3-teacher ensemble);
 3. runs the grid with `distill.bench` (resumable: rerun the same command to continue);
-4. times `kd` with and without the teacher-output cache (the cache's speed-up).
+4. times a `kd` run with and without the teacher-output cache, and an `at` run with and without
+   the teacher-feature cache (the caches' speed-ups).
 
     OMP_NUM_THREADS=1 python benchmarks/classifier.py [--output-dir runs/bench/classifier] [--skip-cache-check]
 """
@@ -72,18 +73,23 @@ def main() -> None:
     if not args.skip_cache_check:
         from distill.api import run
 
-        timings = {}
-        for cache in (False, True):
-            ov = [*suite.overrides, *suite.recipes[0].overrides, "seed=0", f"teacher.cache_outputs={str(cache).lower()}",
-                  f"name=cache_check_{cache}", f"output_dir={suite.output_dir / 'cache_check'}",
-                  'methods=[{"name": "kd"}]']
-            run(recipe, ov, overwrite=True, show_table=False, log=lambda m: None)  # warm: builds the cache once
-            t = time.perf_counter()
-            run(recipe, ov, overwrite=True, show_table=False, log=lambda m: None)
-            timings[cache] = time.perf_counter() - t
-        report["kd_run_s_live_teacher"] = round(timings[False], 2)
-        report["kd_run_s_cached_teacher"] = round(timings[True], 2)
-        report["cache_speedup"] = round(timings[False] / timings[True], 2)
+        # one ConvNet-16 student, seed 0: a logit method (output cache) and a feature method (feature cache)
+        checks = {"kd": ('methods=[{"name": "kd"}]', "cache_outputs"),
+                  "at": ('methods=[{"name": "at", "params": {"student_layers": [features.6, features.10], '
+                         '"teacher_layers": [features.6, features.10]}}]', "cache_features")}
+        for label, (method, flag) in checks.items():
+            timings = {}
+            for cache in (False, True):
+                ov = [*suite.overrides, *suite.recipes[0].overrides, "seed=0", "teacher.cache_outputs=false",
+                      "teacher.cache_features=false", f"teacher.{flag}={str(cache).lower()}",
+                      f"name=cache_check_{label}_{cache}", f"output_dir={suite.output_dir / 'cache_check'}", method]
+                run(recipe, ov, overwrite=True, show_table=False, log=lambda m: None)  # warm: builds the cache once
+                t = time.perf_counter()
+                run(recipe, ov, overwrite=True, show_table=False, log=lambda m: None)
+                timings[cache] = time.perf_counter() - t
+            report[f"{label}_run_s_live_teacher"] = round(timings[False], 2)
+            report[f"{label}_run_s_cached_teacher"] = round(timings[True], 2)
+            report[f"{label}_cache_speedup"] = round(timings[False] / timings[True], 2)
     (suite.output_dir / "timing.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
