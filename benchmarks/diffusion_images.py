@@ -114,12 +114,12 @@ def write_report(out: Path, summary: dict, a) -> None:
              "sample s = wall time to draw all samples (1 CPU thread); x teacher = ratio to the teacher's",
              f"guided full-step ({a.full}) sampling, which costs 2 network evaluations per step (conditional +",
              "unconditional); students are unguided (1 per step). train s = distillation time per student.", "",
-             "| model | fd | class_acc | sample s | x teacher | train s |", "|---|---|---|---|---|---|"]
+             "| model | seeds | fd | class_acc | sample s | x teacher | train s |", "|---|---|---|---|---|---|---|"]
     for label, r in res.items():
         s = statistics.mean(r["sample_s"])
         ratio = f"{s / ref_s:.3f}" if ref_s else "-"
         train = f"{statistics.mean(r['train_s']):.0f}" if r.get("train_s") else "-"
-        lines.append(f"| {label} | {fmt(r['fd'], 2)} | {fmt(r['class_acc'], 3)} | {s:.2f} | {ratio} | {train} |")
+        lines.append(f"| {label} | {len(r['fd']) if r.get('train_s') else '-'} | {fmt(r['fd'], 2)} | {fmt(r['class_acc'], 3)} | {s:.2f} | {ratio} | {train} |")
     lines += ["", f"teacher training: {summary.get('teacher_train_s', '-')} s; whole run so far: "
               f"{summary.get('elapsed_s', '-')} s", "", "![samples](grid.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=2000)
     ap.add_argument("--teacher-lr", type=float, default=2e-3)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--methods", nargs="+", default=["progressive", "consistency", "reflow", "dmd", "sid"])
+    ap.add_argument("--methods", nargs="*", default=["progressive", "consistency", "reflow", "dmd", "sid"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--student-steps", type=int, default=400)
     ap.add_argument("--student-lr", type=float, default=3e-4)
