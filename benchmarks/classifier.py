@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.bench import load_suite, run_suite
+from distill.bench import load_suite, parse_shard, run_suite
 from distill.config import load_config
 from distill.families.classifier.runner import get_teacher
 from distill.registry import datasets
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--teacher-data", choices=["full", "suite"], default="full",
                     help="train the teachers on the whole training set (default) or on the suite's subset")
     ap.add_argument("--teachers-only", action="store_true", help="train (or find) the teachers and stop")
+    ap.add_argument("--shard", default=None, help="I/N: this process runs every N-th cell (see distill bench --shard); "
+                    "the cache check runs in shard 1 only")
     args = ap.parse_args()
 
     raw = yaml.safe_load(Path(args.suite).read_text())
@@ -65,12 +67,13 @@ def main() -> None:
             m.params["checkpoints"] = [str(e) for e in extra]
     cmd = "OMP_NUM_THREADS=1 python benchmarks/classifier.py " + " ".join(sys.argv[1:])
     t1 = time.perf_counter()
-    out = run_suite(suite, command=cmd)
+    shard = parse_shard(args.shard) if args.shard else None
+    out = run_suite(suite, command=cmd, shard=shard)
     t_suite = time.perf_counter() - t1
     report = {"teachers_s": round(t_teachers, 1), "suite_session_s": round(t_suite, 1),
               "cells": len(out["cells"]), "sum_cell_wall_s": round(sum(c["wall_s"] for c in out["cells"]), 1)}
 
-    if not args.skip_cache_check:
+    if not args.skip_cache_check and (shard is None or shard[0] == 0):
         from distill.api import run
 
         # one ConvNet-16 student, seed 0: a logit method (output cache) and a feature method (feature cache)
@@ -90,7 +93,8 @@ def main() -> None:
             report[f"{label}_run_s_live_teacher"] = round(timings[False], 2)
             report[f"{label}_run_s_cached_teacher"] = round(timings[True], 2)
             report[f"{label}_cache_speedup"] = round(timings[False] / timings[True], 2)
-    (suite.output_dir / "timing.json").write_text(json.dumps(report, indent=2))
+    name = "timing.json" if shard is None or shard[0] == 0 else f"timing_shard{shard[0] + 1}.json"
+    (suite.output_dir / name).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

@@ -235,9 +235,25 @@ def run_cell(suite: Suite, cell: Cell, log: Callable[[str], None]) -> dict[str, 
     return rec
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (1 <= I <= N) -> (I - 1, N); a clear error otherwise."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise ConfigError(f"--shard {text!r}: give I/N with 1 <= I <= N, e.g. --shard 1/2 and --shard 2/2 "
+                          "in two processes that share the output folder.")
+    return i - 1, n
+
+
 def run_suite(suite: Suite, *, log: Callable[[str], None] = print, rerun: bool = False,
-              command: str = "") -> dict[str, Any]:
-    """Run every unfinished cell, then write results.csv, results.md and results.png."""
+              command: str = "", shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run every unfinished cell, then write results.csv, results.md and results.png.
+
+    `shard=(i, n)` runs only the cells whose grid index is i modulo n, so n processes (or machines
+    sharing the folder) split one grid; each writes the tables from every cell finished so far,
+    so the last one to finish writes the whole grid."""
     suite.output_dir.mkdir(parents=True, exist_ok=True)
     stale: list[str] = []
     done = {} if rerun else load_cells(suite, stale)
@@ -247,13 +263,17 @@ def run_suite(suite: Suite, *, log: Callable[[str], None] = print, rerun: bool =
     cells = suite.cells()
     t_start = time.perf_counter()
     for i, cell in enumerate(cells):
-        if cell.key in done:
+        if cell.key in done or (shard is not None and i % shard[1] != shard[0]):
             continue
         n_left, eta = estimate_seconds(suite, done)
+        if shard is not None:
+            n_left, eta = -(-n_left // shard[1]), eta / shard[1]
         log(f"[{i + 1}/{len(cells)}] {cell.key} (about {human_time(eta)} left for {n_left} cells)")
         done[cell.key] = run_cell(suite, cell, log)
         r = done[cell.key]
         log(f"    {r['primary_metric']} last {r['last']:.2f}, best {r['best']:.2f} ({r['wall_s']:.1f}s)")
+    if shard is not None:  # the other shards' cells finished meanwhile
+        done = {**load_cells(suite, []), **done}
     results = [done[c.key] for c in cells if c.key in done]
     write_outputs(suite, results, command=command, session_s=time.perf_counter() - t_start)
     return {"cells": results, "output_dir": str(suite.output_dir)}

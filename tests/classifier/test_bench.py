@@ -111,3 +111,33 @@ def test_cli_dry_run(tmp_path):
     bad.write_text("seeds: [0]\nmethodz: []\n")
     r = CliRunner().invoke(app, ["bench", str(bad)])
     assert r.exit_code == 2 and "methodz" in r.output
+
+
+def test_shards_split_the_grid_and_the_last_writes_every_cell(tmp_path, monkeypatch):
+    s = B.load_suite(write_suite(tmp_path, [{"name": "dist"}], seeds=(0, 1, 2)))
+    ran: list[tuple[int, str]] = []
+
+    def fake(shard):
+        def run_cell(suite, cell, log):
+            ran.append((shard, cell.key))
+            rec = {"recipe": cell.recipe.label, "method": cell.method.label, "method_name": cell.method.name,
+                   "seed": cell.seed, "primary_metric": "accuracy", "last": 50.0 + cell.seed, "best": 51.0 + cell.seed,
+                   "teacher": 90.0, "wall_s": 1.0, "metrics": {}, "fingerprint": B.cell_fingerprint(suite, cell)}
+            B.cell_path(suite, cell).parent.mkdir(parents=True, exist_ok=True)
+            B.cell_path(suite, cell).write_text(json.dumps(rec))
+            return rec
+        return run_cell
+
+    keys = [c.key for c in s.cells()]
+    monkeypatch.setattr(B, "run_cell", fake(1))
+    first = B.run_suite(s, log=lambda m: None, shard=B.parse_shard("1/2"))
+    assert [k for _, k in ran] == keys[0::2] and len(first["cells"]) == len(keys[0::2])
+    monkeypatch.setattr(B, "run_cell", fake(2))
+    second = B.run_suite(s, log=lambda m: None, shard=B.parse_shard("2/2"))
+    assert [k for sh, k in ran if sh == 2] == keys[1::2]
+    assert sorted(c["seed"] for c in second["cells"]) == sorted(c.seed for c in s.cells())  # the whole grid
+    rows = list(csv.DictReader(open(s.output_dir / "results.csv")))
+    assert len(rows) == len(keys)
+    for bad in ("0/2", "3/2", "a/b", "2"):
+        with pytest.raises(B.ConfigError, match="--shard"):
+            B.parse_shard(bad)
