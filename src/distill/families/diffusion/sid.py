@@ -10,7 +10,11 @@ L~_theta, alpha-weighted), at x_t = alpha_t x_g + sigma_t eps with f_phi the fro
 
 Unlike DMD, the gradient flows through x_t into both networks (their weights are held fixed for
 this loss) as well as through x_g. The time weighting omega(t) / sigma_t^4 is replaced, as in the
-SiD code, by 1 / mean|x_g - f_phi(x_t)| per sample. alpha = 1.2 is the paper's default.
+authors' released training code, by 1 / mean|x_g - f_phi(x_t)| per sample (held constant: no
+gradient through it); the loss itself, with that normalisation, is the same expression as theirs.
+One difference remains: they draw the noise level from EDM's sigma schedule, t uniform on
+[0, 0.8] of it; here t is uniform on [t_min, t_max] of the run's process. alpha = 1.2 is the
+paper's default.
 """
 from __future__ import annotations
 
