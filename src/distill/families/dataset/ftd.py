@@ -33,3 +33,10 @@ class FTD(TrajectoryMatching):
 
     def result(self) -> SyntheticSet:
         return SyntheticSet(self.ema.clone(), self.labels.clone(), float(self.syn_lr))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "ema": self.ema.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.ema.copy_(state["ema"])

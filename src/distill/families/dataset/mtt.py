@@ -106,6 +106,15 @@ class TrajectoryMatching(ImageMethod):
     def result(self) -> SyntheticSet:
         return SyntheticSet(self.images.detach().clone(), self.targets().detach().clone(), float(self.syn_lr))
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "syn_lr": self.syn_lr.detach().cpu(), "opt_lr": self.opt_lr.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.syn_lr.copy_(state["syn_lr"])
+        self.opt_lr.load_state_dict(state["opt_lr"])
+
 
 @register_method("mtt", family="dataset", description="matching training trajectories (MTT, CVPR 2022)",
                  injected=("ctx",))

@@ -16,13 +16,13 @@ from typing import Any, Callable
 import torch
 
 from distill.engine import resolve_device
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DistillError
 from distill.families.dataset.base import DistillContext, SyntheticSet
 from distill.families.dataset.config import DatasetMethodConfig, DatasetRunConfig
 from distill.families.dataset.evaluate import evaluate_set, load_synthetic, save_synthetic, train_one
 from distill.models.io import build_model
 from distill.registry import datasets, methods, register_runner
-from distill.utils import atomic_write_text
+from distill.utils import atomic_torch_save, atomic_write_text
 
 
 def load_real(cfg: DatasetRunConfig) -> dict[str, Any]:
@@ -59,22 +59,48 @@ def _agg(accs: list[float]) -> dict[str, Any]:
 
 
 def distil_one(cfg: DatasetRunConfig, mcfg: DatasetMethodConfig, ctx: DistillContext, evaluate_curve, log_metrics,
+               ckpt_path: Path | None = None, log: Callable[[str], None] = print,
                ) -> tuple[Any, SyntheticSet, list[dict], float]:
-    """Build the method, run its iterations (the explicit loop), return (method, set, curve, seconds)."""
+    """Build the method, run its iterations (the explicit loop), return (method, set, curve, seconds).
+
+    With `ckpt_path`, the method's state (images, labels, learned lr, optimisers), the random
+    generators, the curve and the time spent are saved atomically every `engine.checkpoint_every`
+    iterations (default 50); a run killed in between starts again from the last checkpoint and
+    reaches the set an uninterrupted run gives. The file is removed once the set is finished."""
     method = methods.get(mcfg.name, "dataset").builder(ctx, **mcfg.params)
     t0 = time.perf_counter()
     method.setup()
     iters = mcfg.iterations if method.iterative else 0
-    curve, every = [], cfg.eval.curve_every
-    for it in range(iters):
+    curve, every, start, before = [], cfg.eval.curve_every, 0, 0.0
+    if ckpt_path is not None and ckpt_path.is_file() and iters:
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise DistillError(f"checkpoint {ckpt_path} cannot be read ({e}); delete it to start this set again.") from None
+        method.load_state_dict(state["method"])
+        ctx.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        start, curve, before = int(state["iteration"]), list(state["curve"]), float(state["spent"])
+        log(f"{mcfg.display} set {ctx.seed}: resuming at iteration {start} of {iters} ({ckpt_path.name})")
+        t0 = time.perf_counter()
+    save_every = cfg.engine.checkpoint_every or 50
+    for it in range(start, iters):
         terms = method.step(it, iters)
         if (it + 1) % cfg.engine.log_every == 0 or it == iters - 1:
             log_metrics({"method": mcfg.display, "set_seed": ctx.seed, "iteration": it + 1, **terms})
         if every and (it + 1) % every == 0 and it + 1 < iters:
             spent = time.perf_counter() - t0
-            curve.append({"iteration": it + 1, "accuracy": evaluate_curve(method.result().detach()), "distill_s": spent})
+            curve.append({"iteration": it + 1, "accuracy": evaluate_curve(method.result().detach()),
+                          "distill_s": before + spent})
             t0 += time.perf_counter() - t0 - spent  # curve checks do not count as distillation time
-    return method, method.result().detach(), curve, time.perf_counter() - t0
+        if ckpt_path is not None and (it + 1) % save_every == 0 and it + 1 < iters:
+            atomic_torch_save({"iteration": it + 1, "method": method.state_dict(), "gen": ctx.gen.get_state(),
+                               "torch_rng": torch.get_rng_state(), "curve": curve,
+                               "spent": before + time.perf_counter() - t0}, ckpt_path)
+    result = method.result().detach()
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)
+    return method, result, curve, before + time.perf_counter() - t0
 
 
 @register_runner("dataset")
@@ -136,7 +162,10 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
             ctx = ctx_of(seed)
             curve_fn = lambda s, seed=seed: evaluate_set(make_eval, s, tx, ty, p, seed, n_models=1,  # noqa: E731
                                                          device=device)["mean"]
-            method, syn, curve, spent = distil_one(cfg, mcfg, ctx, curve_fn, log_metrics)
+            ckpt = Path(run_dir) / "sets" / f"{label}_set{seed}.ckpt.pt" if run_dir is not None else None
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+            method, syn, curve, spent = distil_one(cfg, mcfg, ctx, curve_fn, log_metrics, ckpt, log)
             soft = syn.soft
             secs.append(spent)
             if run_dir is not None:
