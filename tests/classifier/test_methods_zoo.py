@@ -119,7 +119,7 @@ def test_vid_variance_init_and_nll():
     assert torch.allclose(var, torch.full_like(var, 5.0), atol=1e-4)
 
 
-def test_dist_and_ls_kd_and_ofa_use_a_full_k_cache(tmp_path):
+def test_dist_ls_kd_dkd_and_ofa_use_a_full_k_cache(tmp_path):
     from distill.families.classifier.common import dense_teacher_logits
     from distill.teacher import TeacherCache
 
@@ -129,7 +129,7 @@ def test_dist_and_ls_kd_and_ofa_use_a_full_k_cache(tmp_path):
     dense = dense_teacher_logits(cache.lookup(batch["idx"]), 10, 2.0)
     live = teacher(batch["x"])
     assert torch.allclose(F.softmax(dense, -1), F.softmax(live, -1), atol=2e-3)
-    for name in ("dist", "ls_kd", "ofa"):
+    for name in ("dist", "ls_kd", "dkd", "ofa"):
         m = build(name, teacher=teacher)
         m.setup(batch)
         live_terms = m(batch)

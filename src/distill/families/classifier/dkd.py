@@ -3,7 +3,8 @@
 KD = TCKD + (1 - p_t^gt) NCKD; DKD reweights: loss = CE + alpha * TCKD + beta * NCKD, where
 TCKD = KL over the binary (target, non-target) split and NCKD = KL among non-target classes,
 both at temperature T and scaled by T^2; the KD terms ramp up linearly over `warmup_epochs`.
-Unlabeled samples use the teacher's top class as the target.
+Unlabeled samples use the teacher's top class as the target. Reads only the teacher's logits, so
+a full-k output cache serves it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pydantic import Field
 from typing_extensions import Annotated
 
 from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.families.classifier.common import dense_teacher_logits
 from distill.losses import divergence
 from distill.losses.divergences import divergence_from_logprobs
 from distill.registry import register_method
@@ -41,6 +43,8 @@ def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tens
 @register_method("dkd", family="classifier", description="Decoupled KD: target / non-target KL terms weighted apart (Zhao 2022)",
                  injected=("student", "teacher"))
 class DKD(ClassifierMethod):
+    supports_cache = True  # reads only the teacher's logits (a full-k cache gives them up to a shift)
+
     def __init__(self, student, teacher, temperature: Annotated[float, Field(gt=0)] = 4.0,
                  alpha: Annotated[float, Field(ge=0)] = 1.0, beta: Annotated[float, Field(ge=0)] = 8.0,
                  warmup_epochs: Annotated[int, Field(ge=0)] = 20):
@@ -53,7 +57,8 @@ class DKD(ClassifierMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.student(batch["x"])
-        t_logits = self.teacher_outputs(batch)
+        t = self.cache.temperature if self.cache is not None else 1.0
+        t_logits = dense_teacher_logits(self.teacher_outputs(batch), logits.shape[-1], t)
         y = batch["y"]
         target = torch.where(y >= 0, y, t_logits.argmax(-1))
         tckd, nckd = dkd_terms(logits, t_logits, target, self.temperature)
