@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["digits", "fmnist"], default="digits")
     ap.add_argument("--fmnist-train", type=int, default=20000, help="fmnist: train images kept (seeded subset)")
     ap.add_argument("--teacher", default=None, help="a diffusers UNet folder (default: train one here)")
-    ap.add_argument("--teacher-steps", type=int, default=2000)
+    ap.add_argument("--teacher-steps", type=int, default=2500)
     ap.add_argument("--teacher-lr", type=float, default=2e-3)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--methods", nargs="*", default=["progressive", "consistency", "reflow", "dmd", "sid"])
@@ -204,7 +204,7 @@ def main() -> None:
         print(label, r, flush=True)
 
     summary["teacher_full_label"] = f"teacher@{a.full} w={a.guidance}"
-    for k in (a.full, *STEPS):
+    for k in dict.fromkeys((a.full, *STEPS)):    # the full count once, also when it is 1, 2 or 4
         with guidance(teacher, a.guidance):
             run(f"teacher@{k} w={a.guidance}", lambda k=k: ddim_sample(teacher, PROCESS, z, k, "velocity"))
     run(f"teacher@{a.full} w=1", lambda: ddim_sample(teacher, PROCESS, z, a.full, "velocity"))

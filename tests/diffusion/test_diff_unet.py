@@ -178,3 +178,18 @@ def test_diff_reflow_couplings_follow_their_classes(data):
     uz, ux, uy = teacher_couplings(method, 6, z, seed=3)            # no labels set: unconditional pairs
     assert uy is None
     assert torch.allclose(ux, ddim_sample(teacher, PROCESS, uz, 2, "velocity"), atol=1e-5)
+
+
+def test_diff_fashion_mnist_images_when_installed():
+    from distill.data.fashion_mnist import available
+    from distill.families.diffusion.images import fashion_mnist_images
+
+    if not available():
+        pytest.skip("Fashion-MNIST files not installed (Debian package dataset-fashion-mnist)")
+    src = fashion_mnist_images("train", subset=50)
+    assert src.dim == (1, 28, 28) and len(src.x) == 50 and src.num_classes == 10
+    assert float(src.x.min()) >= -1 and float(src.x.max()) <= 1
+    x, y = src.sample_labeled(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 1, 28, 28) and y.shape == (4,)
+    with pytest.raises(ValueError, match="split"):
+        fashion_mnist_images("val")
