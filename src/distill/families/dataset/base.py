@@ -77,6 +77,8 @@ class DatasetMethod:
 
     iterative = True
     soft_labels = False
+    # (tensor attribute, its optimiser attribute) pairs that a checkpoint saves and restores
+    learned: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, ctx: DistillContext):
         self.ctx = ctx
@@ -92,15 +94,25 @@ class DatasetMethod:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """The `learned` tensors (on CPU) and their optimisers' states."""
+        out: dict[str, Any] = {}
+        for tensor, opt in self.learned:
+            out[tensor] = getattr(self, tensor).detach().cpu()
+            out[opt] = getattr(self, opt).state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        for tensor, opt in self.learned:
+            with torch.no_grad():
+                getattr(self, tensor).copy_(state[tensor])
+            getattr(self, opt).load_state_dict(state[opt])
 
 
 class ImageMethod(DatasetMethod):
     """A method that learns the pixels of `ipc` images per class, initialised from random real
     images (`init="real"`) or Gaussian noise, optimised with SGD (momentum 0.5, as DC/DM)."""
+
+    learned = (("images", "opt_img"),)
 
     def __init__(self, ctx: DistillContext, *, lr_img: float, init: str = "real", momentum: float = 0.5):
         super().__init__(ctx)
@@ -133,14 +145,6 @@ class ImageMethod(DatasetMethod):
 
     def result(self) -> SyntheticSet:
         return SyntheticSet(self.images.detach().clone(), self.labels.clone())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu(), "opt_img": self.opt_img.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.images.copy_(state["images"])
-        self.opt_img.load_state_dict(state["opt_img"])
 
 
 def soft_or_hard_loss(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:

@@ -22,6 +22,7 @@ from distill.registry import register_method
 @inherit_params
 class DATM(TrajectoryMatching):
     soft_labels = True
+    learned = (*TrajectoryMatching.learned, ("soft", "opt_label"))
 
     def __init__(self, ctx: DistillContext, min_start_epoch: int | None = None,
                  max_start_epoch_final: int | None = None, lr_label: Annotated[float, Field(ge=0)] = 2.0, **kw):
@@ -62,15 +63,6 @@ class DATM(TrajectoryMatching):
     def start_range(self, it: int, iterations: int) -> tuple[int, int]:
         grow = self.max_start_epoch + (self.max_final - self.max_start_epoch) * it / max(1, iterations - 1)
         return self.min_start_epoch, max(self.min_start_epoch + 1, int(grow))
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "soft": self.soft.detach().cpu(), "opt_label": self.opt_label.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        with torch.no_grad():
-            self.soft.copy_(state["soft"])
-        self.opt_label.load_state_dict(state["opt_label"])
 
     def step(self, it: int, iterations: int) -> dict[str, float]:
         self.opt_label.zero_grad()

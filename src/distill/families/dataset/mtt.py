@@ -28,6 +28,7 @@ from distill.registry import register_method
 
 class TrajectoryMatching(ImageMethod):
     sam_rho = 0.0
+    learned = (*ImageMethod.learned, ("syn_lr", "opt_lr"))
 
     def __init__(self, ctx: DistillContext, num_experts: Annotated[int, Field(ge=1)] = 3,
                  expert_epochs: Annotated[int, Field(ge=1)] = 10, expert_lr: Annotated[float, Field(gt=0)] = 0.01,
@@ -105,15 +106,6 @@ class TrajectoryMatching(ImageMethod):
 
     def result(self) -> SyntheticSet:
         return SyntheticSet(self.images.detach().clone(), self.targets().detach().clone(), float(self.syn_lr))
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "syn_lr": self.syn_lr.detach().cpu(), "opt_lr": self.opt_lr.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        with torch.no_grad():
-            self.syn_lr.copy_(state["syn_lr"])
-        self.opt_lr.load_state_dict(state["opt_lr"])
 
 
 @register_method("mtt", family="dataset", description="matching training trajectories (MTT, CVPR 2022)",

@@ -44,6 +44,7 @@ class BNStats:
                  injected=("ctx",))
 class SRe2L(DatasetMethod):
     soft_labels = True
+    learned = (("images", "opt"),)
 
     def __init__(self, ctx: DistillContext, teacher_epochs: Annotated[int, Field(ge=1)] = 10,
                  teacher_lr: Annotated[float, Field(gt=0)] = 0.01, lr_img: Annotated[float, Field(gt=0)] = 0.25,
@@ -98,11 +99,3 @@ class SRe2L(DatasetMethod):
         with torch.no_grad():
             logits = self.teacher(self.images.detach())
         return SyntheticSet(self.images.detach().clone(), logits.clone())
-
-    def state_dict(self):
-        return {"images": self.images.detach().cpu(), "opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        with torch.no_grad():
-            self.images.copy_(state["images"])
-        self.opt.load_state_dict(state["opt"])
