@@ -166,6 +166,14 @@ class CheckedCache:
         meta, tensors = read_checked(Path(folder), cls.FILE, cls.META, expected, cls.WHAT)
         return cls(Path(folder), meta, tensors)
 
+    @classmethod
+    def open_or_build(cls, folder: str | os.PathLike, expected: Callable[[], dict[str, Any]], build: Callable[[], Any]):
+        """Reuse the cache in `folder` (refused if it does not match `expected()`), or `build()` one
+        if the folder holds none."""
+        if (Path(folder) / cls.META).exists():
+            return cls.load(folder, expected())
+        return build()
+
     def size_bytes(self) -> int:
         return (self.folder / self.FILE).stat().st_size  # type: ignore[attr-defined]
 
@@ -174,7 +182,8 @@ def refuse_augmentation(augmentation: str) -> None:
     if augmentation != "none":
         raise CacheMismatchError(
             "teacher cache: outputs under random augmentation differ at every epoch, so a per-sample "
-            "cache would be wrong. Turn augmentation off or set teacher.cache_outputs=false.")
+            "cache would be wrong. Turn augmentation off, or set teacher.cache_outputs and "
+            "teacher.cache_features to false.")
 
 
 class TeacherCache(CheckedCache):
@@ -217,12 +226,10 @@ class TeacherCache(CheckedCache):
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, inputs: torch.Tensor, *, data_hash: str,
                       temperature: float, k: int, augmentation: str = "none", **kw) -> TeacherCache:
         """Reuse a matching cache; build one if the folder is empty; refuse a mismatching one."""
-        folder = Path(folder)
-        if (folder / cls.META).exists():
-            expected = cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation)
-            return cls.load(folder, expected)
-        return cls.build(folder, teacher, inputs, data_hash=data_hash, temperature=temperature, k=k,
-                         augmentation=augmentation, **kw)
+        return cls.open_or_build(
+            folder, lambda: cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation),
+            lambda: cls.build(folder, teacher, inputs, data_hash=data_hash, temperature=temperature, k=k,
+                              augmentation=augmentation, **kw))
 
     @property
     def temperature(self) -> float:
@@ -295,11 +302,10 @@ class FeatureCache(CheckedCache):
     def load_or_build(cls, folder: str | os.PathLike, run: TeacherPass, inputs: torch.Tensor, *, teacher: Teacher,
                       data_hash: str, layers: Sequence[str], augmentation: str = "none", **kw) -> FeatureCache:
         """Reuse a matching cache; build one if the folder is empty; refuse a mismatching one."""
-        folder = Path(folder)
-        if (folder / cls.META).exists():
-            return cls.load(folder, cls.expected_meta(teacher, data_hash, layers, inputs.shape[0], augmentation))
-        return cls.build(folder, run, inputs, teacher=teacher, data_hash=data_hash, layers=layers,
-                         augmentation=augmentation, **kw)
+        return cls.open_or_build(
+            folder, lambda: cls.expected_meta(teacher, data_hash, layers, inputs.shape[0], augmentation),
+            lambda: cls.build(folder, run, inputs, teacher=teacher, data_hash=data_hash, layers=layers,
+                              augmentation=augmentation, **kw))
 
     def lookup(self, ids: torch.Tensor, device: str | torch.device | None = None
                ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -31,6 +31,7 @@ class ClassifierMethod(nn.Module):
 
     needs_teacher: bool = True
     supports_cache: bool = False  # True when only the teacher's logits are used
+    supports_feature_cache: bool = False  # True for FeatureMethods (tapped teacher layers)
 
     def __init__(self, student: nn.Module, teacher: Teacher | None):
         super().__init__()

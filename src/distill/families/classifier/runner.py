@@ -116,13 +116,25 @@ def build_method(mcfg: MethodConfig, student: nn.Module, teacher: Teacher) -> Cl
     return entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
 
 
+def cache_kind(method: ClassifierMethod | type[ClassifierMethod], cfg: ClassifierRunConfig) -> str | None:
+    """Which teacher cache serves `method` (an instance or its class) under this recipe: "outputs",
+    "features" or None (the live teacher)."""
+    if cfg.teacher.cache_outputs and method.supports_cache:
+        return "outputs"
+    if cfg.teacher.cache_features and method.supports_feature_cache:
+        return "features"
+    return None
+
+
 def attach_cache(method: ClassifierMethod, cfg: ClassifierRunConfig, teacher: Teacher, bundle: DataBundle,
                 device, log: Callable[[str], None] = print) -> None:
     """Give a logit-only method the on-disk teacher outputs (`teacher.cache_outputs`), and a feature
     method the teacher's logits and tapped layers (`teacher.cache_features`), when the recipe asks."""
     data_hash = bundle.train.fingerprint()
-    build: Callable[[], Any] | None = None
-    if cfg.teacher.cache_outputs and method.supports_cache:
+    kind = cache_kind(method, cfg)
+    if kind is None:
+        return
+    if kind == "outputs":
         t = getattr(method, "temperature", 1.0)
         k = cfg.teacher.cache_top_k or bundle.num_classes
         folder = Path(cfg.cache_dir) / "teacher_outputs" / f"{teacher.fingerprint()}-{data_hash}-T{t}-k{k}"
@@ -131,7 +143,7 @@ def attach_cache(method: ClassifierMethod, cfg: ClassifierRunConfig, teacher: Te
             method.cache = TeacherCache.load_or_build(folder, teacher, bundle.train.x, data_hash=data_hash,
                                                       temperature=t, k=k, device=device)
         build = build_outputs
-    elif cfg.teacher.cache_features and getattr(method, "supports_feature_cache", False):
+    else:
         layers = method.teacher_layers
         folder = Path(cfg.cache_dir) / "teacher_features" / f"{teacher.fingerprint()}-{data_hash}-{hash_json(layers)}"
         if not (folder / FeatureCache.META).exists():
@@ -144,8 +156,6 @@ def attach_cache(method: ClassifierMethod, cfg: ClassifierRunConfig, teacher: Te
                                                               teacher=teacher, data_hash=data_hash, layers=layers,
                                                               device=device)
         build = build_features
-    if build is None:
-        return
     for turn in ("main", "others"):  # the main process builds, the others then read
         if (turn == "main") == is_main():
             build()
@@ -221,9 +231,7 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
         else:
             log(f"student [{label}]: training {cfg.student.model.name} with {mcfg.name}")
             entry = methods.get(mcfg.name, "classifier")
-            live = entry.builder.needs_teacher and not entry.builder.supports_cache
-            if live and getattr(entry.builder, "supports_feature_cache", False) and cfg.teacher.cache_features:
-                live = False
+            live = entry.builder.needs_teacher and cache_kind(entry.builder, cfg) is None
             if live and (cfg.teacher.cache_outputs or cfg.teacher.cache_features):
                 log(f"student [{label}]: {mcfg.name} cannot read its teacher signal from a cache, so it runs the "
                     "live teacher (teacher.cache_outputs serves logit-only methods, teacher.cache_features "

@@ -122,11 +122,9 @@ class LMTeacherCache(CheckedCache):
     @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
                       temperature: float, k: int, seq_len: int, **kw) -> LMTeacherCache:
-        folder = Path(folder)
-        if (folder / cls.META).exists():
-            return cls.load(folder, cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k,
-                                                      seq_len=seq_len))
-        return cls.build(folder, teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **kw)
+        return cls.open_or_build(
+            folder, lambda: cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len),
+            lambda: cls.build(Path(folder), teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **kw))
 
     # ------------------------------------------------------------------ reading
     @property
