@@ -54,6 +54,9 @@ TIERS = {
         "methods": {
             1: [("dm", 1000, {}), ("dsa", 200, {}), ("dc", 200, {})],
             10: [("dm", 1000, {}), ("dsa", 30, {}), ("dc", 30, {})],
+            # IPC 50 fits a CPU only with one evaluation network and few DM iterations:
+            #   --ipc 50 --eval-models 1 --no-full-data
+            50: [("herding", 0, {}), ("dm", 200, {})],
         },
     },
 }
@@ -67,6 +70,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every method's iterations")
     ap.add_argument("--out", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-models", type=int, default=None, help="fresh evaluation networks per set (tier default)")
+    ap.add_argument("--no-full-data", action="store_true", help="skip the full-data reference (reported elsewhere)")
     args = ap.parse_args()
     from distill.api import run
 
@@ -83,7 +88,9 @@ def main() -> None:
                 full_done = full_done or bool(json.loads(cell.read_text()).get("teacher"))
                 continue
             ev = dict(tier["eval"])
-            if full_done or name != "random_real":
+            if args.eval_models:
+                ev["n_models"] = args.eval_models
+            if full_done or name != "random_real" or args.no_full_data:
                 ev["full_data_epochs"] = 0
             recipe = {"name": f"ipc{ipc}_{name}", "family": "dataset", "seed": args.seed, "output_dir": str(out / "runs"),
                       "data": tier["data"], "ipc": ipc, "model": tier["model"], "eval": ev, "engine": tier["engine"],

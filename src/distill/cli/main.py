@@ -1,4 +1,4 @@
-"""`distill run | list` (more subcommands register here as families land)."""
+"""`distill run | eval | list` (more subcommands register here as families land)."""
 from __future__ import annotations
 
 import os
@@ -48,6 +48,40 @@ def run(
         run_recipe(recipe, ov, resume=resume, overwrite=overwrite)
     except DistillError as e:
         fail(str(e))
+
+
+@app.command("eval")
+def eval_(
+    synthetic_set: str = typer.Argument(..., help="a synthetic set, e.g. runs/NAME/synthetic/dm_set0.safetensors"),
+    data: Optional[str] = typer.Option(None, "--data", help="data set to test on (default: the one in the set's header)"),
+    models: Optional[int] = typer.Option(None, "--models", min=1, help="fresh evaluation networks (default: the run's)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="training epochs per network (default: the run's)"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="dsa | none (default: the run's)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="also write the result and its card to this file"),
+) -> None:
+    """Evaluate a synthetic set (data-set distillation) under the fixed protocol: train fresh
+    networks on it alone and report test accuracy, mean +- std, with the protocol card."""
+    import json
+
+    from distill.errors import DistillError
+    from distill.families.dataset.runner import evaluate_file
+    from distill.utils import atomic_write_text
+
+    if augment is not None and augment not in ("dsa", "none"):
+        fail(f"--augment must be dsa or none, not {augment!r}.")
+    try:
+        out = evaluate_file(synthetic_set, data=data, n_models=models, epochs=epochs, augment=augment, device=device,
+                            seed=seed, log=lambda m: typer.echo(m, err=True))
+    except DistillError as e:
+        fail(str(e))
+    accs = ", ".join(f"{a:.2f}" for a in out["accs"])
+    typer.echo(f"accuracy: {out['mean']:.2f} +- {out['std']:.2f}% over {len(out['accs'])} networks ({accs})")
+    for k, v in out["card"].items():
+        typer.echo(f"  {k}: {v}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(out, indent=2))
 
 
 @app.command("list")

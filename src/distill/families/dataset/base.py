@@ -21,18 +21,26 @@ from distill.losses.divergences import divergence
 @dataclass
 class SyntheticSet:
     """images: (N, C, H, W) in the normalised space of the run; labels: (N,) long (hard) or (N, K)
-    float logits (soft); lr: an optional learned learning rate for evaluation."""
+    float logits (soft); lr: an optional learned learning rate for evaluation.
+
+    teacher: a network that relabels every augmented evaluation batch (SRe2L's relabelling, as
+    FKD: the soft label follows the crop instead of being fixed per image); `labels` then holds its
+    logits on the un-augmented images. teacher_spec: {"name", "params"} of its architecture, so a
+    saved set can rebuild it."""
 
     images: Tensor
     labels: Tensor
     lr: float | None = None
+    teacher: nn.Module | None = None
+    teacher_spec: dict[str, Any] | None = None
 
     @property
     def soft(self) -> bool:
         return self.labels.dtype.is_floating_point
 
     def detach(self) -> SyntheticSet:
-        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.detach().cpu().clone(), self.lr)
+        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.detach().cpu().clone(), self.lr,
+                            self.teacher, self.teacher_spec)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Train `n_models` fresh networks (default ConvNet width 128, depth 3, instance norm, avg pooling)
 on the synthetic set only: SGD momentum 0.9, weight decay 5e-4, `epochs` epochs of batches of
 `batch_size`, the learning rate divided by 10 halfway; optional DSA augmentation of every batch;
-soft labels (logits) are learnt with KL at `temperature`. Report test accuracy mean and std.
+soft labels (logits) are learnt with KL at `temperature`. A set that carries a teacher (SRe2L) is
+relabelled batch by batch: the target of each augmented batch is the teacher's output on it.
+Report test accuracy mean and std.
 
 Everything is a function of (set, protocol, seed): model k starts from `torch.manual_seed(seed *
 1000 + k)`, batch order and augmentation draws from a generator seeded the same way.
@@ -47,7 +49,8 @@ class EvalProtocol(Strict):
                 "epochs": self.epochs, "optimizer": f"SGD momentum {self.momentum}, weight decay {self.weight_decay}",
                 "lr": self.lr, "lr_schedule": "divided by 10 at epochs/2", "batch_size": self.batch_size,
                 "augmentation": self.strategy if self.augment == "dsa" else "none",
-                "soft_label_loss": f"KL at T={self.temperature}", "full_data_epochs": self.full_data_epochs}
+                "soft_label_loss": f"KL at T={self.temperature} (a set with a teacher: relabelled per augmented batch)",
+                "full_data_epochs": self.full_data_epochs}
 
 
 @torch.no_grad()
@@ -62,8 +65,9 @@ def test_accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch: int = 1024)
 
 def train_one(make_net, images: Tensor, labels: Tensor, test_x: Tensor, test_y: Tensor, p: EvalProtocol,
               seed: int, lr: float | None = None, epochs: int | None = None,
-              augment: bool | None = None) -> float:
-    """Train one fresh network on (images, labels) under the protocol; return test accuracy (%)."""
+              augment: bool | None = None, teacher: torch.nn.Module | None = None) -> float:
+    """Train one fresh network on (images, labels) under the protocol; return test accuracy (%).
+    With `teacher`, the targets of every (augmented) batch are the teacher's logits on that batch."""
     epochs = epochs or p.epochs
     augment = (p.augment == "dsa") if augment is None else augment
     torch.manual_seed(seed)
@@ -73,6 +77,8 @@ def train_one(make_net, images: Tensor, labels: Tensor, test_x: Tensor, test_y: 
     g = torch.Generator().manual_seed(seed)
     n = len(images)
     net.train()
+    if teacher is not None:
+        teacher = teacher.to(images.device).eval()
     for epoch in range(epochs):
         if epoch == epochs // 2 and epochs > 1:
             for group in opt.param_groups:
@@ -83,7 +89,12 @@ def train_one(make_net, images: Tensor, labels: Tensor, test_x: Tensor, test_y: 
             xb = images[idx]
             if augment:
                 xb = dsa(xb, int(torch.randint(0, 2**31 - 1, (), generator=g)), p.strategy)
-            loss = soft_or_hard_loss(net(xb), labels[idx], p.temperature)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(xb)
+            else:
+                target = labels[idx]
+            loss = soft_or_hard_loss(net(xb), target, p.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -98,15 +109,19 @@ def evaluate_set(make_net, s: SyntheticSet, test_x: Tensor, test_y: Tensor, p: E
     labels = s.labels.detach().to(device)
     lr = s.lr if (s.lr is not None and p.use_learned_lr) else None
     accs = [train_one(make_net, images, labels, test_x, test_y, p, seed * 1000 + k, lr=lr, epochs=epochs,
-                      augment=augment) for k in range(n_models or p.n_models)]
+                      augment=augment, teacher=s.teacher) for k in range(n_models or p.n_models)]
     return {"accs": accs, "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
 
 
 # ---------------------------------------------------------------- files
 
 
+TEACHER_PREFIX = "teacher."
+
+
 def save_synthetic(s: SyntheticSet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write images, labels and (if any) lr as safetensors; `meta` goes in the header as JSON."""
+    """Write images, labels, (if any) lr and (if any) the relabelling teacher's weights as one
+    safetensors file, atomically; `meta` goes in the header as JSON (with the teacher's architecture)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -114,17 +129,54 @@ def save_synthetic(s: SyntheticSet, path: str | os.PathLike, meta: dict[str, Any
     tensors = {"images": s.images.detach().cpu().contiguous(), "labels": s.labels.detach().cpu().contiguous()}
     if s.lr is not None:
         tensors["lr"] = torch.tensor([float(s.lr)])
-    save_file(tensors, str(path), metadata={"distill": json.dumps(meta or {})})
+    meta = dict(meta or {})
+    if s.teacher is not None:
+        if not s.teacher_spec:
+            raise ValueError("a set with a teacher needs teacher_spec ({'name', 'params'}) to be saved")
+        tensors.update({TEACHER_PREFIX + k: v.detach().cpu().contiguous() for k, v in s.teacher.state_dict().items()})
+        meta["teacher"] = s.teacher_spec
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"distill": json.dumps(meta)})
+    os.replace(tmp, path)
     return path
 
 
 def load_synthetic(path: str | os.PathLike) -> tuple[SyntheticSet, dict[str, Any]]:
-    """Read a set written by `save_synthetic` (plain `safetensors.torch.load_file` works too)."""
+    """Read a set written by `save_synthetic` (plain `safetensors.torch.load_file` works too: keys
+    images, labels, lr, teacher.*). Nothing in the file is executed; a teacher is rebuilt from the
+    registered architecture named in the header and its weights loaded strictly."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    t = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("distill", "{}"))
+    from distill.errors import DistillError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"synthetic set {path} not found (a run writes them to RUN_DIR/synthetic/*.safetensors).")
+    try:
+        t = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("distill", "{}"))
+    except Exception as e:  # noqa: BLE001
+        raise DistillError(f"{path} is not a readable safetensors synthetic set ({e}).") from None
+    missing = [k for k in ("images", "labels") if k not in t]
+    if missing:
+        raise DistillError(f"{path} has no {' or '.join(missing)} tensor; a synthetic set needs 'images' (N, C, H, W) "
+                           "and 'labels' (N,) or (N, K).")
     lr = float(t["lr"][0]) if "lr" in t else None
-    return SyntheticSet(t["images"], t["labels"], lr), meta
+    s = SyntheticSet(t["images"], t["labels"], lr)
+    spec = meta.get("teacher")
+    if spec:
+        from distill.models.io import build_model
+
+        if not s.soft:
+            raise DistillError(f"{path}: a set with a teacher must carry soft labels (N, K).")
+        net = build_model(spec["name"], spec.get("params", {}), tuple(s.images.shape[1:]), int(s.labels.shape[-1]),
+                          family="dataset")
+        state = {k[len(TEACHER_PREFIX):]: v for k, v in t.items() if k.startswith(TEACHER_PREFIX)}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise DistillError(f"{path}: the teacher weights do not fit {spec} ({e}).") from None
+        s.teacher, s.teacher_spec = net.eval(), spec
+    return s, meta

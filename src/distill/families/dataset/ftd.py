@@ -1,6 +1,7 @@
 """Flat trajectory distillation (FTD; Du et al., CVPR 2023): MTT whose experts are trained with
 sharpness-aware minimisation (flat trajectories, less accumulated error), and whose final set is an
-exponential moving average of the synthetic images over the iterations."""
+exponential moving average of the synthetic images over the iterations. The EMA's decay warms up as
+min(ema_decay, (1 + t) / (10 + t)) so that on short runs the initial images do not dominate it."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,8 @@ class FTD(TrajectoryMatching):
     def step(self, it: int, iterations: int) -> dict[str, float]:
         out = super().step(it, iterations)
         with torch.no_grad():
-            self.ema.mul_(self.ema_decay).add_(self.images.detach(), alpha=1 - self.ema_decay)
+            decay = min(self.ema_decay, (1 + it) / (10 + it))  # warm-up: the start does not dominate short runs
+            self.ema.mul_(decay).add_(self.images.detach(), alpha=1 - decay)
         return out
 
     def result(self) -> SyntheticSet:

@@ -1,6 +1,7 @@
 """Matching training trajectories (MTT; Cazenavette et al., CVPR 2022).
 
-Experts are trained on real data first (`experts.py`). Each iteration picks an expert and a start
+Experts are trained on real data first (`experts.py`; `expert_batch` sets how many SGD steps an
+epoch is: on a small data set a smaller batch keeps the experts from being undertrained). Each iteration picks an expert and a start
 epoch t < max_start_epoch, starts a student at theta*_t, takes `syn_steps` SGD steps on synthetic
 minibatches with a learnable lr, and minimises (eq. 2)
     || theta_hat_{t+N} - theta*_{t+M} ||^2 / || theta*_t - theta*_{t+M} ||^2 .
@@ -32,6 +33,7 @@ class TrajectoryMatching(ImageMethod):
 
     def __init__(self, ctx: DistillContext, num_experts: Annotated[int, Field(ge=1)] = 3,
                  expert_epochs: Annotated[int, Field(ge=1)] = 10, expert_lr: Annotated[float, Field(gt=0)] = 0.01,
+                 expert_batch: Annotated[int, Field(ge=1)] = 256,
                  syn_steps: Annotated[int, Field(ge=1)] = 10, match_epochs: Annotated[int, Field(ge=1)] = 2,
                  max_start_epoch: Annotated[int, Field(ge=1)] = 5, batch_syn: int | None = None,
                  lr_img: Annotated[float, Field(gt=0)] = 100.0, lr_lr: Annotated[float, Field(gt=0)] = 1e-5,
@@ -42,6 +44,7 @@ class TrajectoryMatching(ImageMethod):
             raise ValueError(f"max_start_epoch ({max_start_epoch}) + match_epochs ({match_epochs}) must be <= "
                              f"expert_epochs ({expert_epochs})")
         self.num_experts, self.expert_epochs, self.expert_lr = num_experts, expert_epochs, expert_lr
+        self.expert_batch = expert_batch
         self.syn_steps, self.match_epochs, self.max_start_epoch = syn_steps, match_epochs, max_start_epoch
         self.min_start_epoch = 0
         self.batch_syn, self.lr_lr, self.lr_init = batch_syn, lr_lr, lr_init
@@ -52,7 +55,8 @@ class TrajectoryMatching(ImageMethod):
         super().setup()
         if self.experts is None:
             self.experts = train_experts(self.ctx, self.num_experts, self.expert_epochs, self.expert_lr,
-                                         augment=self.augment, strategy=self.strategy, sam_rho=self.sam_rho)
+                                         batch_size=self.expert_batch, augment=self.augment, strategy=self.strategy,
+                                         sam_rho=self.sam_rho)
         self.net = self.ctx.make_net(self.ctx.seed).to(self.ctx.device)
         self.syn_lr = torch.tensor(self.lr_init, device=self.ctx.device).requires_grad_(True)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.lr_lr, momentum=0.5)

@@ -171,7 +171,9 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
             if run_dir is not None:
                 save_synthetic(syn, Path(run_dir) / "synthetic" / f"{label}_set{seed}.safetensors",
                                {"method": mcfg.name, "params": mcfg.params, "ipc": cfg.ipc, "data": d["name"],
-                                "mean": d["mean"], "std": d["std"], "normalised": True, "seed": seed})
+                                "mean": d["mean"], "std": d["std"], "normalised": True, "seed": seed,
+                                "data_config": cfg.data.model_dump(mode="json"),
+                                "eval": p.model_dump(mode="json")})
             ev = evaluate_set(make_eval, syn, tx, ty, p, seed, device=device)
             accs += ev["accs"]
             curves.append(curve + [{"iteration": mcfg.iterations if method.iterative else 0,
@@ -181,6 +183,7 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
                 with torch.no_grad():
                     method.teacher.eval()
                     rr.labels = method.teacher(rr.images)
+                rr.teacher = syn.teacher  # relabelled per batch exactly when the set is
                 kd_accs += evaluate_set(make_eval, rr, tx, ty, p, seed, device=device)["accs"]
             grids.setdefault(label, syn)
             if done is not None:
@@ -203,3 +206,46 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
         atomic_write_text(Path(run_dir) / "summary.json", json.dumps(results, indent=2))
         write_report(Path(run_dir), cfg, results, grids, d)
     return results
+
+
+def evaluate_file(path: str | Path, *, data: str | None = None, data_params: dict[str, Any] | None = None,
+                  n_models: int | None = None, epochs: int | None = None, augment: str | None = None,
+                  device: str = "auto", seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate a saved synthetic set under the protocol it was written with (overridable):
+    {"accs", "mean", "std", "card"}. The data come from the set's header unless `data` is given."""
+    s, meta = load_synthetic(path)
+    data_cfg = dict(meta.get("data_config") or {})
+    if data:
+        data_cfg = {"name": data, "params": data_params or {}}
+    elif data_params:
+        data_cfg["params"] = {**data_cfg.get("params", {}), **data_params}
+    if not data_cfg.get("name"):
+        raise ConfigError(f"{path}: the set does not name its data set; pass it (`distill eval SET --data digits`).")
+    ev = dict(meta.get("eval") or {})
+    ev.update({k: v for k, v in (("n_models", n_models), ("epochs", epochs), ("augment", augment)) if v is not None})
+    ev["full_data_epochs"], ev["curve_every"] = 0, 0
+    cfg = DatasetRunConfig.model_validate({"family": "dataset", "data": data_cfg, "ipc": int(meta.get("ipc", 1)),
+                                           "eval": ev, "engine": {"device": device}})
+    dev = torch.device(resolve_device(cfg.engine.device))
+    d = load_real(cfg)
+    tx, ty = d["test_x"], d["test_y"]
+    if meta.get("mean") is not None and meta.get("std") is not None:  # the set's own normalisation
+        m0, s0 = torch.tensor(d["mean"]).view(1, -1, 1, 1), torch.tensor(d["std"]).view(1, -1, 1, 1)
+        m1, s1 = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
+        tx = (tx * s0 + m0 - m1) / s1
+    if tuple(s.images.shape[1:]) != tuple(tx.shape[1:]):
+        raise ConfigError(f"{path}: images of shape {tuple(s.images.shape[1:])} but {data_cfg['name']} test images "
+                          f"are {tuple(tx.shape[1:])}; pass the data set (and its params) the set was distilled on.")
+    K = d["num_classes"]
+    n_cls = int(s.labels.shape[-1]) if s.soft else int(s.labels.max()) + 1
+    if n_cls > K:
+        raise ConfigError(f"{path}: labels name {n_cls} classes but {data_cfg['name']} has {K}.")
+    p = cfg.eval
+    log(f"evaluating {path}: {len(s.images)} images ({meta.get('method', '?')}, IPC {meta.get('ipc', '?')}) on "
+        f"{d['name']} ({len(tx)} test images), {p.n_models} fresh {p.model.name} networks x {p.epochs} epochs")
+    out = evaluate_set(net_builder(p.model, tuple(tx.shape[1:]), K), s, tx.to(dev), ty.to(dev), p, seed,
+                       device=dev)
+    out["card"] = {**p.card(), "data": d["name"], "set": str(path), "method": meta.get("method"),
+                   "ipc": meta.get("ipc"), "soft_labels": s.soft, "relabel_teacher": s.teacher is not None,
+                   "device": str(dev)}
+    return out
