@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field
@@ -65,7 +65,8 @@ def test_accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch: int = 1024)
 
 def train_one(make_net, images: Tensor, labels: Tensor, test_x: Tensor, test_y: Tensor, p: EvalProtocol,
               seed: int, lr: float | None = None, epochs: int | None = None,
-              augment: bool | None = None, teacher: torch.nn.Module | None = None) -> float:
+              augment: bool | None = None, teacher: torch.nn.Module | None = None,
+              on_epoch: Callable[[int], None] | None = None) -> float:
     """Train one fresh network on (images, labels) under the protocol; return test accuracy (%).
     With `teacher`, the targets of every (augmented) batch are the teacher's logits on that batch."""
     epochs = epochs or p.epochs
@@ -98,18 +99,28 @@ def train_one(make_net, images: Tensor, labels: Tensor, test_x: Tensor, test_y: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return test_accuracy(net, test_x, test_y)
 
 
 def evaluate_set(make_net, s: SyntheticSet, test_x: Tensor, test_y: Tensor, p: EvalProtocol, seed: int,
                  n_models: int | None = None, augment: bool | None = None, device: Any = "cpu",
-                 epochs: int | None = None) -> dict[str, Any]:
-    """Accuracy (%) of `n_models` fresh networks trained on the set: {"accs", "mean", "std"}."""
+                 epochs: int | None = None, progress: str | None = None) -> dict[str, Any]:
+    """Accuracy (%) of `n_models` fresh networks trained on the set: {"accs", "mean", "std"}.
+    `progress`: a description to show a progress bar over networks x epochs under."""
+    from distill.utils import ProgressBar
+
     images = s.images.detach().to(device)
     labels = s.labels.detach().to(device)
     lr = s.lr if (s.lr is not None and p.use_learned_lr) else None
-    accs = [train_one(make_net, images, labels, test_x, test_y, p, seed * 1000 + k, lr=lr, epochs=epochs,
-                      augment=augment, teacher=s.teacher) for k in range(n_models or p.n_models)]
+    n, ep = n_models or p.n_models, epochs or p.epochs
+    accs = []
+    with ProgressBar(progress is not None, progress or "", n * ep) as bar:
+        for k in range(n):
+            accs.append(train_one(make_net, images, labels, test_x, test_y, p, seed * 1000 + k, lr=lr, epochs=epochs,
+                                  augment=augment, teacher=s.teacher,
+                                  on_epoch=lambda e, k=k: bar.update(k * ep + e)))
     return {"accs": accs, "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
 
 

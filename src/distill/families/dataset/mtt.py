@@ -106,7 +106,7 @@ class TrajectoryMatching(ImageMethod):
         self.opt_lr.step()
         with torch.no_grad():
             self.syn_lr.clamp_(min=1e-5)
-        return {"trajectory": float(loss), "syn_lr": float(self.syn_lr)}
+        return {"trajectory": float(loss.detach()), "syn_lr": float(self.syn_lr.detach())}
 
     def result(self) -> SyntheticSet:
         return SyntheticSet(self.images.detach().clone(), self.targets().detach().clone(), float(self.syn_lr))

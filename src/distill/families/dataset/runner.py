@@ -22,7 +22,7 @@ from distill.families.dataset.config import DatasetMethodConfig, DatasetRunConfi
 from distill.families.dataset.evaluate import evaluate_set, load_synthetic, save_synthetic, train_one
 from distill.models.io import build_model
 from distill.registry import datasets, methods, register_runner
-from distill.utils import atomic_torch_save, atomic_write_text
+from distill.utils import atomic_torch_save, atomic_write_text, ProgressBar
 
 
 def load_real(cfg: DatasetRunConfig) -> dict[str, Any]:
@@ -84,19 +84,22 @@ def distil_one(cfg: DatasetRunConfig, mcfg: DatasetMethodConfig, ctx: DistillCon
         log(f"{mcfg.display} set {ctx.seed}: resuming at iteration {start} of {iters} ({ckpt_path.name})")
         t0 = time.perf_counter()
     save_every = cfg.engine.checkpoint_every or 50
-    for it in range(start, iters):
-        terms = method.step(it, iters)
-        if (it + 1) % cfg.engine.log_every == 0 or it == iters - 1:
-            log_metrics({"method": mcfg.display, "set_seed": ctx.seed, "iteration": it + 1, **terms})
-        if every and (it + 1) % every == 0 and it + 1 < iters:
-            spent = time.perf_counter() - t0
-            curve.append({"iteration": it + 1, "accuracy": evaluate_curve(method.result().detach()),
-                          "distill_s": before + spent})
-            t0 += time.perf_counter() - t0 - spent  # curve checks do not count as distillation time
-        if ckpt_path is not None and (it + 1) % save_every == 0 and it + 1 < iters:
-            atomic_torch_save({"iteration": it + 1, "method": method.state_dict(), "gen": ctx.gen.get_state(),
-                               "torch_rng": torch.get_rng_state(), "curve": curve,
-                               "spent": before + time.perf_counter() - t0}, ckpt_path)
+    with ProgressBar(cfg.engine.progress, f"{mcfg.display} set {ctx.seed}", iters) as bar:
+        bar.update(start)
+        for it in range(start, iters):
+            terms = method.step(it, iters)
+            bar.update(it + 1, terms)
+            if (it + 1) % cfg.engine.log_every == 0 or it == iters - 1:
+                log_metrics({"method": mcfg.display, "set_seed": ctx.seed, "iteration": it + 1, **terms})
+            if every and (it + 1) % every == 0 and it + 1 < iters:
+                spent = time.perf_counter() - t0
+                curve.append({"iteration": it + 1, "accuracy": evaluate_curve(method.result().detach()),
+                              "distill_s": before + spent})
+                t0 += time.perf_counter() - t0 - spent  # curve checks do not count as distillation time
+            if ckpt_path is not None and (it + 1) % save_every == 0 and it + 1 < iters:
+                atomic_torch_save({"iteration": it + 1, "method": method.state_dict(), "gen": ctx.gen.get_state(),
+                                   "torch_rng": torch.get_rng_state(), "curve": curve,
+                                   "spent": before + time.perf_counter() - t0}, ckpt_path)
     result = method.result().detach()
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)
@@ -125,13 +128,16 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
                 f.write(json.dumps(rec) + "\n")
 
     seeds = [cfg.seed + s for s in range(cfg.synthetic_sets)]
+    bar_name = lambda name: name if cfg.engine.progress else None  # noqa: E731
     ctx_of = lambda seed: DistillContext(x, y, K, cfg.ipc, make_net, device, seed, cfg.model.name,  # noqa: E731
                                          cfg.model.params)
     if cfg.baselines:
         if p.full_data_epochs:
             t0 = time.perf_counter()
-            accs = [train_one(make_eval, x, y, tx, ty, p, cfg.seed * 1000 + 999 - k, epochs=p.full_data_epochs)
-                    for k in range(p.full_data_models)]
+            fe = p.full_data_epochs
+            with ProgressBar(cfg.engine.progress, "full data", p.full_data_models * fe) as bar:
+                accs = [train_one(make_eval, x, y, tx, ty, p, cfg.seed * 1000 + 999 - k, epochs=fe,
+                                  on_epoch=lambda e, k=k: bar.update(k * fe + e)) for k in range(p.full_data_models)]
             results["teacher"] = {**_agg(accs), "model": f"full data ({len(x)} images, {p.full_data_epochs} epochs)",
                                   "wall_s": time.perf_counter() - t0}
             log(f"full data: {results['teacher']['accuracy']:.2f}%")
@@ -139,7 +145,7 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
             accs = []
             for seed in seeds:
                 accs += evaluate_set(make_eval, ctx_of(seed).random_real_set(), tx, ty, p, seed, augment=aug,
-                                     device=device)["accs"]
+                                     device=device, progress=bar_name(f"eval {key} set {seed}"))["accs"]
             results["baselines"][key] = _agg(accs)
             log(f"{key}: {results['baselines'][key]['accuracy']:.2f} +- {results['baselines'][key]['accuracy_std']:.2f}%")
 
@@ -174,7 +180,7 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
                                 "mean": d["mean"], "std": d["std"], "normalised": True, "seed": seed,
                                 "data_config": cfg.data.model_dump(mode="json"),
                                 "eval": p.model_dump(mode="json")})
-            ev = evaluate_set(make_eval, syn, tx, ty, p, seed, device=device)
+            ev = evaluate_set(make_eval, syn, tx, ty, p, seed, device=device, progress=bar_name(f"eval {label} set {seed}"))
             accs += ev["accs"]
             curves.append(curve + [{"iteration": mcfg.iterations if method.iterative else 0,
                                     "accuracy": ev["accs"][0], "distill_s": spent}])
@@ -184,7 +190,8 @@ def run_dataset(cfg: DatasetRunConfig, *, run_dir: Path | None, log: Callable[[s
                     method.teacher.eval()
                     rr.labels = method.teacher(rr.images)
                 rr.teacher = syn.teacher  # relabelled per batch exactly when the set is
-                kd_accs += evaluate_set(make_eval, rr, tx, ty, p, seed, device=device)["accs"]
+                kd_accs += evaluate_set(make_eval, rr, tx, ty, p, seed, device=device,
+                                        progress=bar_name(f"eval KD on random real set {seed}"))["accs"]
             grids.setdefault(label, syn)
             if done is not None:
                 n_kd = p.n_models if (method.soft_labels and method.teacher is not None) else 0
@@ -244,7 +251,7 @@ def evaluate_file(path: str | Path, *, data: str | None = None, data_params: dic
     log(f"evaluating {path}: {len(s.images)} images ({meta.get('method', '?')}, IPC {meta.get('ipc', '?')}) on "
         f"{d['name']} ({len(tx)} test images), {p.n_models} fresh {p.model.name} networks x {p.epochs} epochs")
     out = evaluate_set(net_builder(p.model, tuple(tx.shape[1:]), K), s, tx.to(dev), ty.to(dev), p, seed,
-                       device=dev)
+                       device=dev, progress="eval")
     out["card"] = {**p.card(), "data": d["name"], "set": str(path), "method": meta.get("method"),
                    "ipc": meta.get("ipc"), "soft_labels": s.soft, "relabel_teacher": s.teacher is not None,
                    "device": str(dev)}
