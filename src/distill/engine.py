@@ -177,7 +177,6 @@ class Engine:
         self.consecutive_bad = 0
         self._model = self._opt = self._sched = None
         self._progress = None
-        self._task = None
         self._tb = None
         self._t0 = time.perf_counter()
         self._metrics_path = (Path(metrics_path) if metrics_path is not None
@@ -495,23 +494,18 @@ class Engine:
                     self._tb.add_scalar(f"{self.name}/{k}", v, self.step_count)
 
     def _start_progress(self, total: int) -> None:
-        if not (self.cfg.progress and self.is_main):
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from distill.utils import ProgressBar
 
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[terms]}"), TimeRemainingColumn(), transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task(self.name, total=total, completed=self.step_count, terms="")
+        self._progress = ProgressBar(self.cfg.progress and self.is_main, self.name, total, transient=False).__enter__()
+        self._progress.update(self.step_count)
 
     def _update_progress(self) -> None:
         if self._progress is not None:
-            terms = " ".join(f"{k}={v:.3g}" for k, v in self.last_terms.items())
-            self._progress.update(self._task, completed=self.step_count, terms=terms)
+            self._progress.update(self.step_count, self.last_terms)
 
     def _stop_progress(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.__exit__(None, None, None)
             self._progress = None
 
     # ------------------------------------------------------------------ checkpoints

@@ -77,8 +77,9 @@ class ProgressBar:
     """A rich progress bar for loops that do not run in the engine (`with ProgressBar(on, name, total)
     as bar: bar.update(done, terms)`); disabled, it does nothing."""
 
-    def __init__(self, enabled: bool, description: str, total: int):
+    def __init__(self, enabled: bool, description: str, total: int, transient: bool = True):
         self.enabled, self.description, self.total = enabled and total > 0, description, total
+        self.transient = transient
         self._p = None
 
     def __enter__(self) -> ProgressBar:
@@ -86,14 +87,14 @@ class ProgressBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[terms]}"), TimeRemainingColumn(), transient=True)
+                               TextColumn("{task.fields[terms]}"), TimeRemainingColumn(), transient=self.transient)
             self._p.start()
             self._task = self._p.add_task(self.description, total=self.total, terms="")
         return self
 
     def update(self, done: int, terms: dict[str, float] | None = None) -> None:
         if self._p is not None:
-            text = " ".join(f"{k}={v:.3g}" for k, v in (terms or {}).items())
+            text = " ".join(f"{k}={v:.3g}" for k, v in (terms or {}).items() if isinstance(v, (int, float)))
             self._p.update(self._task, completed=done, terms=text)
 
     def __exit__(self, *exc) -> None:
