@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-models", type=int, default=None, help="fresh evaluation networks per set (tier default)")
     ap.add_argument("--no-full-data", action="store_true", help="skip the full-data reference (reported elsewhere)")
+    ap.add_argument("--curve-every", type=int, default=None, help="iterations between 1-network checks (curve)")
     args = ap.parse_args()
     from distill.api import run
 
@@ -94,6 +95,8 @@ def main() -> None:
             ev = dict(tier["eval"])
             if args.eval_models:
                 ev["n_models"] = args.eval_models
+            if args.curve_every is not None:
+                ev["curve_every"] = args.curve_every
             if full_done or name != "random_real" or args.no_full_data:
                 ev["full_data_epochs"] = 0
             recipe = {"name": f"ipc{ipc}_{name}", "family": "dataset", "seed": args.seed, "output_dir": str(out / "runs"),
