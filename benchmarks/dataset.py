@@ -137,6 +137,13 @@ def write_table(out: Path, tier: str, wall: float) -> None:
             lines.append(f"| {ipc} | {label} | {'yes' if m['soft_labels'] else 'no'} | {m['iterations']} | "
                          f"{m['accuracy']:.2f} +- {m['accuracy_std']:.2f} | {rr:.2f} | {rn:.2f} | "
                          f"{m['distill_s']:.0f} | {c['card']['device']} |")
+    curves = [(c["card"]["ipc"], label, m["curve"]) for c in cells.values() for label, m in c["students"].items()
+              if len(m.get("curve", [])) > 1]
+    if curves:
+        lines += ["", "Accuracy vs iterations (one evaluation network per point; the last point is the first network of "
+                  "the final evaluation):", ""]
+        lines += [f"- IPC {ipc} {label}: " + ", ".join(f"{e['iteration']}: {e['accuracy']:.1f}" for e in curve)
+                  for ipc, label, curve in sorted(curves)]
     card = next(iter(cells.values()))["card"] if cells else {}
     lines += ["", "Protocol card:", ""] + [f"- {k}: {v}" for k, v in card.items() if k not in ("ipc",)]
     lines += ["", f"Total wall time of this session: {wall / 60:.1f} min."]
