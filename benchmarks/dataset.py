@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--eval-models", type=int, default=None, help="fresh evaluation networks per set (tier default)")
     ap.add_argument("--no-full-data", action="store_true", help="skip the full-data reference (reported elsewhere)")
     ap.add_argument("--curve-every", type=int, default=None, help="iterations between 1-network checks (curve)")
+    ap.add_argument("--eval-epochs", type=int, default=None,
+                    help="epochs per evaluation network (tier default 300; the DSA/DM authors' code uses 1000 "
+                         "whenever the evaluation augments)")
     args = ap.parse_args()
     from distill.api import run
 
@@ -100,6 +103,8 @@ def main() -> None:
                 ev["n_models"] = args.eval_models
             if args.curve_every is not None:
                 ev["curve_every"] = args.curve_every
+            if args.eval_epochs:
+                ev["epochs"] = args.eval_epochs
             if full_done or name != "random_real" or args.no_full_data:
                 ev["full_data_epochs"] = 0
             recipe = {"name": f"ipc{ipc}_{label}", "family": "dataset", "seed": args.seed, "output_dir": str(out / "runs"),
