@@ -51,6 +51,11 @@ def test_distill_eval_errors_name_the_fix(tmp_path):
     # wrong data set for the images' shape
     res = CliRunner().invoke(app, ["eval", str(bare), "--data", "digits"])
     assert res.exit_code == 2 and "shape" in res.output
+    res = CliRunner().invoke(app, ["eval", str(bare), "--data", "digits", "--data-param", "size"])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+    # a set without data in its header evaluates once told the data set and its params
+    res = CliRunner().invoke(app, ["eval", str(bare), "--data", "digits", "--data-param", "size=5", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 2 and "not found" in res.output
     junk = tmp_path / "junk.safetensors"

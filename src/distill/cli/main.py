@@ -54,6 +54,8 @@ def run(
 def eval_(
     synthetic_set: str = typer.Argument(..., help="a synthetic set, e.g. runs/NAME/synthetic/dm_set0.safetensors"),
     data: Optional[str] = typer.Option(None, "--data", help="data set to test on (default: the one in the set's header)"),
+    data_param: Optional[List[str]] = typer.Option(None, "--data-param",
+                                                   help="KEY=VALUE for the data set's params, e.g. size=16 (repeatable)"),
     models: Optional[int] = typer.Option(None, "--models", min=1, help="fresh evaluation networks (default: the run's)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="training epochs per network (default: the run's)"),
     augment: Optional[str] = typer.Option(None, "--augment", help="dsa | none (default: the run's)"),
@@ -71,8 +73,16 @@ def eval_(
 
     if augment is not None and augment not in ("dsa", "none"):
         fail(f"--augment must be dsa or none, not {augment!r}.")
+    params = {}
+    for item in data_param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--data-param {item!r}: write KEY=VALUE, e.g. --data-param size=16.")
+        import yaml
+
+        params[key] = yaml.safe_load(value)
     try:
-        out = evaluate_file(synthetic_set, data=data, n_models=models, epochs=epochs, augment=augment, device=device,
+        out = evaluate_file(synthetic_set, data=data, data_params=params or None, n_models=models, epochs=epochs, augment=augment, device=device,
                             seed=seed, log=lambda m: typer.echo(m, err=True))
     except DistillError as e:
         fail(str(e))
