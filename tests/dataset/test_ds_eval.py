@@ -150,3 +150,17 @@ def test_ftd_ema_warms_up_so_short_runs_move_away_from_the_start():
     moved = (m.ema - start).mean()
     # decay at step 0 is 1/10, not 0.99: the EMA moves most of the way to the current images
     assert moved > 0.5
+
+
+def test_sre2l_real_init_starts_from_real_images_of_each_class():
+    from distill.families.dataset.sre2l import SRe2L
+
+    c = ctx()
+    m = SRe2L(c, teacher_epochs=1, init="real")
+    m.setup()
+    for i in range(len(m.images)):  # every start image is a real training image of its label's class
+        match = (c.x == m.images[i].detach()).flatten(1).all(1)
+        assert match.any() and int(c.y[match.nonzero()[0, 0]]) == int(m.labels[i])
+    noise = SRe2L(ctx(), teacher_epochs=1)
+    noise.setup()
+    assert not (c.x == noise.images[0].detach()).flatten(1).all(1).any()

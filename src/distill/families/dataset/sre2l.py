@@ -2,7 +2,7 @@
 (Yin & Shen, TMLR 2024).
 
 Squeeze: train a teacher (the distillation ConvNet with batch norm) on the real data.
-Recover: from noise, optimise images so the teacher classifies them as their class while the batch
+Recover: from noise (or, `init="real"`, from random real images), optimise images so the teacher classifies them as their class while the batch
 statistics at every BN layer match its running statistics (eq. 5-6):
     L = CE(teacher(A(x)), y) + r_bn * sum_l ||mu_l(A(x)) - mu_l^BN||_2 + ||var_l(A(x)) - var_l^BN||_2
 with A a random-resized crop; CDA makes the crop scale range go from easy (large crops) to hard.
@@ -56,10 +56,11 @@ class SRe2L(DatasetMethod):
     def __init__(self, ctx: DistillContext, teacher_epochs: Annotated[int, Field(ge=1)] = 10,
                  teacher_lr: Annotated[float, Field(gt=0)] = 0.01, lr_img: Annotated[float, Field(gt=0)] = 0.25,
                  r_bn: Annotated[float, Field(ge=0)] = 0.01, min_scale: Annotated[float, Field(gt=0, le=1)] = 0.5,
-                 cda: bool = False, relabel: Literal["per_batch", "once"] = "once"):
+                 cda: bool = False, relabel: Literal["per_batch", "once"] = "once",
+                 init: Literal["noise", "real"] = "noise"):
         super().__init__(ctx)
         self.teacher_epochs, self.teacher_lr, self.lr_img = teacher_epochs, teacher_lr, lr_img
-        self.r_bn, self.min_scale, self.cda, self.relabel = r_bn, min_scale, cda, relabel
+        self.r_bn, self.min_scale, self.cda, self.relabel, self.init = r_bn, min_scale, cda, relabel, init
         self.teacher_spec = {"name": ctx.model_name, "params": {**(ctx.model_params or {}), "norm": "batch"}}
 
     def squeeze(self) -> nn.Module:
@@ -85,7 +86,11 @@ class SRe2L(DatasetMethod):
             p.requires_grad_(False)
         self.stats = BNStats(self.teacher)
         n = ctx.num_classes * ctx.ipc
-        self.images = torch.randn((n, *ctx.x.shape[1:]), generator=ctx.gen).to(ctx.device).requires_grad_(True)
+        if self.init == "real":  # start from random real images of each class (as EDC) instead of noise
+            start = ctx.random_real_set().images
+        else:
+            start = torch.randn((n, *ctx.x.shape[1:]), generator=ctx.gen).to(ctx.device)
+        self.images = start.detach().clone().requires_grad_(True)
         self.labels = torch.arange(ctx.num_classes, device=ctx.device).repeat_interleave(ctx.ipc)
         self.opt = torch.optim.Adam([self.images], lr=self.lr_img, betas=(0.5, 0.9))
 
