@@ -47,7 +47,9 @@ TIERS = {
             ipc: [("datadam", 300, {}), ("sre2l", 300, SRE2L_DIGITS), ("ftd", 100, MTT_SMALL),
                   ("datm", 100, MTT_SMALL),
                   # the paper's relabelling: the teacher labels every augmented evaluation batch
-                  ("sre2l", 300, {**SRE2L_DIGITS, "relabel": "per_batch"}, "sre2l_per_batch")]
+                  ("sre2l", 300, {**SRE2L_DIGITS, "relabel": "per_batch"}, "sre2l_per_batch"),
+                  # recovery from random real images instead of noise
+                  ("sre2l", 300, {**SRE2L_DIGITS, "init": "real"}, "sre2l_real_init")]
             for ipc in (1, 10)
         },
     },
