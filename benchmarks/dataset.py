@@ -25,6 +25,7 @@ DIGITS = {
     "engine": {"device": "cpu"},
 }
 # 1437 training images: a batch of 32 gives experts 45 SGD steps an epoch (at 256 they stay undertrained)
+FMNIST = {"data": {"name": "fashion_mnist"}, "model": {"name": "convnet"}, "engine": {"device": "auto"}}
 MTT_SMALL = {"num_experts": 2, "expert_epochs": 10, "max_start_epoch": 4, "syn_steps": 10, "expert_batch": 32}
 # a teacher that classifies augmented digits well (20 epochs: 62% on augmented test images, 60: 88%);
 # a stronger BN-statistics weight than ImageNet's 0.01 (IPC 10: 46.9 at 0.01, 51.9 at 1, 56.5 at 10)
@@ -55,10 +56,8 @@ TIERS = {
     },
     # Fashion-MNIST 28x28, the paper ConvNet-128-3 (GPU)
     "fmnist": {
-        "data": {"name": "fashion_mnist"},
-        "model": {"name": "convnet"},
+        **FMNIST,
         "eval": {"n_models": 3, "epochs": 300, "full_data_epochs": 5, "curve_every": 250},
-        "engine": {"device": "auto"},
         "methods": {
             1: [("dm", 1000, {}), ("dsa", 200, {}), ("dc", 200, {})],
             10: [("dm", 1000, {}), ("dsa", 30, {}), ("dc", 30, {})],
@@ -70,15 +69,9 @@ TIERS = {
     # the papers' iteration counts and the authors' 1000-epoch evaluation (GPU; DM at IPC 10 is about
     # 12 minutes on an H200, DSA/DC at IPC 10 about 50 minutes each at 3 s an iteration)
     "fmnist_paper": {
-        "data": {"name": "fashion_mnist"},
-        "model": {"name": "convnet"},
+        **FMNIST,
         "eval": {"n_models": 5, "epochs": 1000, "full_data_epochs": 0, "curve_every": 2000},
-        "engine": {"device": "auto"},
-        "methods": {
-            1: [("dm", 20000, {}), ("dsa", 1000, {}), ("dc", 1000, {})],
-            10: [("dm", 20000, {}), ("dsa", 1000, {}), ("dc", 1000, {})],
-            50: [("dm", 20000, {}), ("dsa", 1000, {}), ("dc", 1000, {})],
-        },
+        "methods": {ipc: [("dm", 20000, {}), ("dsa", 1000, {}), ("dc", 1000, {})] for ipc in (1, 10, 50)},
     },
 }
 
