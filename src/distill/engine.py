@@ -496,7 +496,7 @@ class Engine:
     def _start_progress(self, total: int) -> None:
         from distill.utils import ProgressBar
 
-        self._progress = ProgressBar(self.cfg.progress and self.is_main, self.name, total, transient=False).__enter__()
+        self._progress = ProgressBar(self.cfg.progress and self.is_main, self.name, total, transient=False).start()
         self._progress.update(self.step_count)
 
     def _update_progress(self) -> None:
@@ -505,7 +505,7 @@ class Engine:
 
     def _stop_progress(self) -> None:
         if self._progress is not None:
-            self._progress.__exit__(None, None, None)
+            self._progress.close()
             self._progress = None
 
     # ------------------------------------------------------------------ checkpoints

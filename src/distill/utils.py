@@ -75,15 +75,15 @@ def hash_json(obj: Any) -> str:
 
 class ProgressBar:
     """A rich progress bar for loops that do not run in the engine (`with ProgressBar(on, name, total)
-    as bar: bar.update(done, terms)`); disabled, it does nothing."""
+    as bar: bar.update(done, terms)`, or `start()` ... `close()`); disabled, it does nothing."""
 
     def __init__(self, enabled: bool, description: str, total: int, transient: bool = True):
         self.enabled, self.description, self.total = enabled and total > 0, description, total
         self.transient = transient
         self._p = None
 
-    def __enter__(self) -> ProgressBar:
-        if self.enabled:
+    def start(self) -> ProgressBar:
+        if self.enabled and self._p is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -97,7 +97,13 @@ class ProgressBar:
             text = " ".join(f"{k}={v:.3g}" for k, v in (terms or {}).items() if isinstance(v, (int, float)))
             self._p.update(self._task, completed=done, terms=text)
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self._p is not None:
             self._p.stop()
             self._p = None
+
+    def __enter__(self) -> ProgressBar:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -147,9 +147,12 @@ def test_ftd_ema_warms_up_so_short_runs_move_away_from_the_start():
     with torch.no_grad():
         m.images.add_(1.0)  # as if the optimiser had moved the images by 1 everywhere
     m.step(0, 10)
-    moved = (m.ema - start).mean()
-    # decay at step 0 is 1/10, not 0.99: the EMA moves most of the way to the current images
-    assert moved > 0.5
+    # decay at step 0 is (1 + 0) / (10 + 0) = 0.1, not 0.99: the EMA is 0.1 start + 0.9 current images
+    assert torch.allclose(m.ema, 0.1 * start + 0.9 * m.images.detach(), atol=1e-6)
+    before = m.ema.clone()
+    m.step(2000, 3000)  # past the warm-up ((1 + t) / (10 + t) > 0.99) the decay is ema_decay itself
+    assert torch.allclose(m.ema, 0.99 * before + 0.01 * m.images.detach(), atol=1e-6)
+    assert (m.ema - start).mean() > 0.5
 
 
 def test_sre2l_real_init_starts_from_real_images_of_each_class():

@@ -73,17 +73,20 @@ def eval_(
 
     if augment is not None and augment not in ("dsa", "none"):
         fail(f"--augment must be dsa or none, not {augment!r}.")
+    from distill.config import parse_override
+
     params = {}
     for item in data_param or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
+        try:
+            keys, value = parse_override(item)
+        except DistillError:
+            keys, value = [], None
+        if len(keys) != 1:
             fail(f"--data-param {item!r}: write KEY=VALUE, e.g. --data-param size=16.")
-        import yaml
-
-        params[key] = yaml.safe_load(value)
+        params[keys[0]] = value
     try:
-        out = evaluate_file(synthetic_set, data=data, data_params=params or None, n_models=models, epochs=epochs, augment=augment, device=device,
-                            seed=seed, log=lambda m: typer.echo(m, err=True))
+        out = evaluate_file(synthetic_set, data=data, data_params=params or None, n_models=models, epochs=epochs,
+                            augment=augment, device=device, seed=seed, log=lambda m: typer.echo(m, err=True))
     except DistillError as e:
         fail(str(e))
     accs = ", ".join(f"{a:.2f}" for a in out["accs"])

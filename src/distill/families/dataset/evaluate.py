@@ -134,10 +134,11 @@ TEACHER_PREFIX = "teacher."
 def save_synthetic(s: SyntheticSet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write images, labels, (if any) lr and (if any) the relabelling teacher's weights as one
     safetensors file, atomically; `meta` goes in the header as JSON (with the teacher's architecture)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from distill.utils import atomic_write_bytes
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"images": s.images.detach().cpu().contiguous(), "labels": s.labels.detach().cpu().contiguous()}
     if s.lr is not None:
         tensors["lr"] = torch.tensor([float(s.lr)])
@@ -147,9 +148,7 @@ def save_synthetic(s: SyntheticSet, path: str | os.PathLike, meta: dict[str, Any
             raise ValueError("a set with a teacher needs teacher_spec ({'name', 'params'}) to be saved")
         tensors.update({TEACHER_PREFIX + k: v.detach().cpu().contiguous() for k, v in s.teacher.state_dict().items()})
         meta["teacher"] = s.teacher_spec
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"distill": json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata={"distill": json.dumps(meta)}))
     return path
 
 

@@ -1,9 +1,9 @@
 """Matching training trajectories (MTT; Cazenavette et al., CVPR 2022).
 
 Experts are trained on real data first (`experts.py`; `expert_batch` sets how many SGD steps an
-epoch is: on a small data set a smaller batch keeps the experts from being undertrained). Each iteration picks an expert and a start
-epoch t < max_start_epoch, starts a student at theta*_t, takes `syn_steps` SGD steps on synthetic
-minibatches with a learnable lr, and minimises (eq. 2)
+epoch is: on a small data set a smaller batch keeps the experts from being undertrained). Each
+iteration picks an expert and a start epoch t < max_start_epoch, starts a student at theta*_t, takes
+`syn_steps` SGD steps on synthetic minibatches with a learnable lr, and minimises (eq. 2)
     || theta_hat_{t+N} - theta*_{t+M} ||^2 / || theta*_t - theta*_{t+M} ||^2 .
 
 Memory. Backpropagating through the unrolled steps needs, for every step, the parameter vector it

@@ -2,8 +2,9 @@
 (Yin & Shen, TMLR 2024).
 
 Squeeze: train a teacher (the distillation ConvNet with batch norm) on the real data.
-Recover: from noise (or, `init="real"`, from random real images), optimise images so the teacher classifies them as their class while the batch
-statistics at every BN layer match its running statistics (eq. 5-6):
+Recover: from noise (or, `init="real"`, from random real images), optimise images so the teacher
+classifies them as their class while the batch statistics at every BN layer match its running
+statistics (eq. 5-6):
     L = CE(teacher(A(x)), y) + r_bn * sum_l ||mu_l(A(x)) - mu_l^BN||_2 + ||var_l(A(x)) - var_l^BN||_2
 with A a random-resized crop; CDA makes the crop scale range go from easy (large crops) to hard.
 Relabel: (`relabel="once"`, the default) the set's labels are the teacher's logits on the
