@@ -48,3 +48,25 @@ def test_hub_id_fails_with_an_offline_message(monkeypatch):
     for fn in (load_causal_lm, load_tokenizer):
         with pytest.raises(ConfigError, match="offline"):
             fn("no-such-org/no-such-model")
+
+
+@pytest.mark.skipif(not (STORIES / "stories260K.bin").is_file(), reason="stories260K asset absent")
+def test_converted_tokenizer_prepends_bos_like_llama(tmp_path):
+    """The Llama convention: `tok(text)` starts with <s> (and adds no </s>), so the plain call
+    reproduces the published sample."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.cli.convert import convert_llama2c
+
+    convert_llama2c(STORIES / "stories260K.bin", tmp_path / "m", STORIES / "tok512.model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    enc = tok("Once upon a time", return_tensors="pt")
+    assert enc["input_ids"][0, 0].item() == tok.bos_token_id == 1
+    assert enc["input_ids"][0, -1].item() != tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=40, do_sample=False)
+    assert tok.decode(out[0], skip_special_tokens=True).startswith(PUBLISHED)
+    # what the library itself asks for is unchanged: no specials unless asked
+    assert tok("Once upon a time", add_special_tokens=False)["input_ids"] == enc["input_ids"][0, 1:].tolist()

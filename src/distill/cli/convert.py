@@ -111,14 +111,17 @@ def convert_llama2c(checkpoint: str | Path, out_dir: str | Path, tokenizer: str 
 
 
 def save_sentencepiece_tokenizer(model_file: str | Path, out_dir: str | Path) -> None:
-    """Save a SentencePiece model as a transformers LlamaTokenizer in `out_dir`."""
+    """Save a SentencePiece model as a transformers LlamaTokenizer in `out_dir`, with the Llama
+    convention: `tok(text)` starts with BOS and adds no EOS (the library itself always passes
+    `add_special_tokens=False` and places BOS/EOS explicitly)."""
     import tempfile
 
     from transformers import LlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(model_file, Path(tmp) / "tokenizer.model")
-        tok = LlamaTokenizer.from_pretrained(tmp)
+        # explicit flags: without them transformers >= 5 builds the tokenizer with no BOS template
+        tok = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
     tok.save_pretrained(out_dir)
 
 
