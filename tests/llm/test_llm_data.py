@@ -38,10 +38,14 @@ def test_labels_never_cross_a_boundary():
     assert int((b["labels"] != IGNORE).sum()) == sum(len(e.ids) - e.start for e in exs)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_packed_equals_unpacked(arch):
-    """Per-token log-probs of packed rows equal those of each example run alone (no cross-attention)."""
+def test_packed_equals_unpacked(arch, attn):
+    """Per-token log-probs of packed rows equal those of each example run alone (no cross-attention),
+    under every attention implementation packing is allowed with."""
     model = tiny_lm(arch, 64).eval()
+    model.set_attn_implementation(attn)
+    assert model.config._attn_implementation == attn
     exs = _examples(1)
     packed = collate(pack(exs, 40), 0, packed=True)
     single = collate([[e] for e in exs], 0, packed=False)
@@ -56,6 +60,18 @@ def test_packed_equals_unpacked(arch):
     lp_packed, lp_single = token_losses(packed), token_losses(single)
     assert packed["input_ids"].shape[0] < single["input_ids"].shape[0]
     torch.testing.assert_close(lp_packed, lp_single, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_is_refused_where_attention_ignores_the_mask():
+    from distill.errors import ConfigError
+    from distill.families.llm.data import check_packing, packing_supported
+
+    model = tiny_lm("llama", 64)
+    check_packing(model, None)
+    model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask
+    assert not packing_supported(model)
+    with pytest.raises(ConfigError, match="data.pack"):
+        check_packing(model)
 
 
 def test_gradient_accumulation_gives_the_full_batch_gradient():
@@ -106,3 +122,36 @@ def test_text_and_prompt_response_examples(tiny_tok, tmp_path):
     for i, e in enumerate(pr):  # targets are the response only
         assert int((b["labels"][i] != IGNORE).sum()) == len(e.ids) - e.start
         assert b["prompt_mask"][i].sum() == e.prompt_len and b["prompt_ids"][i, -1] == e.ids[e.prompt_len - 1]
+
+
+def test_every_accumulation_window_weights_its_tokens_to_one(tmp_path):
+    """Through the real engine: each optimiser step moves a parameter by exactly the sum of the
+    per-token weights of its window, which must be 1 in every window, the short last one included
+    (5 batches, grad_accum 2: windows of 2, 2 and 1 batches)."""
+    from distill.config import EngineConfig, OptimizerConfig, TrainConfig
+    from distill.engine import Engine
+
+    class Counted(torch.nn.Module):  # loss = theta * (counted tokens) / norm: d loss / d theta = token weights
+        def __init__(self):
+            super().__init__()
+            self.theta = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, batch):
+            return {"w": self.theta * (batch["labels"] != IGNORE).sum() / batch["norm"]}
+
+    exs = [Example([1] + list(range(3, 3 + n)) + [2]) for n in (3, 17, 5, 30, 8, 2, 11, 4, 9, 6)]
+    loader = LMLoader(rows_of(exs, 64, packed=False), 2, 0, packed=False, shuffle=False, grad_accum=2)
+    assert len(loader) == 5
+    engine = Engine(EngineConfig(device="cpu", progress=False, grad_accum=2), tmp_path, seed=0, name="w")
+    train = TrainConfig(epochs=1, optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0))
+    module = Counted()
+    model, _, _ = engine.start(module, train, batches_per_epoch=len(loader))
+    thetas = []
+    for batch in engine.batches(loader, 1):
+        engine.step(model(batch))
+        if engine._micro == 0:  # an optimiser step was taken
+            thetas.append(float(module.theta))
+    engine.finish()
+    steps = [a - b for a, b in zip([0.0] + thetas[:-1], thetas)]
+    assert len(steps) == 3
+    assert steps == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)

@@ -4,7 +4,8 @@ rows (packed or one example each), and a loader whose batches carry the token no
 An `Example` is a token list whose targets start at `start` (tokens before it are the prompt:
 they are read but never predicted). `labels[t]` is the token after position t, -100 where it does
 not count. Packing puts several examples in one row with `position_ids` restarting at 0 and a
-block-diagonal causal attention mask (B, 1, T, T), and the last token of an example never predicts
+block-diagonal causal attention mask (B, 1, T, T), additive so that eager attention honours it as
+SDPA does, and the last token of an example never predicts
 the first of the next: no attention and no loss cross a boundary, so a packed row gives the same
 per-token losses as its examples run one by one.
 """
@@ -166,7 +167,8 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
 
     input_ids, labels, position_ids, seg (example number in its row, 0 = padding), sign (the
     example's sign at its target positions, else 0): (B, T);
-    attention_mask: (B, 1, T, T) bool block-diagonal causal when packed, else (B, T) long;
+    attention_mask: (B, 1, T, T) float32 additive block-diagonal causal mask when packed (0 where
+    attention is allowed, the float32 minimum elsewhere), else (B, T) long;
     with_prompts: prompt_ids / prompt_mask (B, P), left-padded (one example per row only).
     """
     T = max(sum(len(e.ids) for e in r) for r in rows)
@@ -196,7 +198,11 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
     if packed:
         causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
         same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] > 0)
-        batch["attention_mask"] = ((same & causal) | torch.eye(T, dtype=torch.bool))[:, None]
+        allowed = ((same & causal) | torch.eye(T, dtype=torch.bool))[:, None]  # (B, 1, T, T)
+        # additive (0 = attend, finfo.min = not), the form of a custom 4-D mask in transformers: eager
+        # attention adds the mask to the scores (a bool mask would add 0/1 and leak across examples)
+        # and SDPA / flex add it too; flash attention takes no 4-D mask (see `check_packing`)
+        batch["attention_mask"] = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     else:
         batch["attention_mask"] = (seg > 0).long()
     if with_prompts:
@@ -213,6 +219,31 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
     return batch
 
 
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention")  # the implementations that apply an additive 4-D mask
+
+
+def _attn_impl(model) -> str | None:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def packing_supported(*models) -> bool:
+    """Whether every model applies the 4-D mask of packed rows (models without a config do)."""
+    return all(_attn_impl(m) in (None, *PACKING_ATTENTION) for m in models if m is not None)
+
+
+def check_packing(*models) -> None:
+    """Refuse packed rows for a model whose attention implementation ignores a 4-D mask (flash
+    attention and kernels): its examples would attend to each other."""
+    from distill.errors import ConfigError
+
+    for m in models:
+        impl = _attn_impl(m)
+        if impl is not None and impl not in PACKING_ATTENTION:
+            raise ConfigError(f"data.pack: the {type(m).__name__} uses attn_implementation={impl!r}, which does not "
+                              f"apply the block-diagonal mask of packed rows (allowed: {', '.join(PACKING_ATTENTION)}); "
+                              "set data.pack=false or load the model with attn_implementation='sdpa'.")
+
+
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keyword arguments a transformers causal LM takes from a batch."""
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
@@ -223,13 +254,15 @@ class LMLoader:
     """Batches of rows in a (seed, epoch)-determined order.
 
     Each batch carries `norm`: the number of counted target tokens in its gradient-accumulation
-    window divided by `grad_accum`. A term summed over tokens and divided by `norm` (the engine
-    then divides by `grad_accum`) is the exact per-token mean over the window, whatever the
-    padding and however tokens fall between micro-batches.
+    window divided by the number of micro-batches in that window (`grad_accum`, or fewer for the
+    epoch's short last window). A term summed over tokens and divided by `norm` (the engine then
+    divides by the same window length) is the exact per-token mean over the window, whatever the
+    padding and however tokens fall between micro-batches: the token weights of every window,
+    the last included, sum to 1.
 
     With `world` > 1 processes, `batch_size` is the global batch: each process takes its slice of
     every batch (the uneven last batch is dropped), and `norm` counts the window's tokens over all
-    processes, divided by `grad_accum * world` (DDP averages the processes' gradients), so the
+    processes, divided by `window * world` (DDP averages the processes' gradients), so the
     result is still the exact per-token mean over the global window.
     """
 
@@ -271,7 +304,8 @@ class LMLoader:
                 if self.world > 1:
                     b = collate([self.rows[i] for i in g[self.rank * per:(self.rank + 1) * per]], self.pad_id,
                                 packed=self.packed, with_prompts=self.with_prompts)
-                b["norm"] = torch.tensor(max(tokens, 1) / (self.grad_accum * self.world))
+                # len(window), not grad_accum: the engine divides the last, short window by its length
+                b["norm"] = torch.tensor(max(tokens, 1) / (len(window) * self.world))
                 yield b
 
 

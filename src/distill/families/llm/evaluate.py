@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.families.llm.data import IGNORE, Example, collate, model_inputs, rows_of
+from distill.families.llm.data import IGNORE, Example, collate, model_inputs, packing_supported, rows_of
 
 
 @torch.no_grad()
@@ -31,9 +31,10 @@ def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, ba
     conf_sum = torch.zeros(ece_bins, dtype=torch.float64)
     acc_sum = torch.zeros(ece_bins, dtype=torch.float64)
     cnt = torch.zeros(ece_bins, dtype=torch.float64)
-    rows = rows_of(examples, seq_len, packed=True)
+    packed = packing_supported(model, teacher)  # flash attention ignores the packed rows' mask
+    rows = rows_of(examples, seq_len, packed=packed)
     for i in range(0, len(rows), batch_size):
-        b = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id, packed=True).items()}
+        b = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id, packed=packed).items()}
         mask = b["labels"] != IGNORE
         logits = model(**model_inputs(b)).logits[mask].float()  # (N, V)
         y = b["labels"][mask]

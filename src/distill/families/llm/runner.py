@@ -17,8 +17,8 @@ from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.families.llm.base import LMMethod, sample
 from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
-from distill.families.llm.data import (Example, LMLoader, prompt_response_examples, read_hf_dataset, read_jsonl,
-                                       read_texts, rows_of, text_examples)
+from distill.families.llm.data import (Example, LMLoader, check_packing, prompt_response_examples, read_hf_dataset,
+                                       read_jsonl, read_texts, rows_of, text_examples)
 from distill.families.llm.evaluate import generate_text, lm_metrics
 from distill.families.llm.models import (build_student, count_parameters, load_causal_lm, load_tokenizer,
                                          resolve_source)
@@ -104,6 +104,8 @@ def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcf
     """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
     train_cfg = mcfg.train or cfg.train
     packed = cfg.data.pack and not method.uses_prompts
+    if packed:  # flash attention would let packed examples attend to each other
+        check_packing(method.student, method.teacher.module if method.teacher is not None else None)
     engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label, metrics_path=metrics_path)
     loader = LMLoader(rows_of(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
                       seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts,
