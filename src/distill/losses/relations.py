@@ -23,14 +23,16 @@ def pairwise_distances(f: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def rkd_distance_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
-    """RKD-D (Park et al. 2019, eq. 5): Huber loss between pairwise distances, each normalised
-    by its mean off-diagonal distance (so feature scales and sizes may differ)."""
+    """RKD-D (Park et al. 2019, eq. 5; the authors' `RkdDistance`): Huber loss between pairwise
+    distance matrices, each normalised by its mean off-diagonal distance (so feature scales and
+    sizes may differ). As in the authors' code the Huber loss averages over all B x B entries,
+    the zero diagonal included. (B, ...), (B, ...) -> scalar."""
     b = f_s.shape[0]
     off = ~torch.eye(b, device=f_s.device, dtype=torch.bool)
-    d_s, d_t = pairwise_distances(f_s), pairwise_distances(f_t.detach())
+    d_s, d_t = pairwise_distances(f_s), pairwise_distances(f_t.detach())  # (B, B), 0 on the diagonal
     d_s = d_s / d_s[off].mean().clamp(min=1e-12)
     d_t = d_t / d_t[off].mean().clamp(min=1e-12)
-    return F.smooth_l1_loss(d_s[off], d_t[off])
+    return F.smooth_l1_loss(d_s, d_t)
 
 
 def triplet_angles(f: Tensor) -> Tensor:
@@ -42,7 +44,8 @@ def triplet_angles(f: Tensor) -> Tensor:
 
 
 def rkd_angle_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
-    """RKD-A (Park et al. 2019, eq. 7): Huber loss between triplet angle cosines."""
+    """RKD-A (Park et al. 2019, eq. 7; the authors' `RkdAngle`): Huber loss between triplet angle
+    cosines, averaged over all B^3 triplets (degenerate ones, with i = j or k = j, are 0 on both sides)."""
     return F.smooth_l1_loss(triplet_angles(f_s), triplet_angles(f_t.detach()))
 
 
@@ -88,13 +91,18 @@ def standardize_logits(z: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 def ofa_loss(s_logits: Tensor, t_logits: Tensor, target: Tensor, eps: float = 1.0, temperature: float = 1.0) -> Tensor:
-    """OFA (Hao et al. 2023, eq. 6): cross-entropy to the teacher's distribution whose target-class
-    weight p_t[y] is enhanced to (1 + p_t[y])^eps: -(1+p_t^y)^eps log p_s^y - sum_{c!=y} p_t^c log p_s^c.
-    (B, C), (B, C), target (B,) long."""
-    p_t = F.softmax(t_logits.detach().float() / temperature, -1)
-    lp_s = F.log_softmax(s_logits.float() / temperature, -1)
-    onehot = F.one_hot(target, p_t.shape[-1]).bool()
-    w = torch.where(onehot, (1.0 + p_t).pow(eps), p_t)
+    """OFA (Hao et al. 2023, eq. 6; the authors' `ofa_loss`): cross-entropy to the teacher's
+    distribution with adaptive target enhancement, -sum_c ((p_t + 1_y)^eps - 1_y)_c log p_s,c.
+
+    The target class weighs (1 + p_t^y)^eps - 1, every other class (p_t^c)^eps. eps = 1 gives plain
+    cross-entropy to p_t, with no label term (the label is counted once, in the method's separate
+    CE); eps > 1 raises the target's weight relative to the other classes, whose p_t^eps shrink.
+    (B, C), (B, C), target (B,) long.
+    """
+    p_t = F.softmax(t_logits.detach().float() / temperature, -1)            # (B, C)
+    lp_s = F.log_softmax(s_logits.float() / temperature, -1)                 # (B, C)
+    onehot = F.one_hot(target, p_t.shape[-1]).to(p_t.dtype)                  # (B, C)
+    w = (p_t + onehot).pow(eps) - onehot                                     # (B, C) enhanced target
     return -(w * lp_s).sum(-1).mean()
 
 

@@ -3,6 +3,8 @@
 KD whose softmax inputs are z-scored per sample: p = softmax((z - mean z) / (std z * T)). The
 student need not match the teacher's logit range, only its logit shape; the loss is invariant to
 shifting and scaling either side's logits. loss = kd_weight * T^2 KL(p_t || p_s) + ce_weight * CE.
+Defaults are the authors' (`--logit-stand --base-temp 2 --kd-weight 9` with CE weight 0.1 in their
+release, whose `kd_loss` this matches: z-score over classes with the sample std + 1e-7).
 Only the teacher's logits are used (a full-k output cache works: z-scores ignore its shift).
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ class LSKD(ClassifierMethod):
     supports_cache = True
 
     def __init__(self, student, teacher, temperature: Annotated[float, Field(gt=0)] = 2.0,
-                 kd_weight: Annotated[float, Field(ge=0)] = 0.9, ce_weight: Annotated[float, Field(ge=0)] = 0.1):
+                 kd_weight: Annotated[float, Field(ge=0)] = 9.0, ce_weight: Annotated[float, Field(ge=0)] = 0.1):
         super().__init__(student, teacher)
         self.temperature = temperature
         self.weights = {"kd": kd_weight, "ce": ce_weight}

@@ -4,9 +4,10 @@ Between Heterogeneous Architectures in Knowledge Distillation").
 Intermediate student features are projected into the logit space by small branches (1x1 conv +
 pooling + linear for maps, an MLP for vectors), so teacher and student are compared where every
 architecture agrees: the class distribution. Each branch and the final head learn from the
-teacher with the OFA loss, whose target-class weight p_t[y] is enhanced to (1 + p_t[y])^eps
-(adaptive target enhancement). Works between a CNN and an MLP or transformer. The teacher's
-logits are its only signal, so a full-k output cache works.
+teacher with the OFA loss, the authors' -sum_c ((p_t + 1_y)^eps - 1_y)_c log p_s,c (adaptive
+target enhancement; at eps = 1 it is cross-entropy to p_t, so the label enters only through the
+CE term, once, as in the authors' distiller). Works between a CNN and an MLP or transformer. The
+teacher's logits are its only signal, so a full-k output cache works.
 loss = CE + w * [OFA(final) + sum_branches OFA(branch)]; branches are trained and then unused.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Relational KD (Park, Kim, Lu, Cho 2019, "Relational Knowledge Distillation").
 
 The student preserves the teacher's distance-wise (pairs, normalised by the mean distance) and
-angle-wise (triplets) structure of a batch of embeddings, with Huber losses:
+angle-wise (triplets) structure of a batch of embeddings, with Huber losses averaged as in the
+authors' code (over the full B x B distance matrix and all B^3 triplets), and their weights 25 and 50:
 loss = CE + w_d * RKD-D + w_a * RKD-A. Embedding sizes may differ. Needs the live teacher.
 """
 from __future__ import annotations
