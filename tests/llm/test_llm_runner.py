@@ -93,3 +93,20 @@ def test_recipes_validate():
         pytest.skip("the llm recipes read ../shared/assets (or $DISTILL_ASSETS), absent here")
     for path in sorted(Path(__file__).resolve().parents[2].glob("recipes/llm/*.yaml")):
         load_config(path)
+
+
+def test_cross_tokenizer_student_shows_no_nan_agreement(tmp_path, teacher_dir):
+    """A student with its own tokenizer has no comparable top-1 agreement: "-", never "nan"."""
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(20)))
+    recipe = _recipe(tmp_path, teacher_dir, {"source": "text", "path": str(text)}, [{"name": "sft"}])
+    recipe["student"]["tokenizer"] = "byte"
+    recipe["train"]["max_steps"] = 1
+    lines: list[str] = []
+    s = distill.run(recipe, log=lines.append)
+    said = [m for m in lines if m.startswith("student sft: bits/byte")]
+    assert len(said) == 1 and said[0].endswith("teacher agreement -"), said
+    assert not any("nan" in m.lower() for m in lines), lines
+    summary = json.loads((Path(s["run_dir"]) / "summary.json").read_text())
+    assert "teacher_agreement" not in summary["students"]["sft"]
+    assert "nan" not in (Path(s["run_dir"]) / "report.md").read_text().lower()

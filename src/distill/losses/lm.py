@@ -5,11 +5,17 @@ computes the logits one chunk of positions at a time inside activation checkpoin
 and backward each hold (chunk, V) logits in fp32 at most, not (B*T, V). The divergence per
 position is the one of `distill.losses.divergences` (same kinds, top-k, vocab-padding handling).
 
+A model whose logits are not just `head(hidden)` gives its output transform as a `LogitMap`
+(Gemma-2/3 soft-capping, Cohere's `logit_scale`, Granite's `logits_scaling`); it is applied to
+each chunk's logits, so the chunked losses see the same logits as `model(...).logits`.
+
 `hidden_cross_entropy` is the matching next-token CE. Both return a "sum" by default so the caller
 can divide by the number of counted tokens in a whole accumulation window (`token_mean`), which
 keeps the per-token normalisation exact under padding and gradient accumulation.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,20 +25,46 @@ from torch.utils.checkpoint import checkpoint
 from distill.losses.divergences import Kind, Reduction, _align_vocab, _per_position, _reduce
 
 
-def _logits(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    return F.linear(h, w, b)  # (N, V)
+@dataclass(frozen=True)
+class LogitMap:
+    """What a model does to `head(hidden)` before returning its logits:
+    z -> scale * z, then, with `softcap` c, c * tanh(z / c) (Gemma-2, eq. of its `final_logit_softcapping`).
+    The identity by default."""
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+    def __call__(self, z: Tensor) -> Tensor:
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap is not None:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+
+IDENTITY = LogitMap()
+
+
+def head_logits(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitMap | None = None) -> Tensor:
+    """The logits (N, V) of hidden states (N, D) under head (V, D) and the model's output transform."""
+    z = F.linear(h, w, b)
+    return z if logit_map is None or logit_map.identity else logit_map(z)
 
 
 def _div_chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None,
-               kind: Kind, temperature: float, beta: float, alpha: float, top_k: int | None) -> Tensor:
+               kind: Kind, temperature: float, beta: float, alpha: float, top_k: int | None,
+               fs: LogitMap | None, ft: LogitMap | None) -> Tensor:
     with torch.no_grad():
-        zt = _logits(ht, wt, bt)
-    zs, zt = _align_vocab(_logits(hs, ws, bs), zt)
+        zt = head_logits(ht, wt, bt, ft)
+    zs, zt = _align_vocab(head_logits(hs, ws, bs, fs), zt)
     return _per_position(zs, zt, kind, temperature, beta, alpha, top_k)
 
 
-def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor) -> Tensor:
-    return F.cross_entropy(_logits(h, w, b).float(), y, reduction="none")
+def _ce_chunk(h: Tensor, w: Tensor, b: Tensor | None, y: Tensor, f: LogitMap | None) -> Tensor:
+    return F.cross_entropy(head_logits(h, w, b, f).float(), y, reduction="none")
 
 
 def _flat_selected(x: Tensor, keep: Tensor | None) -> Tensor:
@@ -56,12 +88,15 @@ def hidden_divergence(
     top_k: int | None = None,
     chunk_size: int = 1024,
     reduction: Reduction = "sum",
+    student_logit_map: LogitMap | None = None,
+    teacher_logit_map: LogitMap | None = None,
 ) -> Tensor:
     """Divergence between teacher and student next-token distributions from hidden states.
 
     student_hidden: (..., Ds); student_head: (Vs, Ds); teacher_hidden: (..., Dt); teacher_head:
     (Vt, Dt) (Vs != Vt: the extra padded rows are dropped). mask: (...) bool. Masked positions are
-    skipped before any logits are computed. Returns a scalar, or (...) for reduction="none".
+    skipped before any logits are computed. `*_logit_map`: each model's output transform.
+    Returns a scalar, or (...) for reduction="none".
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -76,7 +111,7 @@ def hidden_divergence(
     parts = []
     for i in range(0, hs.shape[0], chunk_size):
         args = (hs[i:i + chunk_size], student_head, student_bias, ht[i:i + chunk_size], wt, bt,
-                kind, temperature, beta, alpha, top_k)
+                kind, temperature, beta, alpha, top_k, student_logit_map, teacher_logit_map)
         if torch.is_grad_enabled() and (hs.requires_grad or student_head.requires_grad):
             parts.append(checkpoint(_div_chunk, *args, use_reentrant=False))
         else:
@@ -93,9 +128,11 @@ def hidden_cross_entropy(
     ignore_index: int = -100,
     chunk_size: int = 1024,
     reduction: Reduction = "sum",
+    logit_map: LogitMap | None = None,
 ) -> Tensor:
     """Next-token cross-entropy from hidden states (..., D), head (V, D) and labels (...) already
     aligned with positions (labels[t] is the token after position t; `ignore_index` = not counted).
+    `logit_map`: the model's output transform.
     """
     mask = labels != ignore_index
     keep = mask.reshape(-1)
@@ -103,7 +140,7 @@ def hidden_cross_entropy(
     y = labels.reshape(-1)[keep]
     parts = []
     for i in range(0, h.shape[0], chunk_size):
-        args = (h[i:i + chunk_size], head, bias, y[i:i + chunk_size])
+        args = (h[i:i + chunk_size], head, bias, y[i:i + chunk_size], logit_map)
         if torch.is_grad_enabled() and (h.requires_grad or head.requires_grad):
             parts.append(checkpoint(_ce_chunk, *args, use_reentrant=False))
         else:

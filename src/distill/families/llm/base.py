@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from distill.families.llm.data import IGNORE, Example, collate
-from distill.families.llm.models import head_of, hidden_states
+from distill.families.llm.models import hidden_states, logit_map_of, output_head
 from distill.losses.lm import hidden_cross_entropy, hidden_divergence
 from distill.teacher import Teacher
 
@@ -42,6 +42,10 @@ class LMMethod(nn.Module):
             raise ValueError(f"{type(self).__name__} needs a teacher")
         self.student = student
         self._teacher = teacher  # plain attribute: never a submodule, never optimised
+        # refuse now, not mid-run, a model whose logits are not its head of its hidden states
+        logit_map_of(student)
+        if teacher is not None:
+            logit_map_of(teacher.module)
         self.chunk_size = chunk_size
         self.weights: dict[str, float] = {}
         self.step = 0
@@ -78,17 +82,17 @@ class LMMethod(nn.Module):
             return hidden_states(self._teacher.module, batch)  # (B, T, Dt)
 
     def ce_sum(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        w, b = head_of(self.student)
-        return hidden_cross_entropy(h, w, labels, bias=b, chunk_size=self.chunk_size)
+        w, b, f = output_head(self.student)
+        return hidden_cross_entropy(h, w, labels, bias=b, chunk_size=self.chunk_size, logit_map=f)
 
     def kd_sum(self, h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, kind: str, *, temperature: float = 1.0,
                beta: float = 0.5, alpha: float = 0.1, top_k: int | None = None) -> torch.Tensor:
         assert self._teacher is not None
-        ws, bs = head_of(self.student)
-        wt, bt = head_of(self._teacher.module)
+        ws, bs, fs = output_head(self.student)
+        wt, bt, ft = output_head(self._teacher.module)
         return hidden_divergence(h_s, ws, h_t, wt, kind, student_bias=bs, teacher_bias=bt,  # type: ignore[arg-type]
                                  temperature=temperature, mask=mask, beta=beta, alpha=alpha, top_k=top_k,
-                                 chunk_size=self.chunk_size)
+                                 chunk_size=self.chunk_size, student_logit_map=fs, teacher_logit_map=ft)
 
     def hparams(self) -> dict[str, Any]:
         return {}

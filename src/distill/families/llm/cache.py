@@ -27,8 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 from distill.errors import CacheMismatchError
 from distill.families.llm.data import IGNORE, Example, collate
-from distill.families.llm.models import head_of, hidden_states
+from distill.families.llm.models import hidden_states, output_head
 from distill.losses.divergences import Kind, sparse_divergence
+from distill.losses.lm import LogitMap, head_logits
 from distill.teacher import CheckedCache, Teacher, write_checked
 from distill.utils import hash_json
 
@@ -94,7 +95,7 @@ class LMTeacherCache(CheckedCache):
         """Run the teacher once over every distinct example (one per row, unpacked) and write the cache."""
         folder = Path(folder)
         exs = _unique(examples)
-        wt, bt = head_of(teacher.module)
+        wt, bt, ft = output_head(teacher.module)
         idx_l, lp_l, tail_l, counts = [], [], [], []
         for i in range(0, len(exs), batch_size):
             chunk = exs[i:i + batch_size]
@@ -102,7 +103,7 @@ class LMTeacherCache(CheckedCache):
             mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
             with torch.no_grad():
                 h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
-                lp = F.log_softmax(F.linear(h, wt, bt).float() / temperature, dim=-1)  # (n, V)
+                lp = F.log_softmax(head_logits(h, wt, bt, ft).float() / temperature, dim=-1)  # (n, V)
                 top = lp.topk(min(k, lp.shape[-1]), dim=-1)
                 rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)         # (n,)
             idx_l.append(top.indices.int().cpu())
@@ -158,18 +159,20 @@ class LMTeacherCache(CheckedCache):
 
 
 def _sparse_chunk(h: Tensor, w: Tensor, b: Tensor | None, idx: Tensor, lp: Tensor, tail: Tensor, kind: Kind,
-                  temperature: float, beta: float, alpha: float) -> Tensor:
-    z = F.linear(h, w, b)
+                  temperature: float, beta: float, alpha: float, f: LogitMap | None) -> Tensor:
+    z = head_logits(h, w, b, f)
     return sparse_divergence(z, idx, lp, kind, temperature=temperature, beta=beta, alpha=alpha,
                              teacher_log_tail=tail, reduction="none")
 
 
 def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_bias: Tensor | None,
                           cached: tuple[Tensor, Tensor, Tensor], mask: Tensor, kind: Kind, *, vocab_size: int,
-                          temperature: float, beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024) -> Tensor:
+                          temperature: float, beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024,
+                          logit_map: LogitMap | None = None) -> Tensor:
     """Sum over counted positions of the divergence to the cached teacher, from student hidden states
-    (B, T, D) and head (V, D); the student's logits exist one chunk of positions at a time. Student
-    rows past the teacher's vocabulary (padding) are dropped, as in the in-process loss."""
+    (B, T, D), head (V, D) and output transform `logit_map`; the student's logits exist one chunk
+    of positions at a time. Student rows past the teacher's vocabulary (padding) are dropped, as in
+    the in-process loss."""
     idx, lp, tail = (t.to(student_hidden.device) for t in cached)
     h = student_hidden[mask]  # (n, D)
     v = min(vocab_size, student_head.shape[0])
@@ -177,7 +180,7 @@ def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk_size):
         args = (h[i:i + chunk_size], w, b, idx[i:i + chunk_size], lp[i:i + chunk_size], tail[i:i + chunk_size],
-                kind, temperature, beta, alpha)
+                kind, temperature, beta, alpha, logit_map)
         if torch.is_grad_enabled() and h.requires_grad:
             total = total + checkpoint(_sparse_chunk, *args, use_reentrant=False).sum()
         else:

@@ -22,7 +22,8 @@ from typing_extensions import Annotated
 
 from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE
-from distill.families.llm.models import head_of
+from distill.families.llm.models import output_head
+from distill.losses.lm import LogitMap, head_logits
 from distill.registry import register_method
 
 
@@ -38,10 +39,10 @@ def first_loss(student_logits: Tensor, teacher_logits: Tensor, k: int, tau: floa
 
 
 def _chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None, k: int,
-           tau: float) -> Tensor:
+           tau: float, fs: LogitMap, ft: LogitMap) -> Tensor:
     with torch.no_grad():
-        zt = F.linear(ht, wt, bt)
-    return first_loss(F.linear(hs, ws, bs), zt, k, tau)
+        zt = head_logits(ht, wt, bt, ft)
+    return first_loss(head_logits(hs, ws, bs, fs), zt, k, tau)
 
 
 @register_method("first", family="llm", description="FIRST: calibrated top-k teacher knowledge (Shum et al. 2024)",
@@ -62,12 +63,12 @@ class FIRST(LMMethod):
         h_s = self.student_hidden(batch)
         mask = batch["labels"] != IGNORE
         hs, ht = h_s[mask], self.teacher_hidden(batch)[mask]  # (n, D), (n, Dt)
-        ws, bs = head_of(self.student)
-        wt, bt = head_of(self.teacher.module)
+        ws, bs, fs = output_head(self.student)
+        wt, bt, ft = output_head(self.teacher.module)
         kd = h_s.new_zeros((), dtype=torch.float32)
         for i in range(0, hs.shape[0], self.chunk_size):
             args = (hs[i:i + self.chunk_size], ws, bs, ht[i:i + self.chunk_size], wt.detach(),
-                    bt.detach() if bt is not None else None, self.top_k, self.tau)
+                    bt.detach() if bt is not None else None, self.top_k, self.tau, fs, ft)
             part = checkpoint(_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk(*args)
             kd = kd + part.sum()
         terms = {"kd": kd / batch["norm"]}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
+from distill.losses.lm import LogitMap, head_logits
 from distill.utils import hash_json, sha256_file
 
 
@@ -98,6 +99,61 @@ def head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight (V, D), bias or None) of a causal LM's output layer."""
     head = model.get_output_embeddings()
     return head.weight, getattr(head, "bias", None)
+
+
+def _known_logit_map(model: nn.Module) -> LogitMap:
+    """The output transforms transformers' causal LMs apply after the head, read from the config:
+    Cohere (`logits * logit_scale`), Granite (`logits / logits_scaling`), Gemma-2/3 and others
+    (`final_logit_softcapping`)."""
+    cfg = model.config
+    scale = 1.0
+    ls = getattr(model, "logit_scale", None)  # Cohere keeps config.logit_scale on the model
+    if isinstance(ls, (int, float)) and not isinstance(ls, bool):
+        scale *= float(ls)
+    if getattr(cfg, "logits_scaling", None) not in (None, 1, 1.0):
+        scale /= float(cfg.logits_scaling)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return LogitMap(scale=scale, softcap=float(cap) if cap else None)
+
+
+@torch.no_grad()
+def logit_map_of(model: nn.Module) -> LogitMap:
+    """The transform from `head(final hidden states)` to `model(...).logits`, checked once per model
+    on a short probe: a model whose logits are something else (an output transform not known here)
+    is refused rather than distilled on the wrong logits."""
+    cached = getattr(model, "_distill_logit_map", None)
+    if cached is not None:
+        return cached
+    f = _known_logit_map(model)
+    w, b = head_of(model)
+    n = min(8, w.shape[0])
+    ids = torch.arange(n, device=w.device)[None]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(n, device=w.device)[None]}
+    was = model.training
+    model.eval()
+    try:
+        own = model(**batch).logits.float()                              # (1, n, V)
+        ours = head_logits(hidden_states(model, batch), w, b, f).float()  # (1, n, V)
+    except Exception as e:
+        raise ConfigError(f"{type(model).__name__}: cannot compute its logits from its final hidden states "
+                          f"({type(e).__name__}: {e}); the chunked losses need `base_model` + the output layer.") from None
+    finally:
+        model.train(was)
+    err = float((own - ours).abs().max())
+    if not err <= 1e-3 * (1.0 + float(own.abs().max())):
+        raise ConfigError(f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', '?')!r}): its "
+                          f"logits are not its output layer applied to its final hidden states (max difference {err:.3g}"
+                          f" after the known transforms {f}); the chunked losses, the teacher cache and FIRST would "
+                          "train on other logits than the model's own. This architecture is not supported.")
+    model._distill_logit_map = f  # plain attribute: not a parameter, not saved
+    return f
+
+
+def output_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, LogitMap]:
+    """(weight (V, D), bias or None, output transform) such that `head_logits(h, w, b, f)` equals the
+    model's own logits at final hidden states h."""
+    w, b = head_of(model)
+    return w, b, logit_map_of(model)
 
 
 def hidden_states(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing_extensions import Annotated
 
 from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE
-from distill.families.llm.models import head_of
+from distill.families.llm.models import output_head
 from distill.losses.lm import hidden_cross_entropy
 from distill.registry import register_method
 
@@ -35,8 +35,8 @@ class REDI(LMMethod):
         return {"alpha": self.alpha}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        w, b = head_of(self.student)
-        ce = hidden_cross_entropy(self.student_hidden(batch), w, batch["labels"], bias=b,
+        w, b, f = output_head(self.student)
+        ce = hidden_cross_entropy(self.student_hidden(batch), w, batch["labels"], bias=b, logit_map=f,
                                   chunk_size=self.chunk_size, reduction="none")  # (B, T), 0 where not counted
         counted = batch["labels"] != IGNORE
         # one id per (row, example in row); sequences are length-normalised separately

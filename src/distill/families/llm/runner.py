@@ -239,7 +239,9 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
         m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None, served_top1)
         m["method"] = mcfg.name
         results["students"][label] = m
-        log(f"student {label}: bits/byte {m['bits_per_byte']:.4f}, teacher agreement {m.get('teacher_agreement', float('nan')):.3f}")
+        # no agreement for a student with its own tokenizer (its tokens are not the teacher's): "-"
+        agreement = f"{m['teacher_agreement']:.3f}" if "teacher_agreement" in m else "-"
+        log(f"student {label}: bits/byte {m['bits_per_byte']:.4f}, teacher agreement {agreement}")
 
     results["best"] = min(results["students"], key=lambda k: results["students"][k]["bits_per_byte"])
     results["data"] = {"source": cfg.data.source, "train": len(train), "held_out": len(held), "ood": len(ood)}

@@ -18,7 +18,7 @@ from typing_extensions import Annotated
 
 from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE
-from distill.families.llm.models import head_of
+from distill.families.llm.models import output_head
 from distill.registry import register_method
 
 DivergenceName = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
@@ -48,10 +48,10 @@ class TokenKD(LMMethod):
         if self.cache is not None:
             from distill.families.llm.cache import cached_divergence_sum
 
-            ws, bs = head_of(self.student)
+            ws, bs, fs = output_head(self.student)
             kd = cached_divergence_sum(h_s, ws, bs, self.cache.lookup(batch), mask, self.divergence,
                                        vocab_size=self.cache.meta["vocab_size"], temperature=self.temperature,
-                                       beta=self.beta, alpha=self.alpha, chunk_size=self.chunk_size)
+                                       beta=self.beta, alpha=self.alpha, chunk_size=self.chunk_size, logit_map=fs)
         else:
             kd = self.kd_sum(h_s, self.teacher_hidden(batch), mask, self.divergence, temperature=self.temperature,
                              beta=self.beta, alpha=self.alpha, top_k=self.top_k)
