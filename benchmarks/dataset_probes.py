@@ -53,7 +53,7 @@ def main() -> None:
               "| epochs | test accuracy % | on DSA-augmented test images % |", "|---|---|---|"]
     for epochs in (20, 60):
         teacher = SRe2L(ctx, teacher_epochs=epochs).squeeze()
-        aug = dsa(d["test_x"], 1)
+        aug = dsa(d["test_x"], 1, siamese=False)
         lines.append(f"| {epochs} | {test_accuracy(teacher, d['test_x'], d['test_y']):.1f} | "
                      f"{test_accuracy(teacher, aug, d['test_y']):.1f} |")
         print(lines[-1], flush=True)

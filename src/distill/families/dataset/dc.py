@@ -61,7 +61,9 @@ class GradientMatching(ImageMethod):
             x_syn, y_syn = self.images.detach(), self.labels
             for _ in range(self.inner_loop):  # train the network on the (augmented) synthetic set
                 idx = torch.randperm(len(x_syn), generator=ctx.gen)[:256].to(x_syn.device)
-                xb = dsa(x_syn[idx], ctx.rand_int(2**31 - 1), self.strategy) if self.augment else x_syn[idx]
+                xb = x_syn[idx]
+                if self.augment:  # per-sample draws, as the authors' inner loop (no seed)
+                    xb = dsa(xb, ctx.rand_int(2**31 - 1), self.strategy, siamese=False)
                 net_opt.zero_grad()
                 F.cross_entropy(net(xb), y_syn[idx]).backward()
                 net_opt.step()

@@ -90,7 +90,7 @@ def train_one(make_net, images: Tensor, labels: Tensor, test_x: Tensor, test_y: 
             idx = order[i:i + p.batch_size]
             xb = images[idx]
             if augment:
-                xb = dsa(xb, int(torch.randint(0, 2**31 - 1, (), generator=g)), p.strategy)
+                xb = dsa(xb, int(torch.randint(0, 2**31 - 1, (), generator=g)), p.strategy, siamese=False)  # per sample
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher(xb)

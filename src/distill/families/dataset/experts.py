@@ -40,7 +40,7 @@ def train_experts(ctx: DistillContext, num: int, epochs: int, lr: float = 0.01, 
             order = torch.randperm(len(ctx.x), generator=ctx.gen).to(ctx.x.device)
             for i in range(0, len(order), batch_size):
                 idx = order[i:i + batch_size]
-                xb = dsa(ctx.x[idx], ctx.rand_int(2**31 - 1), strategy) if augment else ctx.x[idx]
+                xb = dsa(ctx.x[idx], ctx.rand_int(2**31 - 1), strategy, siamese=False) if augment else ctx.x[idx]
                 loss = F.cross_entropy(net(xb), ctx.y[idx])
                 opt.zero_grad()
                 loss.backward()

@@ -80,7 +80,7 @@ class TrajectoryMatching(ImageMethod):
             idx = torch.randperm(n, generator=self.ctx.gen)[:bs].to(self.images.device)
             x = self.images[idx]
             if self.augment:
-                x = dsa(x, self.ctx.rand_int(2**31 - 1), self.strategy)
+                x = dsa(x, self.ctx.rand_int(2**31 - 1), self.strategy, siamese=False)  # per sample, as MTT
             if self.checkpoint:
                 theta = ckpt(self._inner_step, theta, x, y_all[idx], self.syn_lr, use_reentrant=False)
             else:

@@ -74,7 +74,7 @@ class SRe2L(DatasetMethod):
             order = torch.randperm(len(ctx.x), generator=ctx.gen).to(ctx.x.device)
             for i in range(0, len(order), 256):
                 idx = order[i:i + 256]
-                loss = F.cross_entropy(net(dsa(ctx.x[idx], ctx.rand_int(2**31 - 1))), ctx.y[idx])
+                loss = F.cross_entropy(net(dsa(ctx.x[idx], ctx.rand_int(2**31 - 1), siamese=False)), ctx.y[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
