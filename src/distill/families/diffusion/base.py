@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from distill.errors import ConfigError
 from distill.families.diffusion.process import Process, call, ddim_sample, renoise_sample
 from distill.families.diffusion.unet import current_labels
 from distill.teacher import Teacher
@@ -53,6 +54,14 @@ class DiffusionMethod(nn.Module):
         self.process = ctx.process
         self.weights: dict[str, float] = {}
         self.calls = 0           # training forward calls so far (schedules inside methods)
+        self.step_index = 0      # the optimiser step of the latest training call (see `tick`)
+        if init_from_teacher and ctx.teacher_param != ctx.student_param and weights_fit(teacher.module, student):
+            raise ConfigError(
+                f"student.param: the student is read as {ctx.student_param!r} but the teacher predicts "
+                f"{ctx.teacher_param!r}; copying the teacher's weights would give a student whose output means "
+                f"{ctx.teacher_param!r}, not {ctx.student_param!r}. Set student.param: {ctx.teacher_param} (or leave "
+                "it unset) to start from the teacher, or give the method init_from_teacher: false to start from "
+                "random weights.")
         self.initialised_from_teacher = init_from_teacher and copy_weights(teacher.module, student)
         # class-conditional teacher (UNet / MLP with num_classes): the count of real classes, else None
         self.num_classes: int | None = getattr(teacher.module, "num_classes", None)
@@ -88,11 +97,16 @@ class DiffusionMethod(nn.Module):
     def finalize(self) -> None:
         """Called once after training (e.g. to store the last round's model)."""
 
-    def tick(self) -> int:
-        """Count a training call; returns the index of this call."""
+    def tick(self, batch: dict | None = None) -> int:
+        """Count a training call; returns the index of this call. Sets `step_index`, the optimiser step
+        this call belongs to: the batch's "step" (optimiser steps done before it; the runner sets it, so
+        every micro-batch of one accumulation window has the same), else the call's index (a plain loop
+        with one call per optimiser step). Per-step work (EMA targets, fake-score updates) keys on it."""
         n = self.calls
         if self.training:
             self.calls += 1
+            step = None if batch is None else batch.get("step")
+            self.step_index = n if step is None else int(step)
         return n
 
     def extra_state(self) -> dict:
@@ -124,14 +138,28 @@ def _t(t: Tensor | float, x: Tensor) -> Tensor:
     return t.expand(x.shape[0]) if t.dim() == 0 else t
 
 
-def copy_weights(src: nn.Module, dst: nn.Module) -> bool:
-    """Load src's weights into dst when every name and shape matches; False (dst untouched) otherwise.
-    A dst with LoRA adapters (peft: `x.base_layer.weight`, `x.lora_A...`) gets its base weights; its
-    adapters are left as they are."""
+def _base_keys(src: nn.Module, dst: nn.Module) -> dict[str, str] | None:
+    """src's state_dict key -> dst's key (LoRA base layers mapped), when every name and shape matches."""
     a, b = src.state_dict(), dst.state_dict()
     base = {k.replace(".base_layer.", "."): k for k in b if ".lora_" not in k}
     if a.keys() != base.keys() or any(a[k].shape != b[base[k]].shape for k in a):
+        return None
+    return base
+
+
+def weights_fit(src: nn.Module, dst: nn.Module) -> bool:
+    """Whether `copy_weights(src, dst)` would copy (every name and shape matches)."""
+    return _base_keys(src, dst) is not None
+
+
+def copy_weights(src: nn.Module, dst: nn.Module) -> bool:
+    """Load src's weights into dst when every name and shape matches; False (dst untouched) otherwise.
+    A dst with LoRA adapters (peft: `x.base_layer.weight`, `x.lora_A...`) gets its base weights; its
+    adapters are left as they are. The caller checks that both read their outputs alike (parameterisation)."""
+    base = _base_keys(src, dst)
+    if base is None:
         return False
+    a, b = src.state_dict(), dst.state_dict()
     if len(base) == len(b) and all(k == v for k, v in base.items()):
         dst.load_state_dict(copy.deepcopy(a))
     else:
