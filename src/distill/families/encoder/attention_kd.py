@@ -19,6 +19,7 @@ from distill.registry import register_method
                  injected=("student", "teacher"))
 class AttentionKD(EncoderMethod):
     needs_layers = True
+    needs_attention = True  # taps each layer's query/key(/value) projections
 
     def __init__(self, student, teacher, layer_map: Literal["uniform", "last_k", "explicit"] = "uniform",
                  pairs: list[tuple[int, int]] | None = None, last_k: Annotated[int, Field(ge=1)] = 1,

@@ -4,7 +4,8 @@ A method is an nn.Module owning the student (so it is optimised and saved) and a
 needs; the teacher is a frozen `Teacher` held by reference, never a submodule. `forward(batch)`
 returns named loss terms (batch means); `self.weights` gives their default weights, which a
 recipe's `weights:` overrides. Class attributes the runner and config read: `needs_teacher`,
-`needs_layers` (distils transformer layers, so a static student cannot use it).
+`needs_layers` (distils transformer layers, so a static student cannot use it), `needs_attention`
+(taps the query/key/value projections, so the layers must have separate ones).
 
 Intermediate-layer methods also add the sentence-embedding term `embed` (1 - cosine to the
 teacher's embedding, weight `embedding_weight`), so that the student's output is trained too;
@@ -27,6 +28,7 @@ from distill.teacher import Teacher
 class EncoderMethod(nn.Module):
     needs_teacher: bool = True
     needs_layers: bool = False
+    needs_attention: bool = False
 
     def __init__(self, student: nn.Module, teacher: Teacher | None):
         super().__init__()

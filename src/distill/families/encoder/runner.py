@@ -14,13 +14,15 @@ from typing import Any, Callable
 import torch
 
 from distill.config import TrainConfig
+from distill.errors import ConfigError
 from distill.engine import Engine
 from distill.families.encoder.base import EncoderMethod
 from distill.families.encoder.config import EncoderDataConfig, EncoderMethodConfig, EncoderRunConfig
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
 from distill.families.encoder.evaluate import agreement, encode, throughput
-from distill.families.encoder.models import (SentenceEncoder, build_student, count_parameters, load_backbone,
-                                             load_tokenizer, resolve_path)
+from distill.families.encoder.export import save_encoder
+from distill.families.encoder.models import build_student, count_parameters, load_encoder_source, load_tokenizer
+from distill.families.encoder.sources import added_special_ids
 from distill.families.encoder.task import TextClassifier, accuracy, build_task, predict_logits, task_teacher
 from distill.families.llm.config import expand
 from distill.registry import methods, register_runner
@@ -55,7 +57,13 @@ class Context:
         self.device = Engine(cfg.engine, None, seed=cfg.seed).device
         self.tok = load_tokenizer(cfg.teacher.path)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        self.encoder = SentenceEncoder(load_backbone(cfg.teacher.path), cfg.teacher.pooling).to(self.device)
+        t = cfg.teacher
+        self.encoder = load_encoder_source(t.path, "teacher.path", None if t.pooling == "auto" else t.pooling,
+                                           t.normalize).to(self.device)
+        if getattr(self.encoder, "is_static", False):
+            raise ConfigError(f"teacher.path: {t.path!r} is a static (embedding-bag) model; the teacher must be a "
+                              "transformers encoder.")
+        self.check_layers()
         self.train_rows, self.held_rows, n_train = self.text_rows(cfg.data)
         self.task = build_task(cfg.task, self.tok, cfg.data.max_length) if cfg.task else None
         self.teacher_model: torch.nn.Module = self.encoder
@@ -63,11 +71,19 @@ class Context:
             self.teacher_model, _ = task_teacher(cfg, self.encoder, self.task, self.pad_id, self.device,
                                                  self._fit_teacher, log)
         self.teacher = Teacher(self.teacher_model)
-        log(f"teacher: {resolve_path(cfg.teacher.path)} ({count_parameters(self.teacher_model):,} parameters); "
+        log(f"teacher: {cfg.teacher.path} ({type(self.encoder.backbone).__name__}, pooling {self.encoder.pooling}"
+            f"{', normalised' if self.encoder.normalize else ''}; {count_parameters(self.teacher_model):,} parameters); "
             f"data: {n_train} train / {len(self.held_rows)} held-out sentences"
             + (f"; task: {len(self.task.classes)} classes, {len(self.task.train_rows)} train ({self.task.labeled} "
                f"labelled) / {len(self.task.test_rows)} test" if self.task else ""))
         self.e_t = encode(self.teacher_model, self.held_rows, self.pad_id, cfg.data.eval_batch_size, self.device)
+
+    def check_layers(self) -> None:
+        """Fail before any training if a recipe's layer method cannot find the teacher's layers."""
+        entries = [methods.get(m.name, "encoder").builder for m in
+                   [*self.cfg.methods, *(st.method for st in self.cfg.stages)]]
+        if any(getattr(b, "needs_layers", False) for b in entries):
+            self.encoder.check_layers(attention=any(getattr(b, "needs_attention", False) for b in entries))
 
     def _fit_teacher(self, method, loader, train_cfg, out_dir, label):
         return fit(method, loader, self.cfg, train_cfg, {}, out_dir, None, label)
@@ -81,7 +97,7 @@ class Context:
 
     def new_student(self) -> torch.nn.Module:
         seed_everything(self.cfg.seed)  # every student starts from the same initialisation
-        student = build_student(self.encoder, self.cfg.student, self.pad_id)
+        student = build_student(self.encoder, self.cfg.student, self.pad_id, skip_ids=added_special_ids(self.tok))
         if self.task is not None:
             student = TextClassifier(student.to(self.device), len(self.task.classes))
         return student.to(self.device)
@@ -112,11 +128,10 @@ class Context:
         return m
 
 
-def save_student(student, out: Path, cfg: EncoderRunConfig, m: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(out / "student.safetensors"))
+def save_student(student, out: Path, ctx: Context, m: dict[str, Any]) -> None:
+    """The student as a sentence-transformers folder (`export.save_encoder`) + its settings and metrics."""
+    cfg = ctx.cfg
+    save_encoder(student, out, ctx.tok, cfg.data.max_length, ctx.task.classes if ctx.task else None)
     atomic_write_text(out / "student.json", json.dumps(cfg.student.model_dump(mode="json")))
     atomic_write_text(out / "result.json", json.dumps(m))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -149,7 +164,7 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
                  speedup=m["sentences_per_s"] / t_metrics["sentences_per_s"])
         results["students"][label] = m
         if out is not None:
-            save_student(student, out, cfg, m)
+            save_student(student, out, ctx, m)
         log(f"student {label}: " + (f"accuracy {m['accuracy']:.3f}, " if "accuracy" in m else "")
             + f"spearman {m['spearman']:.3f} (init {init.get('spearman', float('nan')):.3f}), "
             f"top{k} {m[f'top{k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput")
@@ -167,6 +182,11 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
         results["task"] = {"classes": ctx.task.classes, "train": len(ctx.task.train_rows),
                            "labelled": ctx.task.labeled, "test": len(ctx.task.test_rows)}
     if run_dir is not None:
+        best = results["students"][results["best"]]
+        src = Path(best["folder"]) if "folder" in best else run_dir / "students" / results["best"]
+        if (src / "modules.json").is_file():  # the best student, ready for SentenceTransformer(run_dir / "student")
+            shutil.rmtree(run_dir / "student", ignore_errors=True)
+            shutil.copytree(src, run_dir / "student", ignore=shutil.ignore_patterns("checkpoints"))
         atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
         atomic_write_text(run_dir / "report.md", report(cfg, results))
     return results

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
+from distill.families.encoder.export import load_encoder
 
 
 def stage_source(ctx, method, st) -> str:
@@ -37,9 +37,9 @@ def run_stages(ctx, run_dir: Path | None, metrics_path: Path | None) -> dict[str
     out = None
     for i, st in enumerate(cfg.stages):
         out = run_dir / "students" / label / f"{i}-{st.label}" if run_dir else None
-        if out is not None and (out / "result.json").is_file() and (out / "student.safetensors").is_file():
+        if out is not None and (out / "result.json").is_file() and (out / "modules.json").is_file():
             ctx.log(f"staged student, stage {st.label}: already trained (resumed run)")
-            student.load_state_dict(load_file(str(out / "student.safetensors")))
+            student.load_state_dict(load_encoder(out).state_dict())
             stages[st.label] = json.loads((out / "result.json").read_text())
             continue
         method = ctx.build_method(st.method, student)
@@ -50,7 +50,7 @@ def run_stages(ctx, run_dir: Path | None, metrics_path: Path | None) -> dict[str
         res = ctx.evaluate(student, timing=False)
         res.update(method=st.method.name, data=source, steps=engine.step_count, last_terms=engine.last_terms)
         if out is not None:
-            save_student(student, out, cfg, res)
+            save_student(student, out, ctx, res)
         stages[st.label] = res
     m = ctx.evaluate(student)
     m.update(method="staged", stages=stages, steps=sum(v["steps"] for v in stages.values()))
