@@ -17,7 +17,9 @@ data) from noised generator samples. The fake network's trunk learns from that c
 submodule, optimised by the engine on the term "disc" (on detached features); the generator gets
 the non-saturating loss "gan" through the held fake network and head, with weight `gan_weight`.
 The fake denoiser and its optimiser are saved in the method's state_dict (its extra state), so an
-engine checkpoint resumes them too.
+engine checkpoint resumes them too. Its updates run once per optimiser step (at the first micro-batch
+of an accumulation window) and, with several processes, on gradients averaged over them, so that
+every process keeps the same fake denoiser (it is outside the DDP-wrapped module tree).
 
 Class-conditional teachers: run under `unet.conditioning(y)` with the batch's labels y (B,), the
 generator, the teacher and the fake denoiser all see y for the generator's samples; the fake
@@ -45,6 +47,26 @@ from distill.registry import register_method
 from distill.teacher import Teacher
 
 
+def average_gradients(net: nn.Module) -> None:
+    """Average `net`'s gradients over the processes (one all-reduce of the flattened gradients; a no-op
+    in one process). The fake denoiser lives outside the DDP-wrapped module tree, so DDP does not
+    reduce its gradients; averaged like this, every process takes the same step from the same weights
+    and the copies stay equal (they start equal: copies of the teacher, or of the DDP-synced student)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    params = [p for p in net.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    i = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[i:i + g.numel()].view_as(p).clone()
+        i += g.numel()
+
+
 @register_method("dmd", family="diffusion", injected=("student", "teacher", "ctx"),
                  description="distribution matching distillation with a fake-score network (DMD, DMD2)")
 class DMD(DiffusionMethod):
@@ -70,6 +92,8 @@ class DMD(DiffusionMethod):
         self.__dict__["fake"] = fake
         self.__dict__["fake_opt"] = torch.optim.Adam(fake.parameters(), lr=fake_lr)
         self.pairs: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._fake_step_of: int | None = None   # the optimiser step whose fake updates ran last
+        self._fake_loss = torch.zeros(())
         self.weights = {"dm": 1.0, "regression": regression_weight}
         self._disc_feat: Tensor | None = None    # the head's features from this step's fake update (detached)
         if gan_weight > 0:
@@ -115,6 +139,7 @@ class DMD(DiffusionMethod):
             total = loss + self.disc_weight * discriminator_loss(real_logits, fake_logits)
         self.fake_opt.zero_grad(set_to_none=True)
         total.backward(inputs=list(self.fake.parameters()))   # the head is the engine's to optimise
+        average_gradients(self.fake)
         self.fake_opt.step()
         return loss.detach()
 
@@ -131,9 +156,12 @@ class DMD(DiffusionMethod):
     def update_fake(self, g: Tensor, z: Tensor, real: Tensor | None = None) -> Tensor:
         """The fake denoiser's `fake_updates` steps for this generator step (two time-scale updates):
         the first on this batch's samples g (detached) and, with the GAN term, its real data; the rest
-        on fresh samples. Returns the first loss."""
+        on fresh samples. Returns the first loss. They run at the first micro-batch of each optimiser
+        step only (`step_index`), so grad_accum does not multiply them."""
         if not self.training:
             return torch.zeros((), device=z.device)
+        if self.step_index == self._fake_step_of:     # a later micro-batch of this optimiser step
+            return self._fake_loss
         y = current_labels()
         with torch.enable_grad():
             fake_loss = self._fake_step(g.detach(), real)
@@ -143,6 +171,7 @@ class DMD(DiffusionMethod):
                     with torch.no_grad():
                         g2 = self.generate(torch.randn_like(z))
                     self._fake_step(g2)
+        self._fake_step_of, self._fake_loss = self.step_index, fake_loss
         return fake_loss
 
     def sample_t(self, n: int, device) -> Tensor:
@@ -182,7 +211,7 @@ class DMD(DiffusionMethod):
         return {"disc": discriminator_loss(real_logits, fake_logits), "gan": generator_gan_loss(gen_logits)}
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        self.tick()
+        self.tick(batch)
         z = batch["z"]
         g = self.generate(z)                                               # (B, ...)
         real = batch["x0"] if self.gan_weight > 0 else None

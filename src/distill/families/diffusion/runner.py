@@ -79,7 +79,8 @@ class DenoisingLoss(nn.Module):
 
 def fit(objective: nn.Module, params, source, train: TrainConfig, cfg: DiffusionRunConfig, *, seed: int,
         out_dir: Path | None, name: str, weights: dict[str, float] | None = None) -> Engine:
-    """Optimise `params` for train.max_steps batches (train.epochs when max_steps is unset)."""
+    """Optimise `params` for train.max_steps optimiser steps (train.epochs * 100 when max_steps is unset),
+    each of engine.grad_accum micro-batches."""
     steps = train.max_steps or train.epochs * 100
     engine = Engine(cfg.engine, out_dir, seed=seed, total_steps=steps, name=name)
     objective.to(engine.device)
@@ -88,7 +89,11 @@ def fit(objective: nn.Module, params, source, train: TrainConfig, cfg: Diffusion
     model, optimizer, scheduler = engine.prepare(objective, optimizer, scheduler)
     engine.resume(model, optimizer, scheduler)
     objective.train()
-    for batch in engine.batches(StreamLoader(source, cfg.data.batch_size, steps, seed), 1, steps):
+    micro = steps * cfg.engine.grad_accum      # micro-batches for `steps` optimiser steps
+    for batch in engine.batches(StreamLoader(source, cfg.data.batch_size, micro, seed), 1, steps):
+        # "step": optimiser steps done so far, the same for every micro-batch of one accumulation
+        # window, so that methods do their per-step work (EMA, fake-score updates) once per step
+        batch = {**batch, "step": engine.step_count}
         with engine.autocast():
             terms = model(batch)
         engine.step(terms, {**getattr(objective, "weights", {}), **(weights or {})})
