@@ -3,7 +3,11 @@
 A suite names one or more recipes (a file, or an inline mapping, plus overrides), the methods and
 the seeds. Every cell (recipe, method, seed) is one `distill.run` with overrides that set the seed
 and a one-method list; its result is written to `cells/<cell>.json` as soon as it finishes, so an
-interrupted bench resumes where it stopped (finished cells are skipped). At the end:
+interrupted bench resumes where it stopped (finished cells are skipped). A cell is reused only if
+its fingerprint matches: the recipe, the overrides and the code that computed it (the package
+version and, in a git checkout, the commit and any uncommitted change to the package's source), so
+a table never mixes results of older code; a cell from other code is `stale` and runs again, and
+results.md names the code of its cells. At the end:
 `results.csv` (one row per cell), `results.md` (mean +- std over seeds of the last and the best
 epoch, the differences to the baselines) and `results.png`.
 
@@ -26,11 +30,13 @@ It serves any family whose summary follows the convention
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
 import os
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,22 +172,76 @@ def cell_path(suite: Suite, cell: Cell) -> Path:
     return suite.output_dir / "cells" / f"{cell.key}.json"
 
 
+def git_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The git state of the source under `path`: {"commit": HEAD, "dirty": uncommitted changes to
+    files under `path` (tracked or untracked, not ignored)} plus, when dirty, "diff": a hash of those
+    changes (two different edits of one commit are different code). None when git is missing or
+    `path` holds no tracked file (not a checkout, or an installed copy inside an ignored folder)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, timeout=60)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or not git("ls-files", "--", ".").stdout.strip():
+            return None
+        changed = git("diff", "HEAD", "--binary", "--", ".").stdout
+        untracked = sorted(git("ls-files", "--others", "--exclude-standard", "-z", "--", ".").stdout.split(b"\0"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out: dict[str, Any] = {"commit": head.stdout.decode().strip(), "dirty": bool(changed or any(untracked))}
+    if out["dirty"]:
+        h = hashlib.sha256(changed)
+        for rel in filter(None, untracked):  # paths relative to `path`
+            f = Path(path) / rel.decode()
+            h.update(rel + b"\0" + (f.read_bytes() if f.is_file() else b""))
+        out["diff"] = h.hexdigest()[:16]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def package_git_state() -> dict[str, Any] | None:
+    """`git_state` of the installed `distill` package, read once per process (the code it runs)."""
+    return git_state(Path(__file__).resolve().parent)
+
+
+def code_identity() -> dict[str, Any]:
+    """The code a cell is computed with: {"version"} and, in a git checkout, "commit", "dirty"
+    (and "diff" when dirty) of the package's source."""
+    import distill
+
+    return {"version": distill.__version__, **(package_git_state() or {})}
+
+
+def code_label(code: dict[str, Any] | None) -> str:
+    """'distill 0.1.0, commit 0123456789ab (+ uncommitted changes 5f3a...)' for tables and logs."""
+    if not code:
+        return "unknown code (a cell from before code was recorded)"
+    text = f"distill {code.get('version')}"
+    if code.get("commit"):
+        text += f", commit {code['commit'][:12]}"
+        if code.get("dirty"):
+            text += f" + uncommitted changes {code.get('diff', '')}".rstrip()
+    return text
+
+
 def cell_fingerprint(suite: Suite, cell: Cell) -> str:
-    """What a finished cell was computed from: the recipe (file contents or mapping) and every
-    override. A cell file with another fingerprint is stale: the suite changed since it ran."""
+    """What a finished cell was computed from: the recipe (file contents or mapping), every
+    override and the code (`code_identity`). A cell file with another fingerprint is stale: the
+    suite or the code changed since it ran."""
     src = cell.recipe.source
     if isinstance(src, dict):
         recipe = json.dumps(src, sort_keys=True, default=str)
     else:
         p = Path(src)
         recipe = p.read_text() if p.is_file() else str(src)
-    blob = json.dumps([recipe, cell_overrides(suite, cell)], default=str)
+    blob = json.dumps([recipe, cell_overrides(suite, cell), code_identity()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_cells(suite: Suite, stale: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Finished cells whose fingerprint matches the suite as it is now; the keys of cells computed
-    from another recipe or other overrides are appended to `stale` (they will run again)."""
+    """Finished cells whose fingerprint matches the suite and the code as they are now; the keys of
+    cells computed from another recipe, other overrides or other code are appended to `stale`
+    (they will run again)."""
     out = {}
     for cell in suite.cells():
         p = cell_path(suite, cell)
@@ -230,7 +290,7 @@ def run_cell(suite: Suite, cell: Cell, log: Callable[[str], None]) -> dict[str, 
            "last": metrics[pm], "best": metrics.get(f"best_{pm}", metrics[pm]),
            "teacher": teacher.get(pm), "wall_s": round(wall, 2), "run_dir": summary.get("run_dir"),
            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-           "fingerprint": cell_fingerprint(suite, cell)}
+           "fingerprint": cell_fingerprint(suite, cell), "code": code_identity()}
     atomic_write_text(cell_path(suite, cell), json.dumps(rec, indent=2))
     return rec
 
@@ -258,8 +318,8 @@ def run_suite(suite: Suite, *, log: Callable[[str], None] = print, rerun: bool =
     stale: list[str] = []
     done = {} if rerun else load_cells(suite, stale)
     if stale:
-        log(f"{len(stale)} finished cell(s) were computed from another version of this suite's recipe or "
-            f"overrides and run again (e.g. {stale[0]})")
+        log(f"{len(stale)} finished cell(s) were computed from another version of this suite's recipe, "
+            f"overrides or code and run again (e.g. {stale[0]}; this code: {code_label(code_identity())})")
     cells = suite.cells()
     t_start = time.perf_counter()
     for i, cell in enumerate(cells):
@@ -327,6 +387,11 @@ def write_outputs(suite: Suite, results: list[dict[str, Any]], *, command: str =
         lines += ["Command:", "", "```", command, "```", ""]
     lines += [f"Seeds: {suite.seeds}. Cells: {len(results)} of {len(suite.cells())}. "
               f"Sum of cell wall times: {human_time(total_wall)}.", ""]
+    codes = sorted({code_label(r.get("code")) for r in results})
+    if len(codes) == 1:
+        lines += [f"Code: {codes[0]}.", ""]
+    elif codes:  # only where cells were merged by hand: run_suite keeps the cells of this code
+        lines += [f"Code: the cells come from {len(codes)} versions of the code: {'; '.join(codes)}.", ""]
     for r in suite.recipes:
         rr = [x for x in rows if x["recipe"] == r.label]
         if not rr:

@@ -141,3 +141,102 @@ def test_shards_split_the_grid_and_the_last_writes_every_cell(tmp_path, monkeypa
     for bad in ("0/2", "3/2", "a/b", "2"):
         with pytest.raises(B.ConfigError, match="--shard"):
             B.parse_shard(bad)
+
+
+def _fake_run_cell(calls):
+    def run_cell(suite, cell, log):
+        calls.append(cell.key)
+        rec = {"recipe": cell.recipe.label, "method": cell.method.label, "method_name": cell.method.name,
+               "seed": cell.seed, "primary_metric": "accuracy", "last": 50.0, "best": 51.0, "teacher": 90.0,
+               "wall_s": 1.0, "metrics": {}, "fingerprint": B.cell_fingerprint(suite, cell), "code": B.code_identity()}
+        B.cell_path(suite, cell).parent.mkdir(parents=True, exist_ok=True)
+        B.cell_path(suite, cell).write_text(json.dumps(rec))
+        return rec
+    return run_cell
+
+
+def test_fingerprint_changes_with_the_package_version_and_the_commit(tmp_path, monkeypatch):
+    import distill
+
+    s = B.load_suite(write_suite(tmp_path, []))
+    cell = s.cells()[0]
+    monkeypatch.setattr(B, "package_git_state", lambda: {"commit": "a" * 40, "dirty": False})
+    base = B.cell_fingerprint(s, cell)
+    assert B.cell_fingerprint(s, cell) == base  # deterministic
+    monkeypatch.setattr(distill, "__version__", "0.0.1-older")
+    assert B.cell_fingerprint(s, cell) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(B, "package_git_state", lambda: {"commit": "b" * 40, "dirty": False})
+    assert B.cell_fingerprint(s, cell) != base
+    # the same commit with uncommitted changes to the package is other code, and so are two different edits
+    monkeypatch.setattr(B, "package_git_state", lambda: {"commit": "a" * 40, "dirty": True, "diff": "1234"})
+    dirty = B.cell_fingerprint(s, cell)
+    monkeypatch.setattr(B, "package_git_state", lambda: {"commit": "a" * 40, "dirty": True, "diff": "5678"})
+    assert len({base, dirty, B.cell_fingerprint(s, cell)}) == 3
+    # outside a git checkout the version alone identifies the code
+    monkeypatch.setattr(B, "package_git_state", lambda: None)
+    assert B.code_identity() == {"version": distill.__version__}
+
+
+def test_cells_from_older_code_are_run_again_and_the_table_names_the_code(tmp_path, monkeypatch):
+    s = B.load_suite(write_suite(tmp_path, []))
+    s.recipes = s.recipes[:1]
+    calls: list[str] = []
+    monkeypatch.setattr(B, "run_cell", _fake_run_cell(calls))
+    monkeypatch.setattr(B, "package_git_state", lambda: {"commit": "a" * 40, "dirty": False})
+    B.run_suite(s, log=lambda m: None)
+    assert len(calls) == len(s.cells())
+    md = (s.output_dir / "results.md").read_text()
+    assert "a" * 12 in md and B.code_identity()["version"] in md
+    # the same suite with newer code: nothing is reused silently
+    calls.clear()
+    monkeypatch.setattr(B, "package_git_state", lambda: {"commit": "c" * 40, "dirty": False})
+    assert B.load_cells(s) == {}
+    assert B.dry_run_text(s).count("[stale]") == len(s.cells())
+    logs: list[str] = []
+    B.run_suite(s, log=logs.append)
+    assert calls == [c.key for c in s.cells()] and any("code" in m and "again" in m for m in logs)
+    md = (s.output_dir / "results.md").read_text()
+    assert "c" * 12 in md and "a" * 12 not in md
+    rec = json.loads(B.cell_path(s, s.cells()[0]).read_text())
+    assert rec["code"]["commit"] == "c" * 40
+
+
+def test_git_state_of_a_checkout(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    assert B.git_state(tmp_path) is None  # not a checkout
+    repo = tmp_path / "repo"
+    pkg = repo / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "m.py").write_text("x = 1\n")
+    (repo / "README").write_text("doc\n")
+
+    def git(*a):
+        subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", *a], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    clean = B.git_state(pkg)
+    assert clean == {"commit": head, "dirty": False}
+    (repo / "README").write_text("other doc\n")  # outside the package: the code is unchanged
+    assert B.git_state(pkg) == clean
+    (pkg / "m.py").write_text("x = 2\n")
+    edit1 = B.git_state(pkg)
+    assert edit1["commit"] == head and edit1["dirty"] and edit1["diff"]
+    (pkg / "m.py").write_text("x = 3\n")
+    assert B.git_state(pkg)["diff"] != edit1["diff"]
+    (pkg / "m.py").write_text("x = 1\n")
+    (pkg / "new.py").write_text("y = 1\n")  # an untracked module is a change too
+    assert B.git_state(pkg)["dirty"]
+    ignored = repo / "ignored"
+    ignored.mkdir()
+    (ignored / "m.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("ignored/\n")
+    assert B.git_state(ignored) is None  # a copy the checkout does not track (e.g. installed into a venv)

@@ -11,7 +11,8 @@ import typer
 def bench(
     suite: str = typer.Argument(..., help="suite YAML: recipes x methods x seeds, e.g. benchmarks/classifier.yaml"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid and an estimated time; run nothing"),
-    rerun: bool = typer.Option(False, "--rerun", help="run every cell again (default: skip finished cells)"),
+    rerun: bool = typer.Option(False, "--rerun", help="run every cell again (default: skip cells finished with "
+                               "this recipe, these overrides and this code: version, git commit, uncommitted changes)"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="where cells and results go (default: the suite's)"),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run every N-th cell starting at the I-th, so N "
                                         "processes sharing the output folder split the grid"),
