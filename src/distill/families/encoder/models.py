@@ -8,7 +8,6 @@ with forward hooks (`distill.taps`) under the names of `layer_module(i, kind)`.
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 from collections.abc import Sequence
@@ -227,14 +226,6 @@ def inherit_layers(teacher: nn.Module, student: nn.Module, layers: list[int]) ->
     student.load_state_dict(new)
 
 
-def _set(cfg, names: Sequence[str], value) -> None:
-    """Set the first of `names` the config has (BERT's `intermediate_size` is DistilBERT's `hidden_dim`)."""
-    for n in names:
-        if hasattr(cfg, n):
-            setattr(cfg, n, value)
-            return
-
-
 def student_backbone(teacher: nn.Module, s, pad_id: int) -> nn.Module:
     """A smaller transformers encoder of the teacher's own class (same embeddings, positions and
     vocabulary; BERT for a BERT teacher, DistilBERT for a DistilBERT one), built from a copy of the
@@ -244,14 +235,31 @@ def student_backbone(teacher: nn.Module, s, pad_id: int) -> nn.Module:
     hidden = s.hidden_size or t_dim
     heads = s.num_heads or (tcfg.num_attention_heads if hidden == t_dim else max(1, hidden // 32))
     inter = s.intermediate_size or (t_inter if hidden == t_dim else 4 * hidden)
-    cfg = copy.deepcopy(tcfg)
-    cfg.num_hidden_layers = s.num_layers
-    cfg.hidden_size, cfg.num_attention_heads = hidden, heads
-    _set(cfg, ("intermediate_size", "hidden_dim"), inter)
-    _set(cfg, ("hidden_dropout_prob", "dropout"), s.dropout)
-    _set(cfg, ("attention_probs_dropout_prob", "attention_dropout"), s.dropout)
-    if getattr(cfg, "pad_token_id", None) is None:
-        cfg.pad_token_id = pad_id
+    n_t = int(tcfg.num_hidden_layers)
+    chosen = s.layers or (uniform_layers(n_t, s.num_layers) if s.init == "teacher" or s.num_layers <= n_t
+                          else [i % n_t for i in range(s.num_layers)])  # a deeper random student
+    d = tcfg.to_dict()
+    amap = getattr(tcfg, "attribute_map", {}) or {}
+
+    def put(names: Sequence[str], value) -> None:  # the first name the config has (through its attribute_map)
+        for n in names:
+            key = amap.get(n, n)
+            if key in d:
+                d[key] = value
+                return
+
+    put(("num_hidden_layers",), s.num_layers)
+    put(("hidden_size",), hidden)
+    put(("num_attention_heads",), heads)
+    put(("intermediate_size", "hidden_dim"), inter)
+    put(("hidden_dropout_prob", "dropout"), s.dropout)
+    put(("attention_probs_dropout_prob", "attention_dropout"), s.dropout)
+    if isinstance(d.get("layer_types"), list) and len(d["layer_types"]) == n_t:
+        d["layer_types"] = [d["layer_types"][i] for i in chosen]  # per-layer settings follow the chosen layers
+    if d.get("pad_token_id") is None:
+        d["pad_token_id"] = pad_id
+    cfg = type(tcfg)(**{k: v for k, v in d.items() if k not in ("transformers_version", "model_type")})
+    cfg._attn_implementation = tcfg._attn_implementation
     cls = type(teacher)
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
     backbone = cls(cfg, **kwargs)
@@ -260,7 +268,7 @@ def student_backbone(teacher: nn.Module, s, pad_id: int) -> nn.Module:
             raise ConfigError(f"student.init: 'teacher' copies teacher layers, so hidden_size, intermediate_size and "
                               f"num_heads must be the teacher's ({t_dim}, {t_inter}, {tcfg.num_attention_heads}); "
                               "use init=random for a narrower student.")
-        inherit_layers(teacher, backbone, s.layers or uniform_layers(tcfg.num_hidden_layers, s.num_layers))
+        inherit_layers(teacher, backbone, chosen)
     return backbone
 
 
