@@ -64,6 +64,9 @@ class Context:
             raise ConfigError(f"teacher.path: {t.path!r} is a static (embedding-bag) model; the teacher must be a "
                               "transformers encoder.")
         self.check_layers()
+        limit = getattr(self.encoder, "max_seq_length", None)
+        if limit and cfg.data.max_length > limit:
+            log(f"note: data.max_length={cfg.data.max_length} is longer than the teacher folder's max_seq_length={limit}")
         self.train_rows, self.held_rows, n_train = self.text_rows(cfg.data)
         self.task = build_task(cfg.task, self.tok, cfg.data.max_length) if cfg.task else None
         self.teacher_model: torch.nn.Module = self.encoder
