@@ -4,16 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_VERSION ?= 2.13.0
-EXTRAS ?= dev,llm,encoder,diffusion
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+EXTRAS ?= dev,llm,encoder,diffusion,vision,data
 
 .PHONY: demo test venv bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# CPU build of torch pinned first, so nothing later pulls a CUDA build (see README for GPUs).
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
+	# torch and torchvision pinned first as one consistent pair, so nothing later resolves another
+	# torch (see README for GPUs). A torch already in the venv is kept.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	$(PY) -c "import torchvision" 2>/dev/null || $(PIP) install -q torchvision==$(TORCHVISION_VERSION)
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	touch $@
 

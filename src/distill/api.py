@@ -137,25 +137,66 @@ def load_student(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
     return load_model(folder, device=device)
 
 
-def _as_dict_batches(loader: Iterable) -> list[dict[str, torch.Tensor]]:
-    out, offset = [], 0
-    for b in loader:
-        if isinstance(b, dict):
-            x, y = b["x"], b.get("y")
-        else:
-            x, y = b[0], b[1] if len(b) > 1 else None
-        y = torch.full((x.shape[0],), -1, dtype=torch.long) if y is None else y.long()
-        out.append({"x": x, "y": y, "idx": torch.arange(offset, offset + x.shape[0])})
-        offset += x.shape[0]
-    return out
+def _as_batch(b, offset: int) -> dict[str, torch.Tensor]:
+    """A user's batch ((x, y), (x,), x or {"x", "y"[, "idx"]}) as the methods' dict; `idx` counts
+    samples within the epoch when the loader gives none."""
+    if isinstance(b, dict):
+        x, y, idx = b["x"], b.get("y"), b.get("idx")
+    elif isinstance(b, torch.Tensor):
+        x, y, idx = b, None, None
+    else:
+        x, y, idx = b[0], (b[1] if len(b) > 1 else None), None
+    y = torch.full((x.shape[0],), -1, dtype=torch.long) if y is None else torch.as_tensor(y).long()
+    idx = torch.arange(offset, offset + x.shape[0]) if idx is None else torch.as_tensor(idx).long()
+    return {"x": x, "y": y, "idx": idx}
+
+
+class UserLoader:
+    """Wraps a user's DataLoader (or any re-iterable of batches): each epoch iterates it afresh, so
+    its shuffling and random augmentation are drawn anew; nothing is held in memory."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        for obj in (self.loader, getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch") and obj is not self:
+                obj.set_epoch(epoch)
+                return
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        offset = 0
+        for b in self.loader:
+            batch = _as_batch(b, offset)
+            offset += batch["x"].shape[0]
+            yield batch
+
+
+@torch.no_grad()
+def _predict_loader(model: nn.Module, loader: Iterable, device) -> tuple[torch.Tensor, torch.Tensor]:
+    from distill.models.outputs import logits_of
+
+    was = model.training
+    model.eval()
+    zs, ys = [], []
+    for b in UserLoader(loader):
+        zs.append(logits_of(model(b["x"].to(device))).float().cpu())
+        ys.append(b["y"])
+    model.train(was)
+    return torch.cat(zs), torch.cat(ys)
 
 
 class Distiller:
     """Notebook-sized API over the same methods and engine the recipes use.
 
     `teacher` is an nn.Module (frozen here), `student` the model to train; `method` is a
-    registered classifier method and `**params` its parameters (e.g. temperature, alpha).
-    Loaders yield (x, y) tuples or {"x", "y"} dicts; y = -1 marks an unlabeled sample.
+    registered classifier method and `**params` its parameters (e.g. temperature, alpha). Any
+    model works whose output is a tensor, a tuple (logits first) or an object with `.logits`
+    (Hugging Face). Loaders yield (x, y) tuples or {"x", "y"} dicts; y = -1 marks an unlabeled
+    sample. The train loader is iterated every epoch (fresh shuffles and augmentations).
     """
 
     def __init__(self, teacher: nn.Module | None, student: nn.Module, method: str = "kd", *,
@@ -176,24 +217,24 @@ class Distiller:
         self.history: list[dict] = []
 
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None) -> nn.Module:
-        """Train the student; returns it (in eval mode). Validation accuracy per epoch is in `.history`."""
-        from distill.data.base import ArrayDataset
+        """Train the student; returns it (in eval mode). Validation accuracy per epoch is in `.history`.
+        The method's hooks are removed from both models when it returns."""
         from distill.engine import Engine
-        from distill.eval.metrics import classification_metrics, predict
+        from distill.eval.metrics import classification_metrics
         from distill.families.classifier.runner import train_phase
 
-        batches = _as_dict_batches(train_loader)
-        train = ArrayDataset(torch.cat([b["x"] for b in batches]), torch.cat([b["y"] for b in batches]))
-        bs = batches[0]["x"].shape[0]
-        val = None
-        if val_loader is not None:
-            vb = _as_dict_batches(val_loader)
-            val = ArrayDataset(torch.cat([b["x"] for b in vb]), torch.cat([b["y"] for b in vb]))
         device = Engine(self.engine_cfg, None, seed=self.seed).device
         if self.teacher is not None:
             self.teacher.to(device)
-        eval_fn = (lambda: classification_metrics(predict(self.student, val.x, device=device), val.y)) if val else (lambda: {})
-        engine = train_phase(self.method, train, val or train, self.train_cfg, self.engine_cfg, batch_size=bs,
-                             seed=self.seed, out_dir=None, eval_fn=eval_fn)
+
+        def eval_fn():
+            if val_loader is None:
+                return {}
+            z, y = _predict_loader(self.student, val_loader, device)
+            keep = y >= 0
+            return classification_metrics(z[keep], y[keep])
+
+        engine = train_phase(self.method, None, None, self.train_cfg, self.engine_cfg, batch_size=0,
+                             seed=self.seed, out_dir=None, eval_fn=eval_fn, loader=UserLoader(train_loader))
         self.history = engine.history
         return self.student.eval()

@@ -28,6 +28,31 @@ class Component(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModelConfig(Component):
+    """A model by name: our zoo (`mlp`, `convnet`, ...) or a user's, by source prefix:
+    `torchvision:<arch>`, `timm:<arch>`, `hf:<folder or hub id>`, `python:<module>:<callable>`."""
+
+    weights: str | None = Field(None, description="local state dict (.safetensors, .pth/.pt; loaded with "
+                                "weights_only=True), or python:module:function returning its path")
+    pretrained: bool | None = Field(None, description="the ecosystem's own pretrained weights (downloads; "
+                                    "hf: folders use the weights they hold unless false)")
+    num_classes: int | None = Field(None, ge=1, description="classes of the head (default: the data's); a head "
+                                    "of another size is replaced")
+
+    def check(self, family: str, where: str) -> None:
+        """Registry name and params of a zoo model; the weights file of any model (before work starts)."""
+        from distill.models.sources import resolve_weights_path, source_of
+        from distill.registry import models
+
+        if source_of(self.name) is None:
+            entry = models.get(self.name, family, where=f"{where}.name")
+            self.params = entry.validate(self.params, f"{where}.params")
+        elif ":" not in self.name or not self.name.split(":", 1)[1]:
+            raise ConfigError(f"{where}.name: {self.name!r} names no model after the prefix.")
+        if self.weights is not None and not str(self.weights).startswith("python:"):
+            resolve_weights_path(self.weights, f"{where}.weights")
+
+
 class OptimizerConfig(Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)

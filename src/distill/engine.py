@@ -343,7 +343,13 @@ class Engine:
                 self.epoch = epoch
                 if hasattr(loader, "set_epoch"):
                     loader.set_epoch(epoch)
-                for i, batch in enumerate(loader):
+                elif hasattr(getattr(loader, "sampler", None), "set_epoch"):  # a DataLoader with a DistributedSampler
+                    loader.sampler.set_epoch(epoch)
+                start = 0
+                if self.batch_in_epoch and hasattr(loader, "resume_at"):  # skips without reading the batches
+                    loader.resume_at(self.batch_in_epoch)
+                    start = self.batch_in_epoch
+                for i, batch in enumerate(loader, start=start):
                     if i < self.batch_in_epoch:   # seen before the resume
                         continue
                     if max_steps is not None and self.step_count >= max_steps:

@@ -104,7 +104,9 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B, C) log mean prob
-        logp = torch.stack([F.log_softmax(m(x).float(), -1) for m in self.members])  # (M, B, C)
+        from distill.models.outputs import logits_of
+
+        logp = torch.stack([F.log_softmax(logits_of(m(x)).float(), -1) for m in self.members])  # (M, B, C)
         return torch.logsumexp(logp, 0) - torch.log(torch.tensor(float(len(self.members))))
 
 
@@ -186,6 +188,29 @@ def refuse_augmentation(augmentation: str) -> None:
             "teacher.cache_features to false.")
 
 
+def id_batches(inputs, batch_size: int):
+    """(ids (b,), inputs (b, ...)) in id order, from a tensor (N, ...) or an object with
+    `id_batches(batch_size)` (a streamed split; samples that fail to decode are absent)."""
+    if isinstance(inputs, torch.Tensor):
+        for i in range(0, inputs.shape[0], batch_size):
+            yield torch.arange(i, min(i + batch_size, inputs.shape[0])), inputs[i:i + batch_size]
+    else:
+        yield from inputs.id_batches(batch_size)
+
+
+def num_inputs(inputs) -> int:
+    return int(inputs.shape[0]) if isinstance(inputs, torch.Tensor) else len(inputs)
+
+
+def _scatter(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+    """Rows (ids, values) gathered into one (n, ...) tensor (rows never written stay zero)."""
+    first = parts[0][1]
+    out = torch.zeros((n, *first.shape[1:]), dtype=first.dtype)
+    for ids, v in parts:
+        out[ids] = v
+    return out
+
+
 class TeacherCache(CheckedCache):
     FILE, WHAT = "outputs.safetensors", "teacher cache"
 
@@ -207,18 +232,21 @@ class TeacherCache(CheckedCache):
               temperature: float, k: int, augmentation: str = "none", batch_size: int = 512,
               device: str | torch.device = "cpu") -> TeacherCache:
         """Run the teacher once over `inputs` (N, ...) in id order and write the cache."""
+        from distill.models.outputs import logits_of
+
         refuse_augmentation(augmentation)
         folder = Path(folder)
+        n = num_inputs(inputs)
         idx_l, logit_l, lse_l = [], [], []
-        for i in range(0, inputs.shape[0], batch_size):
-            z = teacher(inputs[i:i + batch_size].to(device)).float().cpu()  # (b, C)
+        for ids, xb in id_batches(inputs, batch_size):
+            z = logits_of(teacher(xb.to(device))).float().cpu()  # (b, C)
             kk = min(k, z.shape[-1])
             top = z.topk(kk, dim=-1)
-            idx_l.append(top.indices.int())
-            logit_l.append(top.values.half())
-            lse_l.append(torch.logsumexp(z / temperature, dim=-1))
-        tensors = {"indices": torch.cat(idx_l), "logits": torch.cat(logit_l), "lse": torch.cat(lse_l)}
-        meta = cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation)
+            idx_l.append((ids, top.indices.int()))
+            logit_l.append((ids, top.values.half()))
+            lse_l.append((ids, torch.logsumexp(z / temperature, dim=-1)))
+        tensors = {"indices": _scatter(idx_l, n), "logits": _scatter(logit_l, n), "lse": _scatter(lse_l, n)}
+        meta = cls.expected_meta(teacher, data_hash, temperature, k, n, augmentation)
         meta = write_checked(folder, cls.FILE, cls.META, tensors, meta)
         return cls(folder, meta, tensors)
 
@@ -227,13 +255,16 @@ class TeacherCache(CheckedCache):
                       temperature: float, k: int, augmentation: str = "none", **kw) -> TeacherCache:
         """Reuse a matching cache; build one if the folder is empty; refuse a mismatching one."""
         return cls.open_or_build(
-            folder, lambda: cls.expected_meta(teacher, data_hash, temperature, k, inputs.shape[0], augmentation),
+            folder, lambda: cls.expected_meta(teacher, data_hash, temperature, k, num_inputs(inputs), augmentation),
             lambda: cls.build(folder, teacher, inputs, data_hash=data_hash, temperature=temperature, k=k,
                               augmentation=augmentation, **kw))
 
     @property
     def temperature(self) -> float:
         return float(self.meta["temperature"])
+
+    def lookup_batch(self, batch: dict[str, torch.Tensor], device=None) -> CachedOutputs:
+        return self.lookup(batch["idx"], device=device)
 
     def lookup(self, ids: torch.Tensor, device: str | torch.device | None = None) -> CachedOutputs:
         """Top-k indices and log-probs at the cache temperature for sample ids (B,)."""
@@ -283,18 +314,19 @@ class FeatureCache(CheckedCache):
               device: str | torch.device = "cpu") -> FeatureCache:
         """Run `run` once over `inputs` (N, ...) in id order and write the cache."""
         refuse_augmentation(augmentation)
-        logit_l: list[torch.Tensor] = []
-        feat_l: list[list[torch.Tensor]] = [[] for _ in layers]
+        n = num_inputs(inputs)
+        logit_l: list = []
+        feat_l: list[list] = [[] for _ in layers]
         with torch.no_grad():
-            for i in range(0, inputs.shape[0], batch_size):
-                logits, feats = run(inputs[i:i + batch_size].to(device))
+            for ids, xb in id_batches(inputs, batch_size):
+                logits, feats = run(xb.to(device))
                 if len(feats) != len(layers):
                     raise ValueError(f"feature cache: the teacher pass gave {len(feats)} features for {len(layers)} layers")
-                logit_l.append(logits.float().cpu())
+                logit_l.append((ids, logits.float().cpu()))
                 for acc, f in zip(feat_l, feats):
-                    acc.append(f.detach().half().cpu())
-        tensors = {"logits": torch.cat(logit_l), **{f"layer{j}": torch.cat(acc) for j, acc in enumerate(feat_l)}}
-        meta = cls.expected_meta(teacher, data_hash, layers, inputs.shape[0], augmentation)
+                    acc.append((ids, f.detach().half().cpu()))
+        tensors = {"logits": _scatter(logit_l, n), **{f"layer{j}": _scatter(acc, n) for j, acc in enumerate(feat_l)}}
+        meta = cls.expected_meta(teacher, data_hash, layers, n, augmentation)
         meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
         return cls(Path(folder), meta, tensors)
 
@@ -303,7 +335,7 @@ class FeatureCache(CheckedCache):
                       data_hash: str, layers: Sequence[str], augmentation: str = "none", **kw) -> FeatureCache:
         """Reuse a matching cache; build one if the folder is empty; refuse a mismatching one."""
         return cls.open_or_build(
-            folder, lambda: cls.expected_meta(teacher, data_hash, layers, inputs.shape[0], augmentation),
+            folder, lambda: cls.expected_meta(teacher, data_hash, layers, num_inputs(inputs), augmentation),
             lambda: cls.build(folder, run, inputs, teacher=teacher, data_hash=data_hash, layers=layers,
                               augmentation=augmentation, **kw))
 

@@ -98,8 +98,8 @@ def write_report(run_dir: Path, cfg, results: dict[str, Any], histories: dict[st
         "",
         markdown_table(HEADERS, result_rows(results)),
         "",
-        f"Best distilled student: `{results['best']}` (saved in `student/`; load it with "
-        "`distill.load_student('" + str(run_dir / "student") + "')`).",
+        f"Best distilled student: `{results['best']}`, chosen on {results.get('best_selected_on', 'test')} accuracy "
+        "(saved in `student/`; load it with `distill.load_student('" + str(run_dir / "student") + "')`).",
         "Latency: median of single-sample forward passes on one CPU thread. Size: the safetensors file.",
         "",
     ]

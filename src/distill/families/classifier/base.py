@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses import divergence, sparse_divergence
+from distill.models.outputs import logits_of
 from distill.teacher import CachedOutputs, Teacher, TeacherCache
 
 
@@ -57,9 +58,27 @@ class ClassifierMethod(nn.Module):
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | CachedOutputs:
         """Teacher logits (B, C), or the cached top-k when a cache is attached."""
         if self.cache is not None:
-            return self.cache.lookup(batch["idx"], device=batch["x"].device)
+            return self.cache.lookup_batch(batch, device=batch["x"].device)
         assert self._teacher is not None
-        return self._teacher(batch["x"])
+        return logits_of(self._teacher(batch["x"]))
+
+    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's logits (B, C), whatever its output type (tensor, tuple, HF ModelOutput)."""
+        return logits_of(self.student(x))
+
+    def ensure_taps(self, x: torch.Tensor) -> None:
+        """Resolve and attach every tap set the method holds with an example input (`penultimate` by
+        forward order; taps move to modules replaced since, e.g. by SyncBatchNorm conversion)."""
+        for v in list(vars(self).values()):
+            if getattr(v, "is_layer_taps", False):
+                v.ensure(x)
+
+    def close(self) -> None:
+        """Called when the training phase ends: removes the hooks of every tap set the method holds
+        (on the student, the teacher and any helper model), so none stay on the user's modules."""
+        for v in list(vars(self).values()):
+            if getattr(v, "is_layer_taps", False):
+                v.detach()
 
     def kd_loss(self, student_logits: torch.Tensor, t_out: torch.Tensor | CachedOutputs, temperature: float,
                 kind: str = "forward_kl") -> torch.Tensor:

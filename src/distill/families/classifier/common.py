@@ -15,39 +15,80 @@ from torch import nn
 
 from distill.errors import ConfigError
 from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
-from distill.taps import Taps, module_names
+from distill.taps import Taps, find_module, normalize_name
+from distill.models.outputs import logits_of
 from distill.teacher import CachedOutputs, FeatureCache
 
 PENULTIMATE = "penultimate"
 
 
-def last_linear_name(model: nn.Module) -> str:
-    names = [n for n, m in module_names(model).items() if isinstance(m, nn.Linear)]
-    if not names:
+def last_linear_name(model: nn.Module, example: torch.Tensor | None = None) -> str:
+    """The classifier head: the last nn.Linear called in a forward pass on `example` (forward order;
+    without an example, the last registered one)."""
+    from distill.models.sources import head_name
+
+    name = head_name(model, example)
+    if name is None:
         raise ConfigError(f"{type(model).__name__} has no nn.Linear head, so it has no `penultimate` layer; "
                           "name a module instead.")
-    return names[-1]
+    return normalize_name(name)
 
 
 class LayerTaps:
-    """Taps on several layers of one model, read in the order given (after each forward)."""
+    """Taps on several layers of one model, read in the order given (after each forward).
+
+    Hooks are attached on the first forward (`ensure`, called by the method before it runs the
+    model): `penultimate` is then resolved by forward order on that input. If a tapped module has
+    been replaced since (e.g. by SyncBatchNorm conversion), the taps move to the new module.
+    `detach()` removes every hook; methods call it when their phase ends.
+    """
+
+    is_layer_taps = True
 
     def __init__(self, model: nn.Module, layers: list[str]):
+        self.model = model
         self.layers = list(layers)
+        for name in self.layers:  # fail early on names that do not exist
+            if name != PENULTIMATE:
+                find_module(model, name)
         self.taps: list[tuple[Taps, str]] = []
-        for name in self.layers:
-            if name == PENULTIMATE:
-                real = last_linear_name(model)
-                self.taps.append((Taps(model, [real], inputs=True).attach(), real))
-            else:
-                self.taps.append((Taps(model, [name]).attach(), name))
+        self._resolved: list[str] | None = None
+        self._by_forward = False
+        self.ensure()  # hooks on now (`penultimate` by registration order until a forward shows the order)
+
+    def ensure(self, x: torch.Tensor | None = None) -> LayerTaps:
+        """Resolve names (with the example input `x`) and attach the hooks, or re-attach them where
+        the module at a name is no longer the hooked one."""
+        if self._resolved is None or (x is not None and not self._by_forward and PENULTIMATE in self.layers):
+            real = None
+            if PENULTIMATE in self.layers:
+                if x is not None:
+                    self.detach()  # the detection pass must not fill the taps
+                real = last_linear_name(self.model, x)
+            self._resolved = [real if n == PENULTIMATE else n for n in self.layers]
+            self._by_forward = x is not None
+        if len(self.taps) == len(self.layers) and all(t._modules[n] is self._current(n) for t, n in self.taps):
+            return self
+        self.detach()
+        self.taps = [(Taps(self.model, [n], inputs=(orig == PENULTIMATE)).attach(), n)
+                     for orig, n in zip(self.layers, self._resolved)]
+        return self
+
+    def _current(self, name: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:  # a wrapper prefix inside the model: resolve the normalised name
+            return find_module(self.model, name)
 
     def read(self) -> list[torch.Tensor]:
+        if len(self.taps) != len(self.layers):
+            raise RuntimeError("LayerTaps.read() after detach(): the method's phase has ended")
         return [t[n] for t, n in self.taps]
 
     def detach(self) -> None:
         for t, _ in self.taps:
             t.detach()
+        self.taps = []
 
 
 class FeatureMethod(ClassifierMethod):
@@ -76,11 +117,13 @@ class FeatureMethod(ClassifierMethod):
 
     def teacher_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The live teacher on inputs x: logits (B, C) and the tapped layers' outputs."""
-        t_logits = self._teacher(x)
+        self.t_taps.ensure(x)
+        t_logits = logits_of(self._teacher(x))
         return t_logits, [f.detach() for f in self.t_taps.read()]
 
     def features(self, batch: dict[str, torch.Tensor]):
-        logits = self.student(batch["x"])
+        self.s_taps.ensure(batch["x"])
+        logits = self.student_logits(batch["x"])
         if self.feature_cache is not None:
             t_logits, f_t = self.feature_cache.lookup(batch["idx"], device=batch["x"].device)
         else:

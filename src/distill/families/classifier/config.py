@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import Component, MethodConfig, RunConfig, Strict, TrainConfig, check_methods, register_config
+from distill.config import Component, MethodConfig, ModelConfig, RunConfig, Strict, TrainConfig, check_methods, register_config
+from distill.data.transforms import TransformConfig
 from distill.errors import ConfigError
 
 
@@ -14,27 +15,40 @@ class DataConfig(Component):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     drop_last: bool = Field(False, description="drop the uneven last batch of each epoch (always done with --nproc > 1)")
+    transforms: TransformConfig | None = Field(None, description="train/eval image transforms (torchvision v2); "
+                                               "data then streams through a DataLoader, with fresh views each epoch")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (streamed data)")
+    pin_memory: bool | None = Field(None, description="pinned host memory for the loader (default: on with a GPU)")
 
 
 class TeacherConfig(Strict):
-    model: Component
+    model: ModelConfig
     checkpoint: Path | None = Field(None, description="folder with model.safetensors + config.json; skips training")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=30))
     cache_outputs: bool = Field(False, description="cache top-k teacher logits on disk (logit-only methods)")
     cache_top_k: int | None = Field(None, ge=1, description="k of the output cache (default: all classes)")
+    cache_dtype: Literal["float16", "float32"] = Field("float16", description="logits in the augmentation-aware "
+                                                         "output cache")
+    fit: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: train or fine-tune the teacher (once, cached) unless its weights cover the whole "
+        "model (`weights:` or `pretrained:` with a head for these classes); always; never (use it as built)")
     cache_features: bool = Field(False, description="cache, per feature method, the teacher's logits and the "
                                  "layers it taps (fp16 on disk: N x the tapped sizes; methods then run without "
                                  "the teacher)")
 
 
 class StudentConfig(Strict):
-    model: Component
+    model: ModelConfig
 
 
 class EvalConfig(Strict):
     ece_bins: int = Field(15, ge=2)
     latency_runs: int = Field(200, ge=1)
-    select: Literal["last"] = "last"
+    select: Literal["last", "best"] = Field("last", description="the student a method ends with: its last weights, "
+                                             "or those of the evaluation with the best validation accuracy")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="validation split held out of train (stratified) "
+                                "when the data has none; it chooses the best epoch and the best student. 0 = none "
+                                "(then the test set does, and the summary says so)")
 
 
 class StageConfig(Strict):
@@ -66,8 +80,7 @@ class ClassifierRunConfig(RunConfig):
         entry = datasets.get(self.data.name, "classifier", where="data.name")
         self.data.params = entry.validate(self.data.params, "data.params")
         for where, comp in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
-            entry = models.get(comp.name, "classifier", where=f"{where}.name")
-            comp.params = entry.validate(comp.params, f"{where}.params")
+            comp.check("classifier", where)
         check_methods(self.methods, "classifier")
         teachers = [("teacher", self.teacher)]
         seen = {m.display for m in self.methods}
@@ -79,8 +92,7 @@ class ClassifierRunConfig(RunConfig):
                 d = datasets.get(st.data.name, "classifier", where=f"{where}.data.name")
                 st.data.params = d.validate(st.data.params, f"{where}.data.params")
             if st.teacher is not None:
-                e = models.get(st.teacher.model.name, "classifier", where=f"{where}.teacher.model.name")
-                st.teacher.model.params = e.validate(st.teacher.model.params, f"{where}.teacher.model.params")
+                st.teacher.model.check("classifier", f"{where}.teacher.model")
                 teachers.append((f"{where}.teacher", st.teacher))
         if self.stages and self.staged_label in seen:
             raise ConfigError(f"staged_label: {self.staged_label!r} is also a method's name; pick another.")

@@ -32,7 +32,7 @@ class DIST(ClassifierMethod):
         return {"temperature": self.temperature, "beta": self.beta, "gamma": self.gamma}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         t = self.cache.temperature if self.cache is not None else 1.0
         t_logits = dense_teacher_logits(self.teacher_outputs(batch), logits.shape[-1], t)
         inter, intra = dist_terms(logits, t_logits, self.temperature)

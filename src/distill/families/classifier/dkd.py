@@ -56,7 +56,7 @@ class DKD(ClassifierMethod):
         return {"temperature": self.temperature, "alpha": self.alpha, "beta": self.beta}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         t = self.cache.temperature if self.cache is not None else 1.0
         t_logits = dense_teacher_logits(self.teacher_outputs(batch), logits.shape[-1], t)
         y = batch["y"]

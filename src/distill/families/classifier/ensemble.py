@@ -67,12 +67,12 @@ class EnsembleKD(ClassifierMethod):
     def setup(self, batch):
         self.ensemble.to(batch["x"].device)
         if self.weights["adv"] > 0:
-            c = self.student(batch["x"]).shape[-1]
+            c = self.student_logits(batch["x"]).shape[-1]
             self.discriminator = nn.Sequential(nn.Linear(c, self.discriminator_hidden), nn.ReLU(),
                                                nn.Linear(self.discriminator_hidden, 1)).to(batch["x"].device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         t_logp = self.ensemble(batch["x"])  # (B, C) log of the mean teacher probability
         terms = {"kd": self.kd_loss(logits, t_logp, self.temperature), "ce": masked_cross_entropy(logits, batch["y"])}
         if self.discriminator is not None:

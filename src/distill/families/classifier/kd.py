@@ -32,7 +32,7 @@ class KD(ClassifierMethod):
         return {"temperature": self.temperature, "alpha": self.alpha, "divergence": self.divergence}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         t_out = self.teacher_outputs(batch)
         return {"kd": self.kd_loss(logits, t_out, self.temperature, self.divergence),
                 "ce": masked_cross_entropy(logits, batch["y"])}

@@ -33,5 +33,5 @@ class LabelFree(ClassifierMethod):
         return {"temperature": self.temperature, "divergence": self.divergence}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         return {"kd": self.kd_loss(logits, self.teacher_outputs(batch), self.temperature, self.divergence)}

@@ -40,7 +40,7 @@ class LSKD(ClassifierMethod):
         return {"temperature": self.temperature}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         t = self.cache.temperature if self.cache is not None else 1.0
         t_logits = dense_teacher_logits(self.teacher_outputs(batch), logits.shape[-1], t)
         return {"kd": ls_kd_loss(logits, t_logits, self.temperature), "ce": masked_cross_entropy(logits, batch["y"])}

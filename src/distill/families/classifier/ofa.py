@@ -50,13 +50,13 @@ class OFA(ClassifierMethod):
 
     def setup(self, batch):
         with torch.no_grad():
-            logits = self.student(batch["x"])
+            logits = self.student_logits(batch["x"])
         for f in self.s_taps.read():
             self.branches.append(logit_branch(f.shape, logits.shape[-1], self.branch_width))
         self.to(batch["x"].device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         t = self.cache.temperature if self.cache is not None else 1.0
         t_logits = dense_teacher_logits(self.teacher_outputs(batch), logits.shape[-1], t)
         y = batch["y"]

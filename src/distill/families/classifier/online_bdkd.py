@@ -19,6 +19,7 @@ from typing_extensions import Annotated
 from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
 from distill.families.classifier.common import reinitialised_copy
 from distill.losses import divergence
+from distill.models.outputs import logits_of
 from distill.losses.relations import entropy
 from distill.registry import register_method
 
@@ -49,7 +50,7 @@ class OnlineBDKD(ClassifierMethod):
         return {"temperature": self.temperature}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        a, b = self.student(batch["x"]), self.peer(batch["x"])
+        a, b = self.student_logits(batch["x"]), logits_of(self.peer(batch["x"]))
         y = batch["y"]
         return {"ce": masked_cross_entropy(a, y), "ce_peer": masked_cross_entropy(b, y),
                 "bd": balanced_kl(a, b, self.temperature) + balanced_kl(b, a, self.temperature)}

@@ -44,14 +44,18 @@ class RandomTeacher(ClassifierMethod):
     def setup(self, batch):
         device = batch["x"].device
         self.random_teacher.to(device)
+        self.s_taps.ensure(batch["x"])
+        self.t_taps.ensure(batch["x"])
         with torch.no_grad():
-            self.student(batch["x"])
+            self.student_logits(batch["x"])
         d = self.s_taps.read()[0].flatten(1).shape[1]
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, self.head_dim)).to(device)
         self.teacher_head = Teacher(reinitialised_copy(self.head, self.teacher_seed + 1).to(device), name="random_head")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        self.s_taps.ensure(batch["x"])
+        self.t_taps.ensure(batch["x"])
+        logits = self.student_logits(batch["x"])
         self.random_teacher(batch["x"])
         (f_s,), (f_t,) = self.s_taps.read(), self.t_taps.read()
         assert self.head is not None and self.teacher_head is not None, "setup() was not called"

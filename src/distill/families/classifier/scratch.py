@@ -17,7 +17,7 @@ class Scratch(ClassifierMethod):
         self.label_smoothing = label_smoothing
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         if self.label_smoothing:
             y = batch["y"]
             lab = y >= 0

@@ -24,6 +24,7 @@ from typing_extensions import Annotated
 
 from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
 from distill.families.classifier.common import PENULTIMATE, LayerTaps
+from distill.models.outputs import logits_of
 from distill.registry import register_method
 
 
@@ -75,6 +76,18 @@ class SelfDistill(ClassifierMethod):
     def hparams(self):
         return {"epochs_per_generation": self.epochs_per_generation, "alpha": self.fixed_alpha}
 
+    def get_extra_state(self) -> dict:
+        """The probe of recent labeled samples, the alphas so far and a pending re-estimate: saved in
+        checkpoints with the weights, so a resumed run continues exactly."""
+        return {"probe_x": [p[0].cpu() for p in self._probe], "probe_y": [p[1].cpu() for p in self._probe],
+                "alphas": list(self.alphas), "pending": bool(getattr(self, "_pending_alpha", False))}
+
+    def set_extra_state(self, state: dict) -> None:
+        dev = self.alpha.device
+        self._probe = [(x.to(dev), y.to(dev)) for x, y in zip(state["probe_x"], state["probe_y"])]
+        self.alphas = list(state["alphas"])
+        self._pending_alpha = bool(state["pending"])
+
     def remember(self, batch: dict[str, torch.Tensor]) -> None:
         """Keep the most recent labeled samples (up to probe_size) for the closed-form alpha."""
         lab = batch["y"] >= 0
@@ -90,7 +103,8 @@ class SelfDistill(ClassifierMethod):
         y = torch.cat([p[1] for p in self._probe])[-self.probe_size:]
         if len(y) < 8:
             return 1.0
-        logits = self.prev(x)
+        self.prev_taps.ensure(x)
+        logits = logits_of(self.prev(x))
         (phi,) = self.prev_taps.read()
         phi = torch.cat([phi.flatten(1).float(), torch.ones(len(y), 1, device=phi.device)], 1)  # + bias
         q = F.softmax(logits.float() / self.temperature, -1)
@@ -108,7 +122,7 @@ class SelfDistill(ClassifierMethod):
             self._pending_alpha = True
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["x"])
+        logits = self.student_logits(batch["x"])
         if self.training:
             self.remember(batch)
         if int(self.generation) == 0:
@@ -119,7 +133,7 @@ class SelfDistill(ClassifierMethod):
             self.alphas.append(float(self.alpha))
             self._pending_alpha = False
         with torch.no_grad():
-            prev_logits = self.prev(batch["x"])
+            prev_logits = logits_of(self.prev(batch["x"]))
         a = float(self.alpha)
         # unlabeled samples (y = -1) take the previous generation's targets only
         return {"ce": a * masked_cross_entropy(logits, batch["y"]),

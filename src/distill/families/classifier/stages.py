@@ -20,26 +20,25 @@ import torch
 
 from distill.data.base import DataBundle
 from distill.errors import ConfigError
-from distill.models.io import build_model, load_model
-from distill.registry import datasets
+from distill.models.io import build_from_config, load_model
 from distill.teacher import Teacher
 from distill.utils import seed_everything
 
 
 def run_stages(cfg, bundle: DataBundle, run_dir: Path, metrics_path: Path, device,
                log: Callable[[str], None]) -> tuple[str, dict[str, Any], torch.Tensor, list[dict]]:
-    from distill.families.classifier.runner import fit_student, get_teacher, summarize
+    from distill.families.classifier.runner import fit_student, get_teacher, load_data, summarize
 
     label = cfg.staged_label
     seed_everything(cfg.seed)  # the same initialisation as every other student
-    student = build_model(cfg.student.model.name, cfg.student.model.params, bundle.input_shape, bundle.num_classes)
+    student = build_from_config(cfg.student.model, bundle.input_shape, bundle.num_classes, where="student.model")
     stage_metrics: dict[str, Any] = {}
     history: list[dict] = []
     res: dict[str, Any] = {}
     for i, st in enumerate(cfg.stages):
         out = run_dir / "students" / label / f"{i}-{st.label}"
         scfg = cfg.model_copy(update={"data": st.data or cfg.data, "teacher": st.teacher or cfg.teacher})
-        sbundle = bundle if st.data is None else datasets.get(st.data.name, "classifier").builder(**st.data.params)
+        sbundle = bundle if st.data is None else load_data(scfg, log)
         if sbundle.input_shape != bundle.input_shape or sbundle.num_classes != bundle.num_classes:
             raise ConfigError(f"stages.{i}.data: inputs {sbundle.input_shape} with {sbundle.num_classes} classes, but "
                               f"the student was built for {bundle.input_shape} with {bundle.num_classes}.")
