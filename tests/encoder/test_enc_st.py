@@ -104,6 +104,15 @@ def test_saved_student_loads_in_sentence_transformers_with_our_embeddings(tmp_pa
     assert torch.allclose(_ours(back, load_tokenizer(str(out))), ours, atol=1e-6)
 
 
+def test_student_path_folder_keeps_its_own_pooling(tmp_path):
+    teacher = load_encoder_source(str(_st_teacher(tmp_path / "t", "mean", dense=True)))   # 24-wide, mean
+    start = _st_teacher(tmp_path / "s", "cls", dense=False)                               # 32-wide, cls
+    st = build_student(teacher, EncoderStudentConfig(path=str(start)), 0)
+    assert st.pooling == "cls" and st.normalize and st.embedding_dim == 24 and st.source == "student.path"
+    out = save_encoder(st, tmp_path / "out", load_tokenizer(str(start)), 64)
+    assert torch.allclose(_theirs(out), _ours(st, load_tokenizer(str(start))), atol=1e-5)
+
+
 def test_classifier_student_round_trip(tmp_path):
     from distill.families.encoder.task import TextClassifier
 

@@ -1,10 +1,13 @@
-"""Encoders: a transformers encoder with mean/CLS pooling (teacher or student), smaller BERT students
-with weight inheritance from chosen teacher layers (DistilBERT, Sanh et al. 2019; TinyCLIP, Wu et
-al. 2023), and a static embedding-bag student (a token table averaged over the sentence).
+"""Encoders: a transformers encoder with the pooling, Dense and Normalize modules of a
+sentence-transformers model (teacher or student), smaller students of the teacher's own class with
+weight inheritance from chosen teacher layers (DistilBERT, Sanh et al. 2019; TinyCLIP, Wu et al.
+2023), and a static embedding-bag student (a token table averaged over the sentence).
 
 Every encoder returns `{"embedding": (B, D)}` and, for transformers, `"hidden_states"`: a tuple of
 (B, T, H) tensors, index 0 = embedding output, k = after layer k. Queries, keys and values are read
-with forward hooks (`distill.taps`) under the names of `layer_module(i, kind)`.
+with forward hooks (`distill.taps`) under the names of `layer_module(i, kind)`, found from the
+model's own modules (`layers.py`); folders, hub ids and packages are read in `sources.py`, students
+written as sentence-transformers folders in `export.py`.
 """
 from __future__ import annotations
 
