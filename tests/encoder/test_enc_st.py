@@ -176,3 +176,23 @@ def test_students_of_other_architectures_export(tmp_path, arch):
     out = save_encoder(st, tmp_path / "out", tok, 64)
     assert torch.allclose(_theirs(out), _ours(st, tok), atol=1e-5)
     assert type(load_encoder(out).backbone) is type(teacher.backbone)
+
+
+def _io_dispatches() -> bool:
+    import inspect
+
+    from distill.models import io
+
+    return "modules.json" in inspect.getsource(io.load_model)
+
+
+@pytest.mark.skipif(not _io_dispatches(), reason="distill.models.io.load_model does not yet send sentence-transformers "
+                                                 "folders to the encoder family's load_encoder")
+def test_load_student_reads_an_encoder_student(tmp_path):
+    import distill
+
+    folder = tiny_folder(tmp_path / "t")
+    tok = load_tokenizer(str(folder))
+    st = build_student(load_encoder_source(str(folder)), EncoderStudentConfig(num_layers=1, dropout=0.0), 0)
+    out = save_encoder(st, tmp_path / "s", tok, 64)
+    assert torch.allclose(_ours(distill.load_student(out), tok), _ours(st, tok), atol=1e-6)
