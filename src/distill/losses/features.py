@@ -14,11 +14,29 @@ Relation losses over a batch (RKD, CC) and logit relations (DIST, OFA) are in `r
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.divergences import divergence_from_logprobs
+
+
+def tokens_as_map(f: Tensor) -> Tensor:
+    """Token features of a vision transformer (B, T, D) as a map of its patch tokens (B, D, h, w).
+
+    The leading tokens that are not patches (class, distillation, register tokens: up to 8) are
+    dropped so that the rest tiles a square grid; a length that tiles no square is read as a
+    (B, D, T, 1) map. Maps (B, C, H, W) and vectors (B, D) pass through."""
+    if f.dim() != 3:
+        return f
+    b, t, d = f.shape
+    for extra in range(0, min(9, t)):
+        side = math.isqrt(t - extra)
+        if side * side == t - extra and side > 0:
+            return f[:, extra:].transpose(1, 2).reshape(b, d, side, side)
+    return f.transpose(1, 2).unsqueeze(-1)
 
 
 def match_spatial(f_s: Tensor, f_t: Tensor) -> Tensor:

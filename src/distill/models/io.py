@@ -142,6 +142,10 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     from distill.errors import DistillError
 
     folder = Path(folder)
+    if (folder / "modules.json").is_file():  # a sentence-transformers folder: an encoder-family student
+        from distill.families.encoder.export import load_encoder
+
+        return load_encoder(folder, device=device)
     spec = read_spec(folder) if folder.is_dir() else None
     if spec is None or not (folder / "model.safetensors").is_file():
         raise DistillError(f"{folder}: expected model.safetensors with distill.json or config.json (written by distill).")

@@ -16,6 +16,7 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
 from distill.taps import Taps, find_module, normalize_name
+from distill.losses.features import tokens_as_map
 from distill.models.outputs import logits_of
 from distill.teacher import CachedOutputs, FeatureCache
 
@@ -94,6 +95,9 @@ class LayerTaps:
 class FeatureMethod(ClassifierMethod):
     """Base of methods that compare student and teacher features at named layers.
 
+    Token features (B, T, D) of vision transformers reach the methods as maps of their patch
+    tokens (B, D, h, w) (`losses.features.tokens_as_map`), so CNN and ViT layers pair up.
+
     Subclasses call `self.features(batch)` -> (student logits, teacher logits, [f_s], [f_t]) and
     build their modules in `build(f_s, f_t)` (called once by `setup` with example features).
     The teacher side comes from the live teacher, or from a `FeatureCache` of exactly the tapped
@@ -119,7 +123,7 @@ class FeatureMethod(ClassifierMethod):
         """The live teacher on inputs x: logits (B, C) and the tapped layers' outputs."""
         self.t_taps.ensure(x)
         t_logits = logits_of(self._teacher(x))
-        return t_logits, [f.detach() for f in self.t_taps.read()]
+        return t_logits, [tokens_as_map(f.detach()) for f in self.t_taps.read()]
 
     def features(self, batch: dict[str, torch.Tensor]):
         self.s_taps.ensure(batch["x"])
@@ -128,7 +132,7 @@ class FeatureMethod(ClassifierMethod):
             t_logits, f_t = self.feature_cache.lookup(batch["idx"], device=batch["x"].device)
         else:
             t_logits, f_t = self.teacher_pass(batch["x"])
-        return logits, t_logits, self.s_taps.read(), f_t
+        return logits, t_logits, [tokens_as_map(f) for f in self.s_taps.read()], f_t
 
     def setup(self, batch: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

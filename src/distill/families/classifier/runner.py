@@ -128,6 +128,9 @@ def evaluate(model: nn.Module, bundle: DataBundle, folder: Path | None, cfg: Cla
     """Quality on the test split plus size and CPU latency. Returns (metrics, test logits)."""
     logits = predict_split(model, bundle.test, device=device, num_workers=cfg.data.num_workers)
     m = classification_metrics(logits, bundle.test.y, cfg.eval.ece_bins)
+    if bundle.val is not None:  # what chooses the best student: never the test set
+        vl = predict_split(model, bundle.val, device=device, num_workers=cfg.data.num_workers)
+        m["val_accuracy"] = classification_metrics(vl, bundle.val.y)["accuracy"]
     m["params"] = count_parameters(model)
     if folder is not None and (folder / "model.safetensors").is_file():
         m["size_bytes"] = size_on_disk(folder / "model.safetensors")
@@ -319,7 +322,8 @@ def summarize(student: nn.Module, bundle: DataBundle, out: Path, cfg: Classifier
         pick = max(hist, key=lambda h: h["val_accuracy"])
         m["best_accuracy"], m["best_val_accuracy"] = pick["accuracy"], pick["val_accuracy"]
         m["best_selected_on"] = "val"
-        m["val_accuracy"] = hist[-1]["val_accuracy"] if cfg.eval.select == "last" else pick["val_accuracy"]
+    elif "val_accuracy" in m:  # no evaluation during training (max_steps within the first epoch)
+        m["best_accuracy"], m["best_selected_on"] = m["accuracy"], "val"
     else:  # no validation split: the best test accuracy seen (optimistic)
         m["best_accuracy"] = max(h["accuracy"] for h in hist) if hist else m["accuracy"]
         m["best_selected_on"] = "test"
