@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from distill.errors import ConfigError
 from distill.families.diffusion.process import Process, call, ddim_sample, renoise_sample
-from distill.families.diffusion.unet import current_labels
+from distill.families.diffusion.unet import conditioning, current_labels
 from distill.teacher import Teacher
 
 
@@ -65,6 +65,19 @@ class DiffusionMethod(nn.Module):
         self.initialised_from_teacher = init_from_teacher and copy_weights(teacher.module, student)
         # class-conditional teacher (UNet / MLP with num_classes): the count of real classes, else None
         self.num_classes: int | None = getattr(teacher.module, "num_classes", None)
+
+    def __call__(self, batch: dict[str, Tensor], *args, **kwargs):
+        """Run `forward(batch)` under the batch's class labels "y" (B,) when the teacher is class-conditional:
+        the teacher, student and fake networks called inside then see them (through `unet.conditioning`,
+        scoped to this call). The runner's loader puts a labelled data set's labels in every batch, so the
+        recipe path trains class-conditionally, as a caller that sets `conditioning(y)` around the call
+        does. A batch without "y" runs under the caller's labels (None: the null class); an unconditional
+        teacher ignores "y"."""
+        y = batch.get("y") if isinstance(batch, dict) else None
+        if y is None or self.num_classes is None:
+            return super().__call__(batch, *args, **kwargs)
+        with conditioning(y):
+            return super().__call__(batch, *args, **kwargs)
 
     def draw_labels(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor | None:
         """Labels for a batch the method draws itself (teacher couplings, fake-score data): n classes
