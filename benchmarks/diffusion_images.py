@@ -54,8 +54,8 @@ def train_teacher(src, steps: int, widths, batch: int, lr: float, p_uncond: floa
 
 def distil(name: str, teacher: Teacher, src, steps: int, batch: int, lr: float, params: dict, w: float,
            full: int, seed: int):
-    """One student by `name`, from the guided teacher (scale w), class-conditional: every batch runs
-    under the labels of its data draw."""
+    """One student by `name`, from the guided teacher (scale w), class-conditional: every batch carries
+    the labels of its data draw ("y"), as the runner's batches do."""
     torch.manual_seed(seed)
     student = UNetDenoiser(make_unet(src.dim[0], src.dim[-1], tuple(teacher.module.unet.config.block_out_channels),
                                      num_classes=src.num_classes))
@@ -66,8 +66,8 @@ def distil(name: str, teacher: Teacher, src, steps: int, batch: int, lr: float, 
     method.train()
     for i in range(steps):
         x0, y = src.sample_labeled(batch, g)
-        with conditioning(y), guidance(teacher, w):    # the student learns the guided teacher
-            terms = method({"x0": x0, "z": torch.randn(x0.shape, generator=g)})
+        with guidance(teacher, w):    # the student learns the guided teacher; labels and step in the batch
+            terms = method({"x0": x0, "z": torch.randn(x0.shape, generator=g), "y": y, "step": i})
         loss = sum(method.weights.get(k, 1.0) * v for k, v in terms.items())
         opt.zero_grad()
         loss.backward()

@@ -98,3 +98,35 @@ def test_diff_runner_fit_trains_class_conditionally(name):
     fit(method, method.trainable_parameters(), SOURCE, train, cfg(), seed=0, out_dir=None, name=name)
     assert spy.seen and all(s is not None and s[0] for s in spy.seen), spy.seen[:5]
     assert all(s[1] < 3 for s in spy.seen)                 # real classes, never the null label
+
+
+def test_diff_runner_measures_class_conditional_recipes_conditionally(tmp_path):
+    """A class-conditional recipe (teacher.labels) with a non-guidance method: summary.json has the
+    conditional distances, and the teacher's equals a recomputation under the reference labels."""
+    from distill.api import run
+    from distill.eval.distributions import sliced_wasserstein
+    from distill.families.diffusion.process import ddim_sample
+    from distill.families.diffusion.toys import toy2d
+
+    r = {"name": "cond", "family": "diffusion", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+         "data": {"name": "toy2d", "params": {"name": "8gaussians"}, "batch_size": 64},
+         "teacher": {"model": {"name": "toy_mlp", "params": {"hidden": 32, "depth": 2, "num_classes": 8}},
+                     "labels": True, "steps": 8, "train": {"max_steps": 60, "optimizer": {"lr": 0.003}}},
+         "student": {"steps": 1},
+         "methods": [{"name": "consistency", "params": {"grid_steps": 8, "skip": 2}}],
+         "train": {"max_steps": 10}, "eval": {"samples": 300, "steps": [1, 2], "projections": 32, "seed": 7},
+         "engine": {"device": "cpu", "progress": False}}
+    s = run(r, log=lambda m: None, show_table=False)
+    m = s["students"]["consistency"]
+    assert {"swd_cond@1", "swd_cond@2", "swd_cond_teacher@1"} <= set(m)
+    assert {"swd_cond", "swd_cond@1", "swd_cond_teacher@2"} <= set(s["teacher"])
+    # recompute the teacher's conditional distance from its cached weights
+    folder = next((tmp_path / "cache" / "diffusion_teachers").iterdir())
+    net = TimeMLP(2, hidden=32, depth=2, num_classes=8)
+    net.load_state_dict(torch.load(folder / "teacher.pt", weights_only=True))
+    g = torch.Generator().manual_seed(7)
+    ref, y = toy2d("8gaussians").sample_labeled(300, g)
+    z = torch.randn(ref.shape, generator=g)
+    with torch.no_grad(), conditioning(y):
+        x = ddim_sample(Teacher(net), PROCESS, z, 8, "velocity")
+    assert s["teacher"]["swd_cond"] == pytest.approx(sliced_wasserstein(x, ref, 32), abs=1e-6)

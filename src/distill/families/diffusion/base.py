@@ -134,7 +134,12 @@ class DiffusionMethod(nn.Module):
         return self.student
 
     @torch.no_grad()
-    def sample(self, z: Tensor, steps: int, *, return_traj: bool = False, generator: torch.Generator | None = None):
+    def sample(self, z: Tensor, steps: int, *, return_traj: bool = False, generator: torch.Generator | None = None,
+               y: Tensor | None = None):
+        """The student's samples from noise z (B, ...); y (B,): class labels (None: the caller's, or the null class)."""
+        if y is not None:
+            with conditioning(y):
+                return self.sample(z, steps, return_traj=return_traj, generator=generator)
         net = self.sampling_net(steps)
         was = net.training
         net.eval()

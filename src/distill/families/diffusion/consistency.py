@@ -30,7 +30,7 @@ from typing_extensions import Annotated
 
 from distill.families.diffusion.base import DiffusionContext, DiffusionMethod, frozen_copy, uniform_index
 from distill.families.diffusion.process import Process, _bcast, renoise_sample
-from distill.families.diffusion.unet import TIMESTEPS
+from distill.families.diffusion.unet import TIMESTEPS, conditioning
 from distill.registry import register_method
 from distill.teacher import Teacher
 
@@ -89,8 +89,12 @@ class Consistency(DiffusionMethod):
         return {"consistency": ((pred - target) ** 2).flatten(1).sum(1).mean()}
 
     @torch.no_grad()
-    def sample(self, z: Tensor, steps: int, *, return_traj: bool = False, generator: torch.Generator | None = None):
-        """Multistep consistency sampling with f (Song et al. 2023, alg. 1)."""
+    def sample(self, z: Tensor, steps: int, *, return_traj: bool = False, generator: torch.Generator | None = None,
+               y: Tensor | None = None):
+        """Multistep consistency sampling with f (Song et al. 2023, alg. 1); y (B,): class labels."""
+        if y is not None:
+            with conditioning(y):
+                return self.sample(z, steps, return_traj=return_traj, generator=generator)
         if return_traj:
             return super().sample(z, steps, return_traj=True)
         was = self.student.training

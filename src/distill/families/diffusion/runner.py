@@ -2,6 +2,10 @@
 then one student per method, each evaluated at every step count of `eval.steps` beside the
 teacher at its full step count and the teacher run at that same step count. Distances are to
 fresh data and to the teacher's full-step samples (same noise); summary.json, report.md, plots.
+Training batches carry the data's labels ("y", when it has them) and the optimiser step ("step").
+With a class-conditional teacher on labelled data the table's samples are unconditional (null
+class) and summary.json adds the class-conditional distances (swd_cond@k, swd_cond_teacher@k:
+every model sampled under the reference points' labels).
 """
 from __future__ import annotations
 
@@ -151,6 +155,13 @@ def sample_metrics(x: Tensor, ref: Tensor, teacher_ref: Tensor | None, cfg: Diff
     return m
 
 
+def conditional_metrics(x: Tensor, ref: Tensor, teacher_ref: Tensor, k: int, cfg: DiffusionRunConfig) -> dict[str, float]:
+    """Class-conditional samples x at k steps (under the reference points' labels): SWD to the data
+    ("swd_cond@k") and to the teacher's full-step conditional samples ("swd_cond_teacher@k")."""
+    m = sample_metrics(x, ref, teacher_ref, cfg)
+    return {f"swd_cond@{k}": m["swd"], f"swd_cond_teacher@{k}": m["swd_teacher"]}
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
@@ -171,7 +182,12 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
     T, steps_list = cfg.teacher.steps, cfg.eval.steps
 
     g = torch.Generator().manual_seed(cfg.eval.seed)
-    ref = source.sample(cfg.eval.samples, g).to(device)
+    # a class-conditional teacher on labelled data: also measured class-conditionally, every model sampled
+    # under the reference points' own labels (the same draws as unlabelled data), as it was trained
+    conditional = getattr(t_net, "num_classes", None) is not None and hasattr(source, "sample_labeled")
+    ref, ref_y = source.sample_labeled(cfg.eval.samples, g) if conditional else (source.sample(cfg.eval.samples, g), None)
+    ref = ref.to(device)
+    ref_y = None if ref_y is None else ref_y.to(device)
     z = torch.randn(ref.shape, generator=g).to(device)
     (t_full, traj, times), t_ms = _timed(lambda: ddim_sample(teacher, process, z, T, cfg.teacher.param, return_traj=True))
     t_metrics: dict[str, Any] = {**sample_metrics(t_full, ref, None, cfg), "steps": T, "sample_ms": t_ms,
@@ -184,6 +200,14 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
             t_metrics[f"{name}@{k}"] = v
         t_metrics[f"sample_ms@{k}"] = ms
         samples[f"teacher@{k}"] = xk.cpu()
+    t_full_y = None
+    if conditional:
+        with conditioning(ref_y):
+            t_full_y = ddim_sample(teacher, process, z, T, cfg.teacher.param)
+            t_metrics["swd_cond"] = sample_metrics(t_full_y, ref, None, cfg)["swd"]
+            for k in steps_list:
+                xk = ddim_sample(teacher, process, z, k, cfg.teacher.param)
+                t_metrics.update(conditional_metrics(xk, ref, t_full_y, k, cfg))
     log(f"teacher: swd {t_metrics['swd']:.4f} at {T} steps; "
         + ", ".join(f"{t_metrics[f'swd@{k}']:.4f} at {k}" for k in steps_list))
     summary: dict[str, Any] = {"family": "diffusion", "primary_metric": "swd", "higher_is_better": False,
@@ -225,6 +249,9 @@ def run_diffusion(cfg: DiffusionRunConfig, *, run_dir: Path | None, log: Callabl
                 _, tr, tt = method.sample(z, k, return_traj=True)
                 m[f"straightness@{k}"] = straightness(tr, tt)
             samples[f"{label}@{k}"] = xk.cpu()
+            if conditional:
+                gk = torch.Generator().manual_seed(cfg.eval.seed + 1)
+                m.update(conditional_metrics(method.sample(z, k, generator=gk, y=ref_y), ref, t_full_y, k, cfg))
         m.update(method.evaluate(source, z, steps_list, cfg.eval))
         m["swd"], m["mmd"] = m[f"swd@{cfg.student.steps}"], m[f"mmd@{cfg.student.steps}"]
         summary["students"][label] = m
