@@ -249,3 +249,75 @@ def test_cached_run_with_augmentation_matches_the_live_run(tmp_path, tiny_recipe
     logs.clear()
     distill.run(r3, show_table=False, log=logs.append)
     assert any("cannot be replayed" in m for m in logs)
+
+
+def test_mixup_and_cutmix_give_soft_labels_drawn_per_batch_and_seed():
+    from distill.data.transforms import BatchMix
+
+    views = _digits_views()
+    cfg = views.transform.cfg.model_copy(update={"mixup": 0.4, "cutmix": 1.0})
+    mix = BatchMix(cfg, 10, seed=0)
+    a = _epoch(StreamLoader(views, 8, shuffle=True, seed=0, mix=mix), 0)
+    b = _epoch(StreamLoader(views, 8, shuffle=True, seed=0, mix=BatchMix(cfg, 10, seed=0)), 0)
+    for x, y in zip(a, b):
+        assert x["y"].shape == (8, 10) and torch.allclose(x["y"].sum(-1), torch.ones(8))
+        assert torch.equal(x["x"], y["x"]) and torch.equal(x["y"], y["y"])
+    assert any(float(bt["y"].max(-1).values.min()) < 1 for bt in a)  # some labels really are mixtures
+
+
+def test_mixup_recipe_runs_kd_and_refuses_a_hard_label_method(tiny_recipe):
+    r = dict(tiny_recipe)
+    r["data"] = {"name": "digits", "params": {"layout": "image"}, "batch_size": 64,
+                 "transforms": {"crop": "none", "hflip": 0.0, "mixup": 0.2, "normalize": "none"}}
+    r["teacher"] = dict(r["teacher"], model={"name": "convnet", "params": {"width": 8, "depth": 2}})
+    r["methods"] = [{"name": "kd"}]
+    out = distill.run(r, show_table=False, log=lambda m: None)
+    assert out["students"]["kd"]["accuracy"] > 20
+    with pytest.raises(ConfigError, match="dkd uses labels as class indices"):
+        distill.run(dict(r, methods=[{"name": "dkd"}]), show_table=False, log=lambda m: None)
+
+
+def test_webdataset_shards_are_read_by_offset(folder, tmp_path, tiny_recipe):
+    import tarfile
+
+    src = ImageFolderSource(folder / "train")
+    for split, ids in (("train", range(0, 8)), ("test", range(8, 12))):
+        with tarfile.open(tmp_path / f"{split}-000.tar", "w") as tar:
+            for i in ids:
+                tar.add(src.files[i], arcname=f"s{i:04d}.png")
+                label = tmp_path / "lbl"
+                label.write_text(str(int(src.labels[i])))
+                tar.add(label, arcname=f"s{i:04d}.cls")
+    from distill.data.stream import TarShardSource
+
+    shards = TarShardSource(str(tmp_path / "train-{000..000}.tar"))
+    assert len(shards) == 8 and shards.labels.tolist() == src.labels[:8].tolist()
+    assert np.array_equal(np.asarray(shards.get(3)), np.asarray(src.get(3)))
+    r = dict(tiny_recipe)
+    r["data"] = {"name": "webdataset", "params": {"train": str(tmp_path / "train-000.tar"),
+                                                  "test": str(tmp_path / "test-000.tar"), "num_classes": 2,
+                                                  "val_fraction": 0.25},
+                 "batch_size": 4, "transforms": {"size": 8, "crop": "random_resized", "normalize": "none"}}
+    r["teacher"] = {"model": {"name": "mlp", "params": {"hidden": [8]}}, "train": {"epochs": 1}}
+    r["methods"] = [{"name": "kd"}]
+    r["train"] = {"epochs": 1}
+    out = distill.run(r, show_table=False, log=lambda m: None)
+    assert out["data"]["train"] == 5 and out["data"]["val"] == 3 and out["data"]["test"] == 4
+
+
+def test_hf_images_from_a_saved_data_set(folder, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    src = ImageFolderSource(folder / "train")
+    imgs = [Image.open(p).convert("RGB") for p in src.files]
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    ds = datasets.Dataset.from_dict({"img": imgs, "label": src.labels.tolist()}, features=feats)
+    datasets.DatasetDict({"train": ds, "test": ds.select(range(4))}).save_to_disk(str(tmp_path / "hf"))
+    from distill.data.streamed import hf_images
+
+    b = hf_images(str(tmp_path / "hf"), image_column="img", val_fraction=0.0)
+    assert b.num_classes == 2 and b.class_names == ["cat", "dog"] and len(b.train) == 12
+    assert np.array_equal(np.asarray(b.train.get(5)), np.asarray(imgs[5]))
+    with pytest.raises(ConfigError, match="no column 'image'"):
+        hf_images(str(tmp_path / "hf"))

@@ -124,6 +124,76 @@ class HFImageSource:
         return hashlib.sha256(f"{fp}|{self.image_column}|{self.label_column}".encode()).hexdigest()[:16]
 
 
+class TarShardSource:
+    """WebDataset tar shards (`shard-{000..009}.tar`: members `<key>.<ext>`, one key per sample) read
+    by random access: the shards are indexed once (member offsets, no image is decoded), then each
+    sample's image is read from its offset on demand. The label is the `.cls` member (an integer)."""
+
+    IMAGE_EXT = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
+
+    def __init__(self, urls: str | Sequence[str], label_key: str = "cls", image_key: str | None = None):
+        import tarfile
+
+        try:
+            from webdataset.shardlists import expand_urls
+        except ImportError:
+            raise ConfigError("data: webdataset shards need the `webdataset` package (pip install 'distill[data]').") from None
+        paths = [Path(p).expanduser() for u in ([urls] if isinstance(urls, str) else urls) for p in expand_urls(u)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if not paths or missing:
+            raise ConfigError(f"data.params: shard {missing[0] if missing else urls!r} does not exist.")
+        self.paths = paths
+        self.entries: list[tuple[int, int, int]] = []  # (shard, offset, size) of each sample's image
+        labels: list[int] = []
+        for si, path in enumerate(paths):
+            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+            with tarfile.open(path) as tar:
+                for m in tar.getmembers():
+                    if not m.isfile() or "." not in m.name.rsplit("/", 1)[-1]:
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    stem, _, ext = base.partition(".")  # webdataset's convention: the key ends at the first dot
+                    key = f"{folder}/{stem}" if folder else stem
+                    groups.setdefault(key, {})[ext.lower()] = m
+                for key, members in groups.items():
+                    img = members.get(image_key) if image_key else next(
+                        (members[e] for e in self.IMAGE_EXT if e in members), None)
+                    if img is None or label_key not in members:
+                        continue
+                    f = tar.extractfile(members[label_key])
+                    labels.append(int(f.read().decode().strip()))
+                    self.entries.append((si, img.offset_data, img.size))
+        if not self.entries:
+            raise ConfigError(f"data.params: no samples with an image and a .{label_key} label in {urls!r}.")
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, i: int):
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        si, off, size = self.entries[i]
+        with open(self.paths[si], "rb") as f:
+            f.seek(off)
+            data = f.read(size)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                return im.copy()
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DecodeError(f"{self.paths[si]} sample {i}: {e}") from None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for p in self.paths:
+            st = p.stat()
+            h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
 class Subset:
     """Rows `ids` of a source (a held-out split), with their own ids 0..n-1."""
 
@@ -225,8 +295,9 @@ class StreamLoader:
 
     def __init__(self, dataset: ViewDataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, rank: int = 0, world: int = 1, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int | None = None, persistent_workers: bool = False):
-        self.dataset = dataset
+                 pin_memory: bool = False, prefetch_factor: int | None = None, persistent_workers: bool = False,
+                 mix=None):
+        self.dataset, self.mix = dataset, mix
         self.sampler = BatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                     rank=rank, world=world)
         self._keys = _EpochBatches(self.sampler, dataset.train)
@@ -251,7 +322,7 @@ class StreamLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        for batch in self.loader:
+        for b, batch in enumerate(self.loader, start=self._keys.start):
             if batch is not None:
-                yield batch
+                yield batch if self.mix is None else self.mix(batch, self.sampler.epoch, b)
         self._keys.start = 0

@@ -15,7 +15,7 @@ from pydantic import DirectoryPath, Field
 from typing_extensions import Annotated
 
 from distill.data.base import split_labeled
-from distill.data.stream import HFImageSource, ImageFolderSource, Subset
+from distill.data.stream import HFImageSource, ImageFolderSource, Subset, TarShardSource
 from distill.errors import ConfigError
 from distill.registry import register_dataset
 
@@ -126,3 +126,22 @@ def hf_images(
     num_classes = len(names) or int(max(train.labels.max(), test.labels.max())) + 1
     return finish_bundle("hf_images", train, test, num_classes, names or [str(i) for i in range(num_classes)],
                          val_fraction=val_fraction, labeled_fraction=labeled_fraction, seed=seed)
+
+
+@register_dataset("webdataset", family="classifier",
+                  description="WebDataset tar shards (<key>.jpg/png + <key>.cls), read by offset from disk")
+def webdataset(
+    train: str = Field(..., description="train shards, e.g. data/train-{000..099}.tar"),
+    test: str = Field(..., description="test shards"),
+    num_classes: int | None = Field(None, ge=2, description="default: the largest label + 1"),
+    label_key: str = "cls",
+    image_key: str | None = Field(None, description="the image member's extension (default: the first of jpg, png, ...)"),
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1,
+    labeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0,
+    seed: int = 0,
+) -> SourceBundle:
+    tr = TarShardSource(train, label_key, image_key)
+    te = TarShardSource(test, label_key, image_key)
+    n = num_classes or int(max(tr.labels.max(), te.labels.max())) + 1
+    return finish_bundle("webdataset", tr, te, n, [str(i) for i in range(n)], val_fraction=val_fraction,
+                         labeled_fraction=labeled_fraction, seed=seed)

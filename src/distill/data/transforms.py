@@ -46,6 +46,9 @@ class TransformConfig(Strict):
     auto_augment: Literal["none", "randaugment", "trivialaugment", "autoaugment"] = "none"
     randaugment_ops: int = Field(2, ge=1)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup: float = Field(0.0, ge=0, description="MixUp (Zhang et al. 2018) Beta(alpha, alpha) per batch; 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="CutMix (Yun et al. 2019) Beta(alpha, alpha) per batch; 0 = off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="share of batches mixed (with both on, half each)")
     channels: Literal[1, 3] | None = Field(None, description="convert images to 1 or 3 channels (e.g. 3 for a "
                                            "pretrained RGB model on grey images)")
     normalize: Literal["model", "imagenet", "none"] | NormalizeConfig = Field(
@@ -53,13 +56,19 @@ class TransformConfig(Strict):
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
 
     @property
+    def mixes(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mix_prob > 0
+
+    @property
     def replayable(self) -> bool:
-        """Whether a train view is fully described by its crop box and flip (no photometric policy)."""
-        return self.auto_augment == "none"
+        """Whether a train view is fully described by its crop box and flip (no photometric policy,
+        no mixing of samples)."""
+        return self.auto_augment == "none" and not self.mixes
 
     @property
     def random(self) -> bool:
-        return self.crop in ("random_resized", "random") or self.hflip > 0 or self.auto_augment != "none"
+        return (self.crop in ("random_resized", "random") or self.hflip > 0 or self.auto_augment != "none"
+                or self.mixes)
 
 
 def sample_seed(seed: int, epoch: int, idx: int) -> int:
@@ -223,3 +232,33 @@ def resolve_normalization(cfg: TransformConfig, model_data_config: dict | None) 
     if n == "model" and model_data_config and "mean" in model_data_config:
         return list(model_data_config["mean"]), list(model_data_config["std"])
     return None, None
+
+
+class BatchMix:
+    """MixUp / CutMix on a train batch (torchvision's v2.MixUp and v2.CutMix), drawn from a seed of
+    (run seed, epoch, batch index): labels become soft targets (B, C)."""
+
+    def __init__(self, cfg: TransformConfig, num_classes: int, seed: int):
+        import torchvision.transforms.v2 as v2
+
+        self.cfg, self.num_classes, self.seed = cfg, num_classes, seed
+        self.ops = []
+        if cfg.mixup > 0:
+            self.ops.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
+        if cfg.cutmix > 0:
+            self.ops.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+
+    def __call__(self, batch: dict, epoch: int, index: int) -> dict:
+        if (batch["y"] < 0).any():
+            raise ConfigError("data.transforms.mixup/cutmix mix labels, so every training sample needs one; "
+                              "this batch has unlabeled samples (set data.params.labeled_fraction to 1, or turn "
+                              "mixing off).")
+        g = torch.Generator().manual_seed(sample_seed(self.seed + 1, epoch, 1_000_000_007 + index))
+        if float(torch.rand((), generator=g)) >= self.cfg.mix_prob:
+            y = torch.nn.functional.one_hot(batch["y"], self.num_classes).float()
+            return {**batch, "y": y}
+        op = self.ops[int(torch.randint(len(self.ops), (), generator=g))]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=g)))
+            x, y = op(batch["x"], batch["y"])
+        return {**batch, "x": x, "y": y}

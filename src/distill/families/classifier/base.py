@@ -22,7 +22,10 @@ from distill.teacher import CachedOutputs, Teacher, TeacherCache
 
 
 def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean CE over samples with a label (y >= 0); 0 (not NaN) when the batch has none. (B, C), (B,)."""
+    """Mean CE over samples with a label (y >= 0); 0 (not NaN) when the batch has none. (B, C), (B,).
+    Soft targets (B, C) (MixUp / CutMix) give the mean soft cross-entropy."""
+    if y.dim() == 2:
+        return -(y.float() * F.log_softmax(logits.float(), -1)).sum(-1).mean()
     total = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum")
     return total / (y >= 0).sum().clamp(min=1)
 
@@ -33,6 +36,7 @@ class ClassifierMethod(nn.Module):
     needs_teacher: bool = True
     supports_cache: bool = False  # True when only the teacher's logits are used
     supports_feature_cache: bool = False  # True for FeatureMethods (tapped teacher layers)
+    hard_labels: bool = False  # True when labels are used as class indices beyond the CE (no MixUp/CutMix)
 
     def __init__(self, student: nn.Module, teacher: Teacher | None):
         super().__init__()

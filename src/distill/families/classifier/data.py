@@ -67,10 +67,15 @@ def to_views(raw: DataBundle | SourceBundle, tcfg: TransformConfig | None, *, se
 
 def make_loader(split: ArrayDataset | ViewDataset, batch_size: int, *, shuffle: bool, seed: int,
                 drop_last: bool = False, rank: int = 0, world: int = 1, num_workers: int = 0,
-                pin_memory: bool = False) -> TensorLoader | StreamLoader:
+                pin_memory: bool = False, num_classes: int | None = None) -> TensorLoader | StreamLoader:
     if isinstance(split, ViewDataset):
+        mix = None
+        if split.train and split.transform.cfg.mixes and num_classes:
+            from distill.data.transforms import BatchMix
+
+            mix = BatchMix(split.transform.cfg, num_classes, seed)
         return StreamLoader(split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
-                            world=world, num_workers=num_workers, pin_memory=pin_memory)
+                            world=world, num_workers=num_workers, pin_memory=pin_memory, mix=mix)
     return TensorLoader(split, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world)
 
 

@@ -43,6 +43,7 @@ def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tens
 @register_method("dkd", family="classifier", description="Decoupled KD: target / non-target KL terms weighted apart (Zhao 2022)",
                  injected=("student", "teacher"))
 class DKD(ClassifierMethod):
+    hard_labels = True  # labels index classes beyond the CE: no MixUp/CutMix
     supports_cache = True  # reads only the teacher's logits (a full-k cache gives them up to a shift)
 
     def __init__(self, student, teacher, temperature: Annotated[float, Field(gt=0)] = 4.0,

@@ -34,6 +34,7 @@ def logit_branch(shape: torch.Size, num_classes: int, width: int) -> nn.Module:
 @register_method("ofa", family="classifier", description="One-for-All: student stages projected to logits, target-enhanced loss; cross-architecture (Hao 2023)",
                  injected=("student", "teacher"))
 class OFA(ClassifierMethod):
+    hard_labels = True  # labels index classes beyond the CE: no MixUp/CutMix
     supports_cache = True
 
     def __init__(self, student, teacher, student_layers: list[str] = [],  # noqa: B006

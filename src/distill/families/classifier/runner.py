@@ -40,7 +40,7 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
                 metrics_path: Path | None = None, name: str = "train",
                 weights: dict[str, float] | None = None, eval_fn: Callable | None = None,
                 drop_last: bool = False, val=None, loader=None, num_workers: int = 0,
-                pin_memory: bool | None = None, select: str = "last") -> Engine:
+                pin_memory: bool | None = None, select: str = "last", num_classes: int | None = None) -> Engine:
     """Optimise `method.parameters()` on `train` (or the given `loader`); evaluate on `test` (and
     `val`); resume if `out_dir` has checkpoints. `select="best"` ends with the student weights of
     the evaluation with the best validation accuracy. The method's hooks are removed at the end."""
@@ -50,7 +50,7 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
         # batch_size is the global batch: each process takes its slice (the uneven last batch is dropped)
         pin = engine.device.type == "cuda" if pin_memory is None else pin_memory
         loader = make_loader(train, batch_size, shuffle=True, seed=seed, drop_last=drop_last, rank=acc.process_index,
-                             world=acc.num_processes, num_workers=num_workers, pin_memory=pin)
+                             world=acc.num_processes, num_workers=num_workers, pin_memory=pin, num_classes=num_classes)
     try:
         method.to(engine.device)
         first = engine.to_device(next(iter(loader)))
@@ -188,7 +188,8 @@ def get_teacher(cfg: ClassifierRunConfig, bundle: DataBundle, log: Callable[[str
     scratch = methods.get("scratch", "classifier").builder(model, None)
     train_phase(scratch, bundle.teacher_train, bundle.test, cfg.teacher.train, cfg.engine,
                 batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=folder, name="teacher",
-                drop_last=cfg.data.drop_last, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory)
+                drop_last=cfg.data.drop_last, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
+                num_classes=bundle.num_classes)
     if is_main():
         save_model(model.cpu(), folder)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
@@ -289,6 +290,9 @@ def fit_student(student: nn.Module, mcfg: MethodConfig, teacher: Teacher, bundle
     """Distil `student` with one method; save it to `out` (main process) and return its record."""
     tcfg = train_cfg or mcfg.train or cfg.train
     method = build_method(mcfg, student, teacher)
+    if method.hard_labels and is_streamed(bundle.train) and bundle.train.transform.cfg.mixes:
+        raise ConfigError(f"methods: {mcfg.name} uses labels as class indices, and data.transforms.mixup/cutmix "
+                          "turn them into mixtures; turn mixing off for this recipe or drop the method.")
     attach_cache(method, cfg, teacher, bundle, device, log, epochs=tcfg.epochs)
     replayed = getattr(method.cache, "views", None) if method.cache is not None else None
     if replayed is not None:  # the student sees exactly the recorded views
@@ -297,7 +301,8 @@ def fit_student(student: nn.Module, mcfg: MethodConfig, teacher: Teacher, bundle
         engine = train_phase(method, bundle.train, bundle.test, tcfg, cfg.engine,
                              batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out, metrics_path=metrics_path,
                              name=label, weights=mcfg.weights, drop_last=cfg.data.drop_last, val=bundle.val,
-                             num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory, select=cfg.eval.select)
+                             num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory, select=cfg.eval.select,
+                             num_classes=bundle.num_classes)
     finally:
         if replayed is not None:
             bundle.train.replay = None

@@ -18,6 +18,9 @@ class Scratch(ClassifierMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.student_logits(batch["x"])
+        if self.label_smoothing and batch["y"].dim() == 2:  # soft targets (MixUp / CutMix), smoothed
+            c = logits.shape[-1]
+            return {"ce": masked_cross_entropy(logits, batch["y"] * (1 - self.label_smoothing) + self.label_smoothing / c)}
         if self.label_smoothing:
             y = batch["y"]
             lab = y >= 0

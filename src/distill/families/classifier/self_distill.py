@@ -56,6 +56,7 @@ def optimal_alpha(phi_a: torch.Tensor, y_a: torch.Tensor, q_a: torch.Tensor, phi
 @register_method("self_distill", family="classifier", description="Iterative self-distillation, ground truth weighted in closed form (Borup 2021)",
                  injected=("student", "teacher"))
 class SelfDistill(ClassifierMethod):
+    hard_labels = True  # labels index classes beyond the CE: no MixUp/CutMix
     needs_teacher = False
 
     def __init__(self, student, teacher=None, epochs_per_generation: Annotated[int, Field(ge=1)] = 2,
