@@ -23,16 +23,14 @@ import yaml
 
 from distill.bench import load_suite, parse_shard, run_suite
 from distill.config import load_config
-from distill.families.classifier.runner import get_teacher
-from distill.registry import datasets
+from distill.families.classifier.runner import get_teacher, load_data
 
 HERE = Path(__file__).parent
 
 
 def train_teacher(recipe: dict, overrides: list[str]) -> Path:
     cfg = load_config(recipe, overrides)
-    bundle = datasets.get(cfg.data.name, "classifier").builder(**cfg.data.params)
-    _, folder = get_teacher(cfg, bundle, log=print)
+    _, folder = get_teacher(cfg, load_data(cfg, print), log=print)
     return Path(folder)
 
 

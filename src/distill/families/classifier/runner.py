@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,7 +78,9 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
                 terms = model(batch)
             engine.step(terms, weights)
             if engine.eval_due():
+                t_eval = time.perf_counter()
                 engine.record_eval(eval_fn())
+                engine.eval_seconds = getattr(engine, "eval_seconds", 0.0) + time.perf_counter() - t_eval
                 if best is not None:
                     best.offer(engine.history[-1])
             engine.checkpoint_if_due(model, optimizer, scheduler)
@@ -297,6 +300,7 @@ def fit_student(student: nn.Module, mcfg: MethodConfig, teacher: Teacher, bundle
     replayed = getattr(method.cache, "views", None) if method.cache is not None else None
     if replayed is not None:  # the student sees exactly the recorded views
         bundle.train.replay = replayed
+    t0 = time.perf_counter()
     try:
         engine = train_phase(method, bundle.train, bundle.test, tcfg, cfg.engine,
                              batch_size=cfg.data.batch_size, seed=cfg.seed, out_dir=out, metrics_path=metrics_path,
@@ -306,7 +310,10 @@ def fit_student(student: nn.Module, mcfg: MethodConfig, teacher: Teacher, bundle
     finally:
         if replayed is not None:
             bundle.train.replay = None
-    res = {"history": engine.history, "method": mcfg.name}
+    # training time without the evaluations (epochs per hour compare like with like)
+    spent = time.perf_counter() - t0 - getattr(engine, "eval_seconds", 0.0)
+    res = {"history": engine.history, "method": mcfg.name, "train_seconds": round(spent, 2),
+           "epochs": tcfg.epochs, "steps": engine.step_count}
     if is_main():
         save_model(student.cpu(), out, extra={"method": mcfg.name, "method_params": mcfg.params})
         atomic_write_text(out / "result.json", json.dumps(res))
@@ -322,6 +329,9 @@ def summarize(student: nn.Module, bundle: DataBundle, out: Path, cfg: Classifier
     """Test metrics of a trained student, with its best epoch (chosen on validation when there is one)."""
     m, lg = evaluate(student, bundle, out, cfg, device)
     m["method"] = res["method"]
+    for k in ("train_seconds", "epochs", "steps"):
+        if k in res:
+            m[k] = res[k]
     hist = [h for h in res.get("history", []) if "accuracy" in h]
     if hist and all("val_accuracy" in h for h in hist):
         pick = max(hist, key=lambda h: h["val_accuracy"])
