@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# torch and torchvision pinned first as one consistent pair, so nothing later resolves another
 	# torch (see README for GPUs). A torch already in the venv is kept.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
-	$(PY) -c "import torchvision" 2>/dev/null || $(PIP) install -q torchvision==$(TORCHVISION_VERSION)
+	@$(PY) -c "import torchvision" 2>/dev/null || { echo "error: .venv has a torch of its own but no torchvision; install the torchvision built for that torch (e.g. pip install torchvision --index-url <the index your torch came from>), then rerun make."; exit 2; }
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	touch $@
 
