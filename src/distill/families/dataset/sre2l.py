@@ -10,9 +10,10 @@ with A a random-resized crop; CDA makes the crop scale range go from easy (large
 Relabel: (`relabel="once"`, the default) the set's labels are the teacher's logits on the
 un-augmented recovered images; or (`relabel="per_batch"`, the paper's FKD-style protocol) the
 teacher travels with the set and relabels every augmented evaluation batch. Either way the runner
-reports KD from the same teacher, under the same relabelling, on random real images beside it. On the
-digits tier with the DSA augmentation, per-batch relabelling scored below relabelling once, for
-random real images as well (docs/benchmarks/dataset.md), hence the default.
+reports KD from the same teacher, under the same relabelling, on random real images beside it. The
+default was chosen when, on the digits tier with an earlier DSA augmentation, per-batch relabelling
+scored below relabelling once; with the reference's augmentation it now scores above it, for random
+real images as well (docs/benchmarks/dataset.md).
 """
 from __future__ import annotations
 
