@@ -164,3 +164,23 @@ def test_run_with_cache_top_k(tmp_path, tiny_tok):
     meta = json.loads(metas[0].read_text())
     assert meta["k"] == 16 and meta["temperature"] == 2.0 and meta["tokens"] > 0
     assert any("bytes/token" in line for line in lines)
+
+
+def test_token_kd_top_k_is_refused_with_cached_or_served_targets(tmp_path, setup, tiny_tok):
+    """top_k (union of both top-k + tail) cannot be honoured from the teacher's stored top-k: an
+    error, not a silently different loss; before the cache is built, and at attachment."""
+    from types import SimpleNamespace
+
+    from distill.errors import ConfigError
+    from distill.families.llm.cache import attach_cache
+
+    teacher, student, exs, _ = setup
+    m = TokenKD(student, teacher, temperature=T, top_k=4)
+    cfg = SimpleNamespace(teacher=SimpleNamespace(cache_top_k=8), cache_dir=str(tmp_path), data=SimpleNamespace(seq_len=32))
+    with pytest.raises(ConfigError, match="top_k"):
+        attach_cache(m, cfg, teacher, tiny_tok, exs, "cpu", print)
+    assert not (tmp_path / "llm_teacher_outputs").exists()  # refused before any teacher pass
+    cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32)
+    with pytest.raises(ConfigError, match="top_k"):
+        m.cache = cache
+    TokenKD(student, teacher, temperature=T).cache = cache  # without top_k: fine

@@ -193,6 +193,8 @@ def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example]
     building it on the main process first; the others then read it."""
     from distill.dist import barrier, is_main
 
+    if hasattr(method, "accept_teacher_targets"):  # refused before the teacher pass, not after
+        method.accept_teacher_targets("the teacher cache (teacher.cache_top_k)")
     k, t = int(cfg.teacher.cache_top_k), float(getattr(method, "temperature", 1.0))
     folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / f"{teacher.fingerprint()}-{data_hash(examples)}-T{t}-k{k}"
     for turn in ("main", "others"):

@@ -2,11 +2,14 @@
 next-token distributions at every target position, plus a weighted next-token CE.
 
 loss = kd_weight * T^2 * D(p_teacher^T, q_student^T) + ce_weight * CE   (Hinton et al. 2015; with
-D = forward KL this is word-level KD, Kim & Rush 2016; reverse KL: MiniLLM, Gu et al. 2024;
-JSD(beta): GKD, Agarwal et al. 2024; skew KL: DistiLLM, Ko et al. 2024; TVD: Wen et al. 2023).
+D = forward KL this is word-level KD, Kim & Rush 2016; JSD(beta): the divergence of GKD, Agarwal et
+al. 2024, here off-policy; skew KL: DistiLLM, Ko et al. 2024; TVD: Wen et al. 2023).
+`reverse_kl` is token-level reverse KL on the data. It is not MiniLLM (Gu et al. 2024), which
+minimises the sequence-level reverse KL on the student's own samples by policy gradient.
 Logits are computed chunk by chunk from hidden states (`distill.losses.lm`). With
-`teacher.cache_top_k` set, the teacher is read from the offline cache (`cache.py`): the divergence
-is then taken over the teacher's cached top-k plus an exact tail bucket (`sparse_divergence`).
+`teacher.cache_top_k` set (or a served teacher, `teacher.url`), the teacher's targets are its
+stored top-k plus an exact tail bucket (`sparse_divergence`); `top_k` (the union of both models'
+top-k) cannot be formed from them and is refused there: the cache's k is the knob.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
+from distill.errors import ConfigError
 from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE
 from distill.families.llm.models import output_head
@@ -37,7 +41,26 @@ class TokenKD(LMMethod):
         super().__init__(student, teacher, chunk_size=chunk_size)
         self.divergence, self.temperature, self.beta, self.alpha, self.top_k = divergence, temperature, beta, alpha, top_k
         self.weights = {"kd": kd_weight, "ce": ce_weight}
-        self.cache = None
+        self._cache = None
+
+    def accept_teacher_targets(self, source: str) -> None:
+        """Called before a cache is built or a served teacher attached: refuse what they cannot honour."""
+        if self.top_k is not None:
+            raise ConfigError(f"token_kd: top_k={self.top_k} takes the union of the teacher's and the student's "
+                              f"top-k, which {source} cannot give (it holds the teacher's top-k only); remove "
+                              "top_k and set the number of teacher tokens with teacher.cache_top_k "
+                              "(teacher.served_top_k for a served teacher), or drop the cache / url.")
+
+    @property
+    def cache(self):
+        """Teacher targets read instead of the teacher (`LMTeacherCache` or `ServedTargets`), or None."""
+        return self._cache
+
+    @cache.setter
+    def cache(self, value) -> None:
+        if value is not None:
+            self.accept_teacher_targets(f"a {type(value).__name__}")
+        self._cache = value
 
     def hparams(self):
         return {"divergence": self.divergence, "temperature": self.temperature, "top_k": self.top_k}
