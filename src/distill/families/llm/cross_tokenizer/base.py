@@ -18,6 +18,8 @@ from distill.families.llm.base import LMMethod
 from distill.errors import ConfigError
 from distill.families.llm.cross_tokenizer.alignment import AlignmentError, Encoded, align, encode, token_bytes_table
 from distill.families.llm.data import IGNORE, Example, collate, model_inputs
+from distill.families.llm.models import output_head
+from distill.losses.lm import head_logits
 
 PROBES = ("Once upon a time, there was a little girl.", "  two  spaces\nand a new line")
 
@@ -168,7 +170,8 @@ class CrossTokenizerMethod(LMMethod):
     def student_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden (B, T, D), log-probs (B*T, Vs)) over the student tokenizer's real ids."""
         h = self.student_hidden(batch)
-        z = self.student.get_output_embeddings()(h)[..., : self.s_vocab].float()
+        w, b, f = output_head(self.student)  # with the model's output transform, as in model(...).logits
+        z = head_logits(h, w, b, f)[..., : self.s_vocab].float()
         return h, F.log_softmax(z, -1).reshape(-1, z.shape[-1])
 
     @torch.no_grad()
