@@ -13,6 +13,16 @@ import torch
 from torch import Tensor
 
 
+def tensor_fingerprint(*tensors: Tensor) -> str:
+    """sha256 over the tensors' shapes, dtypes and values (16 hex digits)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class ArrayDataset:
     """Tensors held in memory. `y` = -1 marks a sample whose label the learner may not use."""
@@ -28,12 +38,7 @@ class ArrayDataset:
 
     def fingerprint(self) -> str:
         """sha256 over inputs and labels: identifies the data for caches."""
-        h = hashlib.sha256()
-        for t in (self.x, self.y):
-            t = t.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.numpy().tobytes())
-        return h.hexdigest()[:16]
+        return tensor_fingerprint(self.x, self.y)
 
     def with_labels(self, y: Tensor) -> ArrayDataset:
         return ArrayDataset(self.x, y)

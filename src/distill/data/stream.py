@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.data.base import BatchSampler
+from distill.data.base import BatchSampler, tensor_fingerprint
 from distill.data.transforms import ViewTransform, sample_seed
 from distill.errors import ConfigError
 
@@ -31,6 +31,18 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 class DecodeError(Exception):
     pass
+
+
+def decode_image(file, what: str):
+    """A PIL image read fully from a path or file object; DecodeError if it will not decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as im:
+            im.load()
+            return im.copy()
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DecodeError(f"{what}: {e}") from None
 
 
 class TensorSource:
@@ -46,12 +58,7 @@ class TensorSource:
         return self.x[i]
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for t in (self.x, self.labels):
-            t = t.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.numpy().tobytes())
-        return h.hexdigest()[:16]
+        return tensor_fingerprint(self.x, self.labels)
 
 
 class ImageFolderSource:
@@ -81,14 +88,7 @@ class ImageFolderSource:
         return len(self.files)
 
     def get(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(self.files[i]) as im:
-                im.load()
-                return im.copy()
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DecodeError(f"{self.files[i]}: {e}") from None
+        return decode_image(self.files[i], str(self.files[i]))
 
     def fingerprint(self) -> str:
         """Paths (relative), sizes and modification times: changes when any file does."""
@@ -173,18 +173,11 @@ class TarShardSource:
     def get(self, i: int):
         import io
 
-        from PIL import Image, UnidentifiedImageError
-
         si, off, size = self.entries[i]
         with open(self.paths[si], "rb") as f:
             f.seek(off)
             data = f.read(size)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return im.copy()
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DecodeError(f"{self.paths[si]} sample {i}: {e}") from None
+        return decode_image(io.BytesIO(data), f"{self.paths[si]} sample {i}")
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
