@@ -127,7 +127,9 @@ def launch(recipe: str, overrides: Sequence[str], nproc: int, *, resume: bool = 
 def _console_log(msg: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[dim]distill[/dim] {msg}", highlight=False)
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[dim]distill[/dim] {escape(msg)}", highlight=False)  # `[kd]` is text, not markup
 
 
 def load_student(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
