@@ -117,6 +117,10 @@ def list_(what: str = typer.Argument("methods", help="methods | models | dataset
     for e in tables[what].entries(family):
         table.add_row(e.name, e.family, e.description.splitlines()[0])
     Console().print(table)
+    if what == "models":
+        Console().print("Any model from its ecosystem, by name: torchvision:<arch>, timm:<arch>, hf:<folder or hub id>, "
+                        "python:<module>:<callable> (with pretrained: true or weights: PATH; docs/classifier.md).",
+                        markup=False, highlight=False)
 
 
 from distill.cli.convert import app as _convert_app  # noqa: E402
