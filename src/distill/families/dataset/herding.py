@@ -1,8 +1,11 @@
 """Baseline: herding selection (Welling, ICML 2009; as the coreset baseline of the DC paper).
 
 Per class, greedily add the real image whose embedding brings the running mean of the selected
-embeddings closest to the class mean. Embeddings come from a ConvNet of the distillation
-architecture, optionally trained for `train_epochs` on the real data first (0 = random features).
+embeddings closest to the class mean. Embeddings are the penultimate features of a network of the
+distillation architecture trained on the real data first (SGD, batch 256, `train_epochs` epochs), as
+the DC paper's herding baseline uses a trained ConvNet. The default 10 epochs trains the digits
+ConvNet to 96% training accuracy (about 60 steps) and is many more steps on larger sets;
+`train_epochs: 0` selects on random features (the earlier default).
 """
 from __future__ import annotations
 
@@ -31,12 +34,12 @@ def herd(features: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
-@register_method("herding", family="dataset", description="herding selection in ConvNet feature space (baseline)",
+@register_method("herding", family="dataset", description="herding selection in the feature space of a trained ConvNet (baseline)",
                  injected=("ctx",))
 class Herding(DatasetMethod):
     iterative = False
 
-    def __init__(self, ctx: DistillContext, train_epochs: Annotated[int, Field(ge=0)] = 0, lr: float = 0.01):
+    def __init__(self, ctx: DistillContext, train_epochs: Annotated[int, Field(ge=0)] = 10, lr: float = 0.01):
         super().__init__(ctx)
         self.train_epochs, self.lr = train_epochs, lr
 
@@ -55,12 +58,17 @@ class Herding(DatasetMethod):
                     opt.step()
         net.eval()
         xs, ys = [], []
+        correct = 0
         with torch.no_grad():
             for c, idx in enumerate(ctx.by_class):
-                feats = torch.cat([embed(net, ctx.x[idx[i:i + 512]]) for i in range(0, len(idx), 512)])
+                chunks = [ctx.x[idx[i:i + 512]] for i in range(0, len(idx), 512)]
+                feats = torch.cat([embed(net, x) for x in chunks])                       # (N_c, D)
+                correct += sum(int((net(x).argmax(-1) == c).sum()) for x in chunks)
                 pick = idx[torch.tensor(herd(feats, ctx.ipc), dtype=torch.long)]
                 xs.append(ctx.x[pick])
                 ys.append(torch.full((len(pick),), c, dtype=torch.long, device=ctx.x.device))
+        # how well the embedder separates the classes: its accuracy on the real training images
+        self.embedder_accuracy = correct / len(ctx.x)
         self.set = SyntheticSet(torch.cat(xs), torch.cat(ys))
 
     def result(self) -> SyntheticSet:
