@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
+
+from distill.bench import code_identity, code_label
 
 # digits upsampled to 16x16, width-32 ConvNet-3 (data, model, evaluation and device of both digits tiers)
 DIGITS = {
@@ -125,6 +128,7 @@ def main() -> None:
             t0 = time.perf_counter()
             s = run(recipe, overwrite=True, log=lambda m: print("   ", m, flush=True), show_table=False)
             s["wall_s"] = time.perf_counter() - t0
+            s["code"], s["command"] = code_identity(), "python benchmarks/dataset.py " + " ".join(sys.argv[1:])
             full_done = full_done or bool(s.get("teacher"))
             cell.write_text(json.dumps(s, indent=2))
             print(f"ipc {ipc} {label}: {s['students'][label]['accuracy']:.2f} ({s['wall_s']:.0f}s)", flush=True)
@@ -165,6 +169,9 @@ def write_table(out: Path, tier: str, wall: float) -> None:
                   for ipc, label, curve in sorted(curves)]
     card = next(iter(cells.values()))["card"] if cells else {}
     lines += ["", "Protocol card:", ""] + [f"- {k}: {v}" for k, v in card.items() if k not in ("ipc",)]
+    codes = sorted({code_label(c.get("code")) for c in cells.values()})
+    commands = sorted({c["command"] for c in cells.values() if c.get("command")})
+    lines += ["", "Code: " + "; ".join(codes) + ".", "", "Commands: " + "; ".join(f"`{x}`" for x in commands)]
     lines += ["", f"Total wall time of this session: {wall / 60:.1f} min."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
