@@ -110,3 +110,28 @@ def test_cross_tokenizer_student_shows_no_nan_agreement(tmp_path, teacher_dir):
     summary = json.loads((Path(s["run_dir"]) / "summary.json").read_text())
     assert "teacher_agreement" not in summary["students"]["sft"]
     assert "nan" not in (Path(s["run_dir"]) / "report.md").read_text().lower()
+
+
+def test_cross_tokenizer_run_on_prompt_response_data_reads_the_prompts(tmp_path, teacher_dir, monkeypatch, tiny_tok):
+    """`distill run` with jsonl data and a student tokenizer: the teacher's side of every pair
+    carries its prompt (registered from the training set), not the response alone."""
+    from distill.families.llm.cross_tokenizer.base import CrossTokenizerMethod
+
+    prompts, responses = corpus(12, seed=4), corpus(12, seed=5)
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": a, "response": b}) for a, b in zip(prompts, responses)))
+    seen: list[str] = []
+    pair = CrossTokenizerMethod.pair
+
+    def spy(self, batch):
+        out = pair(self, batch)
+        seen.append(tiny_tok.decode(out.teacher_batch["input_ids"].reshape(-1).tolist(), skip_special_tokens=True))
+        return out
+
+    monkeypatch.setattr(CrossTokenizerMethod, "pair", spy)
+    recipe = _recipe(tmp_path, teacher_dir, {"source": "jsonl", "path": str(p), "seq_len": 96}, [{"name": "alm"}])
+    recipe["student"]["tokenizer"] = "byte"
+    s = distill.run(recipe, log=lambda m: None)
+    assert s["students"]["alm"]["bits_per_byte"] > 0 and seen
+    read = "".join(seen)
+    assert sum(q in read for q in prompts) >= 4                # the batches' prompts, on the teacher's side

@@ -156,6 +156,53 @@ def _scatter_reduce(parts: list[Tensor], h: Tensor, keep: Tensor | None, lead, m
     return _reduce(flat.reshape(lead), mask, reduction)
 
 
+def _token_logprob_chunk(h: Tensor, w: Tensor, b: Tensor | None, tok: Tensor, f: LogitMap | None,
+                         vocab: int | None) -> Tensor:
+    z = head_logits(h, w, b, f)[..., :vocab].float()
+    return z.gather(-1, tok[:, None])[:, 0] - z.logsumexp(-1)
+
+
+def hidden_token_logprobs(hidden: Tensor, head: Tensor, tokens: Tensor, *, bias: Tensor | None = None,
+                          vocab: int | None = None, chunk_size: int = 1024,
+                          logit_map: LogitMap | None = None) -> Tensor:
+    """log p(tokens[n] | position n) (N,) from hidden states (N, D) and head (V, D), the softmax over
+    the first `vocab` rows of the head (a vocabulary padded past the tokenizer's); (chunk, V)
+    logits at a time, checkpointed when gradients flow."""
+    parts = []
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.requires_grad)
+    for i in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[i:i + chunk_size], head, bias, tokens[i:i + chunk_size], logit_map, vocab)
+        parts.append(checkpoint(_token_logprob_chunk, *args, use_reentrant=False) if grad
+                     else _token_logprob_chunk(*args))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _paired_chunk(fn, hs: Tensor, ws: Tensor, bs: Tensor | None, fs: LogitMap | None, vs: int | None,
+                  ht: Tensor, wt: Tensor, bt: Tensor | None, ft: LogitMap | None, vt: int | None) -> Tensor:
+    with torch.no_grad():
+        zt = head_logits(ht, wt, bt, ft)[..., :vt].float()
+    return fn(head_logits(hs, ws, bs, fs)[..., :vs].float(), zt)
+
+
+def paired_rows(fn, student_hidden: Tensor, student_head: tuple, teacher_hidden: Tensor, teacher_head: tuple, *,
+                student_vocab: int | None = None, teacher_vocab: int | None = None,
+                chunk_size: int = 1024) -> Tensor:
+    """`fn(z_student (n, Vs), z_teacher (n, Vt)) -> (n,)` over rows of hidden states (N, Ds) / (N, Dt)
+    that correspond one to one (the two vocabularies may differ), (chunk, V) logits at a time,
+    checkpointed when gradients flow. `*_head`: (weight, bias or None, LogitMap or None). The teacher
+    side is computed without gradients."""
+    ws, bs, fs = student_head
+    wt, bt, ft = (x.detach() if isinstance(x, Tensor) else x for x in teacher_head)
+    ht = teacher_hidden.detach()
+    grad = torch.is_grad_enabled() and (student_hidden.requires_grad or ws.requires_grad)
+    parts = []
+    for i in range(0, student_hidden.shape[0], chunk_size):
+        args = (fn, student_hidden[i:i + chunk_size], ws, bs, fs, student_vocab, ht[i:i + chunk_size], wt, bt, ft,
+                teacher_vocab)
+        parts.append(checkpoint(_paired_chunk, *args, use_reentrant=False) if grad else _paired_chunk(*args))
+    return torch.cat(parts) if parts else student_hidden.new_zeros(0, dtype=torch.float32)
+
+
 def token_mean(total: Tensor, num_tokens: Tensor | float) -> Tensor:
     """`total` (a "sum" loss) divided by the number of counted tokens (at least 1)."""
     n = torch.as_tensor(num_tokens, dtype=torch.float32, device=total.device)

@@ -32,6 +32,8 @@ class Example:
     prompt_len: int = 1   # prompt given to generation-based methods (ids[:prompt_len])
     n_bytes: int = 0      # UTF-8 bytes of the target text (for bits per byte)
     sign: float = 1.0     # +1 a positive (correct) trace, -1 a negative one (used by `redi`)
+    prompt: str | None = None    # prompt/response data: the raw texts, before any chat template, so that
+    response: str | None = None  # another tokenizer can render its own (cross-tokenizer students)
 
 
 # ------------------------------------------------------------------ sources
@@ -69,23 +71,30 @@ def text_examples(texts: Sequence[str], tok, seq_len: int, prompt_tokens: int = 
     return out
 
 
+def prompt_ids(tok, prompt: str) -> list[int]:
+    """The tokens a model reads before its response: the tokenizer's chat template around one user
+    message (with the generation prompt) when it has one, else BOS + the prompt."""
+    if getattr(tok, "chat_template", None):
+        p_text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+        return tok(p_text, add_special_tokens=False)["input_ids"]
+    bos = tok.bos_token_id
+    return ([bos] if bos is not None else []) + tok(prompt, add_special_tokens=False)["input_ids"]
+
+
 def prompt_response_examples(pairs: Sequence[tuple], tok, seq_len: int) -> list[Example]:
-    """(prompt, response[, positive]) tuples; the chat template is applied when the tokenizer has one."""
+    """(prompt, response[, positive]) tuples; the chat template is applied when the tokenizer has one.
+    Targets are the response's tokens (and EOS) only."""
     out = []
-    bos, eos = tok.bos_token_id, tok.eos_token_id
+    eos = tok.eos_token_id
     for prompt, response, *label in pairs:
-        if getattr(tok, "chat_template", None):
-            p_text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-            p_ids = tok(p_text, add_special_tokens=False)["input_ids"]
-        else:
-            p_ids = ([bos] if bos is not None else []) + tok(prompt, add_special_tokens=False)["input_ids"]
+        p_ids = prompt_ids(tok, prompt)
         r_ids = tok(response, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
         ids = (p_ids + r_ids)[:seq_len]
         if len(p_ids) < 1 or len(ids) <= len(p_ids):
             continue
         out.append(Example(ids, start=len(p_ids), prompt_len=len(p_ids), n_bytes=_bytes_of(tok, ids[len(p_ids):]),
-                           sign=1.0 if (not label or label[0]) else -1.0))
+                           sign=1.0 if (not label or label[0]) else -1.0, prompt=prompt, response=response))
     return out
 
 

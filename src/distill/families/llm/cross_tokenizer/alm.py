@@ -53,18 +53,19 @@ class ALM(CrossTokenizerMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.pair(batch)
-        h_s, lp_s = self.student_logprobs(batch)
-        h_t, lp_t = self.teacher_logprobs(p.teacher_batch)
-        c_s = self.chunk_logprobs(lp_s, p.s_pos, p.s_tok, p.s_chunk, p.n_chunks)
-        c_t = self.chunk_logprobs(lp_t, p.t_pos, p.t_tok, p.t_chunk, p.n_chunks)
+        h_s = self.student_hidden(batch)
+        h_t = self.teacher_hidden(p.teacher_batch)
+        c_s = self.chunk_logprobs(h_s, self.student_head(), self.s_vocab, p.s_pos, p.s_tok, p.s_chunk, p.n_chunks)
+        with torch.no_grad():
+            c_t = self.chunk_logprobs(h_t, self.teacher_head(), self.t_vocab, p.t_pos, p.t_tok, p.t_chunk, p.n_chunks)
         kl = binary_kl_from_logprobs(c_t, c_s, self.tau)
         terms = {"alm": (kl * p.valid).sum() * self.tau / batch["norm"]}  # x tau: gradients of order 1 in log p
         if self.weights["ce"] > 0:
             terms["ce"] = self.ce_sum(h_s, batch["labels"]) / batch["norm"]
         if self.proj is not None:
             # the last token of each valid chunk ends at a shared boundary: compare states after it
-            last_s = lp_s.new_full((p.n_chunks,), -1, dtype=torch.long).scatter_reduce(0, p.s_chunk, p.s_pos + 1, "amax")
-            last_t = lp_t.new_full((p.n_chunks,), -1, dtype=torch.long).scatter_reduce(0, p.t_chunk, p.t_pos + 1, "amax")
+            last_s = p.s_pos.new_full((p.n_chunks,), -1, dtype=torch.long).scatter_reduce(0, p.s_chunk, p.s_pos + 1, "amax")
+            last_t = p.t_pos.new_full((p.n_chunks,), -1, dtype=torch.long).scatter_reduce(0, p.t_chunk, p.t_pos + 1, "amax")
             keep = p.valid & (last_s >= 0) & (last_t >= 0)
             hs = self.proj(h_s.reshape(-1, h_s.shape[-1])[last_s[keep]])
             ht = h_t.reshape(-1, h_t.shape[-1])[last_t[keep]].float()

@@ -5,6 +5,10 @@ The runner trains on student-tokenised examples (possibly packed). For each exam
 tokens are spelled out in bytes, the text is tokenised by the teacher (its own BOS; EOS when the
 student's example ends with one), and the two are aligned into chunks. The teacher batch is packed
 like the student's, so a row holds the same texts on both sides.
+
+Prompt/response examples (registered by `prepare_examples`, keyed by the student's prompt tokens)
+give each side its own prompt: the teacher reads the raw prompt in its own chat template (or BOS +
+prompt), the student in its own, and only the responses are aligned and scored.
 """
 from __future__ import annotations
 
@@ -12,14 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from distill.families.llm.base import LMMethod
 from distill.errors import ConfigError
 from distill.families.llm.cross_tokenizer.alignment import AlignmentError, Encoded, align, encode, token_bytes_table
-from distill.families.llm.data import IGNORE, Example, collate, model_inputs
+from distill.families.llm.data import IGNORE, Example, collate, model_inputs, prompt_ids
 from distill.families.llm.models import output_head
-from distill.losses.lm import head_logits
+from distill.losses.lm import hidden_token_logprobs, paired_rows
 
 PROBES = ("Once upon a time, there was a little girl.", "  two  spaces\nand a new line")
 
@@ -78,6 +81,15 @@ class CrossTokenizerMethod(LMMethod):
                       encode(teacher_tok, text, self.t_table, what="teacher tokenizer"))
             except AlignmentError as e:
                 raise ConfigError(f"student.tokenizer / teacher.tokenizer: cannot align the two tokenizers: {e}") from None
+        self._prompts: dict[tuple[int, ...], list[int]] = {}
+
+    def prepare_examples(self, examples: list[Example], tokenizer) -> list[Example]:
+        """Remember the teacher's prompt tokens of every prompt/response example (the student's
+        examples reach `pair` as tokens only)."""
+        for ex in examples:
+            if ex.prompt is not None:
+                self._prompts[tuple(ex.ids[:ex.start])] = prompt_ids(self.t_tok, ex.prompt)
+        return examples
 
     # ------------------------------------------------------------------ pairing
     def _student_side(self, ids: list[int], counted: list[bool]) -> tuple[str, Encoded, list[bool]] | None:
@@ -103,8 +115,11 @@ class CrossTokenizerMethod(LMMethod):
     def pair(self, batch: dict[str, torch.Tensor]) -> Paired:
         ids_all, seg_all, lab_all = (batch[k].cpu() for k in ("input_ids", "seg", "labels"))
         B, T = ids_all.shape
+        prompts = getattr(self, "_prompts", {})
         rows: list[list[Example]] = []
-        per_ex = []  # (row, student offset, Encoded s, ok, Encoded t, alignment)
+        # per aligned example: (row, student offset of its first aligned token, ok, teacher offset of
+        # its first aligned token, tokens before it in the teacher's example, alignment)
+        per_ex = []
         for r in range(B):
             row: list[Example] = []
             t_off = 0
@@ -116,29 +131,37 @@ class CrossTokenizerMethod(LMMethod):
                 ids = ids_all[r, where].tolist()
                 # token k is counted when position k - 1 carries its label
                 counted = [k > 0 and int(lab_all[r, o + k - 1]) != IGNORE for k in range(len(ids))]
-                side = self._student_side(ids, counted)
+                k0 = next((k for k, c in enumerate(counted) if c), len(ids))
+                t_prompt = prompts.get(tuple(ids[:k0])) if k0 < len(ids) else None
+                if t_prompt is not None:  # each side reads the prompt in its own template; the responses align
+                    side = self._student_side(ids[k0:], counted[k0:])
+                else:
+                    k0, t_prompt = 0, []
+                    side = self._student_side(ids, counted)
                 if side is None:
                     continue
                 text, s_enc, ok = side
-                t_enc = encode(self.t_tok, text, self.t_table, bos=True, eos=s_enc.final_eos, what="teacher tokenizer")
+                t_enc = encode(self.t_tok, text, self.t_table, bos=not t_prompt, eos=s_enc.final_eos,
+                               what="teacher tokenizer")
                 al = align(s_enc, t_enc)
-                row.append(Example(t_enc.ids, start=1))
-                per_ex.append((r, o, ok, t_off, al, len(t_enc.ids)))
-                t_off += len(t_enc.ids)
+                t_ids = t_prompt + t_enc.ids
+                row.append(Example(t_ids, start=max(len(t_prompt), 1)))
+                per_ex.append((r, o + k0, ok, t_off + len(t_prompt), len(t_prompt), al))
+                t_off += len(t_ids)
             rows.append(row or [Example([self.t_tok.bos_token_id or 0, self.t_tok.eos_token_id or 0], start=1)])
         t_pad = self.t_tok.pad_token_id if self.t_tok.pad_token_id is not None else 0
         tb = collate(rows, t_pad, packed=True)
         Tt = tb["input_ids"].shape[1]
         s_pos, s_tok, s_chunk, t_pos, t_tok, t_chunk, s_first, t_first, valid = ([] for _ in range(9))
         base = 0
-        for r, o, ok, t_o, al, _ in per_ex:
+        for r, o, ok, t_o, t_pre, al in per_ex:
             good = [True] * al.n_chunks
             first_s = [-1] * al.n_chunks
             first_t = [-1] * al.n_chunks
             for k, c in enumerate(al.a_chunk):
                 if c < 0:
                     continue
-                if not ok[k]:
+                if not ok[k]:  # (ok is False for the example's first token: no position predicts it)
                     good[c] = False
                     continue
                 if first_s[c] < 0:
@@ -149,7 +172,7 @@ class CrossTokenizerMethod(LMMethod):
             for k, c in enumerate(al.b_chunk):
                 if c < 0:
                     continue
-                if k == 0:  # no position predicts a teacher's first token
+                if t_pre + k == 0:  # no position predicts a teacher example's first token
                     good[c] = False
                     continue
                 if first_t[c] < 0:
@@ -167,26 +190,33 @@ class CrossTokenizerMethod(LMMethod):
                       L(t_chunk), L(s_first), L(t_first), torch.tensor(valid, dtype=torch.bool, device=dev))
 
     # ------------------------------------------------------------------ log-probs
-    def student_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden (B, T, D), log-probs (B*T, Vs)) over the student tokenizer's real ids."""
-        h = self.student_hidden(batch)
-        w, b, f = output_head(self.student)  # with the model's output transform, as in model(...).logits
-        z = head_logits(h, w, b, f)[..., : self.s_vocab].float()
-        return h, F.log_softmax(z, -1).reshape(-1, z.shape[-1])
+    # Logits are only ever built for the positions a loss reads, (chunk_size, V) at a time inside
+    # activation checkpointing (as the same-tokenizer losses of `distill.losses.lm`): memory grows
+    # with the chunk, not with B * T * V.
+    def student_head(self) -> tuple:
+        return output_head(self.student)  # with the model's output transform, as in model(...).logits
 
-    @torch.no_grad()
-    def teacher_logprobs(self, tb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_head(self) -> tuple:
         assert self.teacher is not None
-        out = self.teacher.module(**model_inputs(tb), output_hidden_states=True)
-        z = out.logits[..., : self.t_vocab].float()
-        return out.hidden_states[-1], F.log_softmax(z, -1).reshape(-1, z.shape[-1])
+        return output_head(self.teacher.module)
 
-    @staticmethod
-    def chunk_logprobs(lp: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor, chunk: torch.Tensor,
-                       n: int) -> torch.Tensor:
-        """Sum of token log-probs per chunk: (n,)."""
-        per_tok = lp[pos, tok]
+    def chunk_logprobs(self, h: torch.Tensor, head: tuple, vocab: int, pos: torch.Tensor, tok: torch.Tensor,
+                       chunk: torch.Tensor, n: int) -> torch.Tensor:
+        """Sum of token log-probs per chunk (n,) from final hidden states h (B, T, D): token `tok[i]`
+        predicted at flat position `pos[i]`, summed into chunk `chunk[i]`."""
+        w, b, f = head
+        per_tok = hidden_token_logprobs(h.reshape(-1, h.shape[-1])[pos], w, tok, bias=b, vocab=vocab,
+                                        chunk_size=self.chunk_size, logit_map=f)
         return per_tok.new_zeros(n).index_add(0, chunk, per_tok)
+
+    def first_rows(self, fn, h_s: torch.Tensor, h_t: torch.Tensor, p: Paired) -> torch.Tensor:
+        """fn(z_student, z_teacher) -> (n,) at the positions predicting each valid chunk's first
+        token on both sides, summed."""
+        keep = p.valid.nonzero().flatten()
+        hs = h_s.reshape(-1, h_s.shape[-1])[p.s_first[keep]]
+        ht = h_t.reshape(-1, h_t.shape[-1])[p.t_first[keep]]
+        return paired_rows(fn, hs, self.student_head(), ht, self.teacher_head(), student_vocab=self.s_vocab,
+                           teacher_vocab=self.t_vocab, chunk_size=self.chunk_size).sum()
 
     def hparams(self) -> dict[str, Any]:
         return {}

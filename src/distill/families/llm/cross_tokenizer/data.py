@@ -3,15 +3,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from distill.families.llm.data import Example, windows
+from distill.families.llm.data import Example, prompt_response_examples, windows
 
 
 def retokenize(examples: Sequence[Example], src_tok, dst_tok, seq_len: int, prompt_tokens: int = 16) -> list[Example]:
-    """The same texts in `dst_tok`'s tokens: BOS + text (+ EOS when the source example ended with
-    one), cut into windows of `seq_len`; the prompt is the first `prompt_tokens` target tokens."""
+    """The same texts in `dst_tok`'s tokens.
+
+    Prompt/response examples are rebuilt from their raw texts: `dst_tok`'s own chat template (or BOS
+    + prompt) around the prompt, targets on the response (+ EOS) only, as the teacher's examples.
+    Plain text: BOS + text (+ EOS when the source example ended with one), cut into windows of
+    `seq_len`; the prompt is the first `prompt_tokens` target tokens."""
     out = []
     eos = dst_tok.eos_token_id
     for ex in examples:
+        if ex.prompt is not None and ex.response is not None:
+            out += prompt_response_examples([(ex.prompt, ex.response, ex.sign > 0)], dst_tok, seq_len)
+            continue
         body_src = ex.ids[ex.start:]
         text = src_tok.decode(body_src, skip_special_tokens=True)
         body = dst_tok(text, add_special_tokens=False)["input_ids"]

@@ -69,13 +69,16 @@ class Hybrid(CrossTokenizerMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.pair(batch)
-        h_s, lp_s = self.student_logprobs(batch)
-        _, lp_t = self.teacher_logprobs(p.teacher_batch)
+        h_s = self.student_hidden(batch)
+        h_t = self.teacher_hidden(p.teacher_batch)
         T = self.temperature
-        ls = F.log_softmax(lp_s[p.s_first] / T, -1)
-        lt = F.log_softmax(lp_t[p.t_first] / T, -1)
-        d = hybrid_divergence(ls, lt, self.s_shared.to(ls.device), self.t_shared.to(lt.device), self.divergence)
-        terms = {"kd": (d * p.valid).sum() * T**2 / batch["norm"]}
+        s_shared, t_shared = self.s_shared.to(h_s.device), self.t_shared.to(h_s.device)
+
+        def per_row(zs, zt):
+            return hybrid_divergence(F.log_softmax(zs / T, -1), F.log_softmax(zt / T, -1), s_shared, t_shared,
+                                     self.divergence)
+
+        terms = {"kd": self.first_rows(per_row, h_s, h_t, p) * T**2 / batch["norm"]}
         if self.weights["ce"] > 0:
             terms["ce"] = self.ce_sum(h_s, batch["labels"]) / batch["norm"]
         return terms

@@ -41,11 +41,13 @@ class ULD(CrossTokenizerMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.pair(batch)
-        h_s, lp_s = self.student_logprobs(batch)
-        _, lp_t = self.teacher_logprobs(p.teacher_batch)
-        q = F.softmax(lp_s[p.s_first] / self.temperature, -1)  # (C, Vs)
-        pt = F.softmax(lp_t[p.t_first] / self.temperature, -1)  # (C, Vt)
-        terms = {"uld": (sorted_wasserstein(q, pt) * p.valid).sum() / batch["norm"]}
+        h_s = self.student_hidden(batch)
+        h_t = self.teacher_hidden(p.teacher_batch)
+        T = self.temperature
+        # (chunk, Vs) / (chunk, Vt) probabilities at a time, at each valid chunk's first position
+        w1 = self.first_rows(lambda zs, zt: sorted_wasserstein(F.softmax(zs / T, -1), F.softmax(zt / T, -1)),
+                             h_s, h_t, p)
+        terms = {"uld": w1 / batch["norm"]}
         if self.weights["ce"] > 0:
             terms["ce"] = self.ce_sum(h_s, batch["labels"]) / batch["norm"]
         return terms
