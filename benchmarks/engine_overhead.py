@@ -21,7 +21,7 @@ from distill.config import EngineConfig, OptimizerConfig, TrainConfig
 from distill.data.base import TensorLoader
 from distill.data.digits import digits
 from distill.families.classifier.runner import train_phase
-from distill.families.classifier.scratch import Scratch
+from distill.methods.scratch import Scratch
 from distill.models.io import build_model
 
 CASES = [

@@ -57,7 +57,7 @@ def autocast_probe():
     from distill.config import EngineConfig, TrainConfig
     from distill.data.digits import digits
     from distill.families.classifier.runner import train_phase
-    from distill.families.classifier.scratch import Scratch
+    from distill.methods.scratch import Scratch
     from distill.models.io import build_model
 
     b = digits(layout="flat")

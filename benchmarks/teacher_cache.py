@@ -19,7 +19,7 @@ import torch
 
 from distill.config import EngineConfig, OptimizerConfig, TrainConfig
 from distill.data.fashion_mnist import available
-from distill.families.classifier.kd import KD
+from distill.methods.kd import KD
 from distill.families.classifier.runner import train_phase
 from distill.models.io import build_model
 from distill.registry import datasets

@@ -13,7 +13,7 @@ from distill.config import EngineConfig, OptimizerConfig, ScheduleConfig, TrainC
 from distill.data.digits import digits
 from distill.engine import schedule_factor
 from distill.families.classifier.runner import train_phase
-from distill.families.classifier.scratch import Scratch
+from distill.methods.scratch import Scratch
 from distill.models.io import build_model, load_model
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distill.data.digits import digits
-from distill.families.classifier.dkd import dkd_terms
+from distill.methods.dkd import dkd_terms
 from distill.losses import forward_kl
 from distill.models.io import build_model
 from distill.registry import methods

@@ -168,3 +168,17 @@ def register_runner(family: str):
         return fn
 
     return deco
+
+
+# saved-model folder loaders of the families: (marker file, callable(folder, device) -> nn.Module).
+# `distill.models.io.load_model` tries them before its own formats, so the core names no family.
+folder_loaders: list[tuple[str, Callable[..., Any]]] = []
+
+
+def register_folder_loader(marker: str):
+    """Register a loader for saved folders holding `marker` (e.g. sentence-transformers' modules.json)."""
+    def deco(fn):
+        folder_loaders.append((marker, fn))
+        return fn
+
+    return deco

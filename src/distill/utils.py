@@ -107,3 +107,21 @@ class ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def assets_dir() -> Path:
+    """$DISTILL_ASSETS, else ../shared/assets beside the repository root."""
+    env = os.environ.get("DISTILL_ASSETS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "assets"
+
+
+def expand(path: str | None) -> str | None:
+    """`$DISTILL_ASSETS/...` or `${DISTILL_ASSETS}/...` -> the assets folder; other paths unchanged."""
+    if path is None:
+        return None
+    for key in ("${DISTILL_ASSETS}", "$DISTILL_ASSETS"):
+        if path.startswith(key):
+            return str(assets_dir()) + path[len(key):]
+    return path

@@ -174,7 +174,7 @@ def test_entropy_uniform():
 
 
 def test_ls_kd_is_kd_on_zscores_and_scale_free():
-    from distill.families.classifier.ls_kd import ls_kd_loss
+    from distill.methods.ls_kd import ls_kd_loss
 
     s, t = torch.randn(5, 10), torch.randn(5, 10)
     ref = divergence(LR.standardize_logits(s), LR.standardize_logits(t), temperature=2.0) * 4

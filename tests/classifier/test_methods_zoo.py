@@ -120,7 +120,7 @@ def test_vid_variance_init_and_nll():
 
 
 def test_dist_ls_kd_dkd_and_ofa_use_a_full_k_cache(tmp_path):
-    from distill.families.classifier.common import dense_teacher_logits
+    from distill.methods.base import dense_teacher_logits
     from distill.teacher import TeacherCache
 
     teacher = tiny_teacher()

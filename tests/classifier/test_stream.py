@@ -206,7 +206,7 @@ def _digits_views(epochs_seed=0):
 
 
 def test_augmentation_aware_cache_replays_the_recorded_views_and_soft_labels(tmp_path):
-    from distill.families.classifier.kd import KD
+    from distill.methods.kd import KD
     from distill.families.classifier.view_cache import ViewTeacherCache
     from distill.teacher import Teacher
 

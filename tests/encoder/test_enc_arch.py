@@ -8,7 +8,8 @@ import torch
 from distill.errors import ConfigError
 from distill.families.encoder.config import EncoderStudentConfig
 from distill.families.encoder.losses import attention_logprobs
-from distill.families.encoder.models import SentenceEncoder, build_student
+from distill.families.encoder.models import SentenceEncoder
+from distill.families.encoder.students import build_student
 from distill.registry import methods
 from distill.taps import Taps
 from distill.teacher import Teacher

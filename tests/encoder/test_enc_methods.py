@@ -4,7 +4,8 @@ import torch
 
 from distill.errors import ConfigError
 from distill.families.encoder.config import EncoderStudentConfig
-from distill.families.encoder.models import SentenceEncoder, build_student, inherit_layers, uniform_layers
+from distill.families.encoder.models import SentenceEncoder, inherit_layers, uniform_layers
+from distill.families.encoder.students import build_student
 from distill.registry import methods
 from distill.teacher import Teacher
 from enc_helpers import batch, tiny_bert

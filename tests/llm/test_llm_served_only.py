@@ -100,7 +100,7 @@ def test_url_only_refuses_what_needs_the_teacher_here(tmp_path, served_teacher):
 
 def test_served_sentencepiece_tokenizer_matches_the_converted_one(tmp_path):
     pytest.importorskip("sentencepiece")
-    from distill.cli.convert import save_sentencepiece_tokenizer
+    from distill.families.llm.convert import save_sentencepiece_tokenizer
     from distill.families.llm.config import assets_dir
     from distill.families.llm.models import load_tokenizer
     from distill.families.llm.served import ServedTeacher

@@ -26,7 +26,7 @@ def toks(tmp_path_factory):
            "bpe2": train_bpe(corpus(100, seed=3), 280)}
     model = assets_dir() / "stories260K" / "tok512.model"
     if model.is_file():
-        from distill.cli.convert import save_sentencepiece_tokenizer
+        from distill.families.llm.convert import save_sentencepiece_tokenizer
         from distill.families.llm.models import load_tokenizer
 
         folder = tmp_path_factory.mktemp("sp")

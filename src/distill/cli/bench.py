@@ -21,7 +21,7 @@ def bench(
     from rich.console import Console
 
     from distill.bench import dry_run_text, load_suite, parse_shard, run_suite
-    from distill.cli.main import fail
+    from distill.cli.common import fail
     from distill.errors import DistillError
 
     console = Console(stderr=True)

@@ -7,21 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from distill.cli.common import fail
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Knowledge distillation: classifiers, language models, diffusion, data sets, graphs.")
-
-
-def fail(msg: str, code: int = 2) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print("[bold red]error:[/bold red] " + _escape(msg), highlight=False)
-    raise typer.Exit(code)
-
-
-def _escape(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)
 
 
 @app.command()

@@ -13,7 +13,7 @@ def serve_teacher(
     allow_remote: bool = typer.Option(False, "--allow-remote", help="allow a non-loopback bind address"),
 ) -> None:
     """Serve the teacher's top-k log-probabilities by token id over HTTP (POST /v1/topk)."""
-    from distill.cli.main import fail
+    from distill.cli.common import fail
     from distill.engine import resolve_device
     from distill.errors import DistillError
     from distill.families.llm.models import load_causal_lm

@@ -22,6 +22,7 @@ from typing_extensions import Annotated
 
 from distill.errors import DistillError
 from distill.registry import register_dataset
+from distill.utils import assets_dir
 
 
 @dataclass
@@ -206,14 +207,6 @@ def cpf_split(y: Tensor, train_per_class: int = 20, val_per_class: int = 30, see
 
 
 # ------------------------------------------------------------------ registered data sets
-
-
-def assets_dir() -> Path:
-    """$DISTILL_ASSETS, else ../shared/assets beside the repository root."""
-    env = os.environ.get("DISTILL_ASSETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "assets"
 
 
 @register_dataset("cora", family="graph", description="Cora citations: 2708 papers (2485 in the largest component), "

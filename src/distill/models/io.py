@@ -142,10 +142,12 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     from distill.errors import DistillError
 
     folder = Path(folder)
-    if (folder / "modules.json").is_file():  # a sentence-transformers folder: an encoder-family student
-        from distill.families.encoder.export import load_encoder
+    from distill import registry
 
-        return load_encoder(folder, device=device)
+    registry.load_all()
+    for marker, loader in registry.folder_loaders:  # a family's own format (an encoder's sentence-transformers folder)
+        if (folder / marker).is_file():
+            return loader(folder, device=device)
     spec = read_spec(folder) if folder.is_dir() else None
     if spec is None or not (folder / "model.safetensors").is_file():
         raise DistillError(f"{folder}: expected model.safetensors with distill.json or config.json (written by distill).")

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.taps import Taps, find_module, normalize_name
 from distill.losses.features import tokens_as_map
 from distill.models.outputs import logits_of
-from distill.teacher import CachedOutputs, FeatureCache
+from distill.teacher import FeatureCache
 
 PENULTIMATE = "penultimate"
 
@@ -176,21 +176,6 @@ def regressor(s_shape: torch.Size, t_shape: torch.Size, hidden: int | None = Non
         return nn.Sequential(nn.Linear(s_shape[1], h), nn.ReLU(), nn.Linear(h, t_shape[1]))
     raise ConfigError(f"cannot regress teacher features {tuple(t_shape)} from student features {tuple(s_shape)}: "
                       "pick layers that are both maps (B, C, H, W) or both vectors (B, D).")
-
-
-def dense_teacher_logits(t_out: torch.Tensor | CachedOutputs, num_classes: int, temperature: float) -> torch.Tensor:
-    """Teacher logits (B, C), up to a per-row shift, from live outputs or a full-k cache.
-
-    A cache holds log-probs at T; T * log-probs = logits - T * logsumexp: softmax at any
-    temperature and z-scores are unchanged by that shift.
-    """
-    if not isinstance(t_out, CachedOutputs):
-        return t_out
-    if t_out.indices.shape[-1] < num_classes:
-        raise ConfigError("this method needs the teacher's full distribution: set teacher.cache_top_k to "
-                          f"the number of classes ({num_classes}) or leave it unset.")
-    out = torch.empty(t_out.indices.shape[0], num_classes, device=t_out.logprobs.device)
-    return out.scatter_(1, t_out.indices, t_out.logprobs * temperature)
 
 
 def reinitialised_copy(model: nn.Module, seed: int) -> nn.Module:

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.registry import register_method
 from distill.teacher import Ensemble, Teacher
 

@@ -14,7 +14,7 @@ from torch import nn
 from typing_extensions import Annotated
 
 from distill.errors import ConfigError
-from distill.families.classifier.base import masked_cross_entropy
+from distill.methods.base import masked_cross_entropy
 from distill.families.classifier.common import FeatureMethod
 from distill.registry import register_method
 

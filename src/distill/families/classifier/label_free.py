@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod
+from distill.methods.base import ClassifierMethod
 from distill.registry import register_method
 
 

@@ -17,8 +17,9 @@ from pydantic import Field
 from torch import nn
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
-from distill.families.classifier.common import LayerTaps, dense_teacher_logits
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
+from distill.families.classifier.common import LayerTaps
+from distill.methods.base import dense_teacher_logits
 from distill.losses.relations import ofa_loss
 from distill.registry import register_method
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.families.classifier.common import reinitialised_copy
 from distill.losses import divergence
 from distill.models.outputs import logits_of

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.families.classifier.common import PENULTIMATE, LayerTaps, reinitialised_copy
 from distill.losses import divergence
 from distill.registry import register_method

@@ -26,11 +26,12 @@ from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.eval.efficiency import cpu_latency_ms, size_on_disk
 from distill.eval.metrics import classification_metrics
-from distill.families.classifier.base import ClassifierMethod
+from distill.methods.base import ClassifierMethod
 from distill.families.classifier.config import ClassifierRunConfig, MethodConfig
 from distill.families.classifier.data import (OrderedInputs, example_inputs, hold_out_val, is_streamed, make_loader,
                                               predict_split, to_views)
 from distill.models.io import build_from_config, copy_model_folder, count_parameters, load_model, read_spec, save_model
+from distill.families.classifier.stages import StagePhases, run_stages
 from distill.registry import datasets, methods, register_runner
 from distill.teacher import FeatureCache, Teacher, TeacherCache
 from distill.utils import atomic_write_bytes, atomic_write_text, hash_json, seed_everything
@@ -414,9 +415,8 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
         logits[label] = lg
 
     if cfg.stages:
-        from distill.families.classifier.stages import run_stages
-
-        label, m, lg, hist = run_stages(cfg, bundle, run_dir, metrics_path, device, log)
+        label, m, lg, hist = run_stages(cfg, bundle, run_dir, metrics_path, device, log,
+                                        StagePhases(fit_student, get_teacher, load_data, summarize))
         results["students"][label] = m
         histories[label], logits[label] = hist, lg
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.families.classifier.common import PENULTIMATE, LayerTaps
 from distill.models.outputs import logits_of
 from distill.registry import register_method

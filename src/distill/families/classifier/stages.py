@@ -12,6 +12,8 @@ recipe's test set, with each stage's test accuracy in its `stages` entry.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -25,9 +27,19 @@ from distill.teacher import Teacher
 from distill.utils import seed_everything
 
 
+@dataclass(frozen=True)
+class StagePhases:
+    """The runner's own steps a staged student goes through (passed in: the runner calls the stages)."""
+    fit_student: Callable[..., dict[str, Any]]
+    get_teacher: Callable[..., Any]
+    load_data: Callable[..., DataBundle]
+    summarize: Callable[..., Any]
+
+
 def run_stages(cfg, bundle: DataBundle, run_dir: Path, metrics_path: Path, device,
-               log: Callable[[str], None]) -> tuple[str, dict[str, Any], torch.Tensor, list[dict]]:
-    from distill.families.classifier.runner import fit_student, get_teacher, load_data, summarize
+               log: Callable[[str], None], phases: StagePhases) -> tuple[str, dict[str, Any], torch.Tensor, list[dict]]:
+    fit_student, get_teacher, load_data, summarize = (phases.fit_student, phases.get_teacher, phases.load_data,
+                                                      phases.summarize)
 
     label = cfg.staged_label
     seed_everything(cfg.seed)  # the same initialisation as every other student

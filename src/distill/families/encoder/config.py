@@ -8,7 +8,7 @@ from pydantic import Field
 
 from distill.config import check_methods, Component, MethodConfig, register_config, RunConfig, Strict, TrainConfig
 from distill.errors import ConfigError
-from distill.families.llm.config import expand
+from distill.utils import expand
 
 
 PoolingName = Literal["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]

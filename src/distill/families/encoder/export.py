@@ -29,6 +29,7 @@ from distill.errors import DistillError
 from distill.families.encoder.models import Dense, SentenceEncoder, StaticEncoder
 from distill.families.encoder.pooling import as_modes, MODES
 from distill.families.encoder.sources import LEGACY_POOLING_KEYS, load_folder
+from distill.registry import register_folder_loader
 from distill.utils import atomic_write_text
 
 META = "distill_encoder.json"
@@ -126,6 +127,7 @@ def save_encoder(model: nn.Module, folder: str | os.PathLike, tok, max_seq_lengt
     return folder
 
 
+@register_folder_loader("modules.json")  # `distill.load_student` on a sentence-transformers folder
 def load_encoder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """The model `save_encoder` wrote (or any sentence-transformers folder), in eval mode: a
     SentenceEncoder or StaticEncoder, or a TextClassifier when the folder has a classification head.

@@ -1,4 +1,5 @@
-"""The classifier family's logit methods on an encoder's classification head (`task:` recipes).
+"""The shared logit methods (`distill.methods`: the ones the classifier family runs) on an encoder's
+classification head (`task:` recipes).
 
 Each entry here is the classifier method itself (same class, same parameters, same loss code)
 seen through an adapter: the encoder batch `{"input_ids", "attention_mask", "label"}` becomes the
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.families.classifier import dist, dkd, kd, ls_kd, scratch
+from distill.methods import dist, dkd, kd, ls_kd, scratch
 from distill.registry import register_method
 from distill.teacher import Teacher
 

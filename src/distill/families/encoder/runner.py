@@ -21,10 +21,12 @@ from distill.families.encoder.config import EncoderDataConfig, EncoderMethodConf
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
 from distill.families.encoder.evaluate import agreement, encode, throughput
 from distill.families.encoder.export import save_encoder
-from distill.families.encoder.models import build_student, count_parameters, load_encoder_source, load_tokenizer
+from distill.families.encoder.students import build_student, count_parameters
+from distill.families.encoder.loading import load_encoder_source, load_tokenizer
 from distill.families.encoder.sources import added_special_ids
 from distill.families.encoder.task import TextClassifier, accuracy, build_task, predict_logits, task_teacher
-from distill.families.llm.config import expand
+from distill.utils import expand
+from distill.families.encoder.stages import run_stages
 from distill.registry import methods, register_runner
 from distill.teacher import Teacher
 from distill.utils import atomic_write_text, seed_everything
@@ -173,9 +175,7 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
             f"top{k} {m[f'top{k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput")
 
     if cfg.stages:
-        from distill.families.encoder.stages import run_stages
-
-        m = run_stages(ctx, run_dir, metrics_path)
+        m = run_stages(ctx, run_dir, metrics_path, fit, save_student)
         m["speedup"] = m["sentences_per_s"] / t_metrics["sentences_per_s"]
         results["students"][cfg.staged_label] = m
 

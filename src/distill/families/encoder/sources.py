@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.families.llm.config import expand
+from distill.utils import expand
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _SKIP_DOWNLOAD = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*",

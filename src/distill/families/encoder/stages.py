@@ -13,6 +13,8 @@ with each stage's accuracy and Spearman in its `stages` entry.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ def stage_source(ctx, method, st) -> str:
     return ",".join(Path(p).name for p in (st.data or ctx.cfg.data).paths)
 
 
-def run_stages(ctx, run_dir: Path | None, metrics_path: Path | None) -> dict[str, Any]:
-    """Train the staged student; returns its metrics (with per-stage entries under "stages")."""
-    from distill.families.encoder.runner import fit, save_student
+def run_stages(ctx, run_dir: Path | None, metrics_path: Path | None, fit: Callable[..., Any],
+               save_student: Callable[..., None]) -> dict[str, Any]:
+    """Train the staged student with the runner's `fit` and `save_student` (passed in: the runner
+    calls the stages); returns its metrics (with per-stage entries under "stages")."""
 
     cfg = ctx.cfg
     label = cfg.staged_label

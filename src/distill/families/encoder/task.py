@@ -18,7 +18,7 @@ from torch import nn
 
 from distill.errors import ConfigError
 from distill.families.encoder.data import read_sentences, SentenceLoader, tokenize
-from distill.families.llm.config import expand
+from distill.utils import expand
 from distill.utils import atomic_write_text, hash_json, seed_everything
 
 TEACHER_FILE = "teacher_classifier.safetensors"

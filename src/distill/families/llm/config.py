@@ -5,7 +5,6 @@ beside the repository root.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,23 +12,7 @@ from pydantic import Field
 
 from distill.config import check_methods, Component, MethodConfig, register_config, RunConfig, Strict, TrainConfig
 from distill.errors import ConfigError
-
-
-def assets_dir() -> Path:
-    env = os.environ.get("DISTILL_ASSETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[4].parent / "shared" / "assets"
-
-
-def expand(path: str | None) -> str | None:
-    """`$DISTILL_ASSETS/...` or `${DISTILL_ASSETS}/...` -> the assets folder; other paths unchanged."""
-    if path is None:
-        return None
-    for key in ("${DISTILL_ASSETS}", "$DISTILL_ASSETS"):
-        if path.startswith(key):
-            return str(assets_dir()) + path[len(key):]
-    return path
+from distill.utils import assets_dir, expand  # noqa: F401  (recipes' $DISTILL_ASSETS paths)
 
 
 class LMTeacherConfig(Strict):

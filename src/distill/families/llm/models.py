@@ -24,7 +24,7 @@ def resolve_source(path: str, tokenizer: str | None, cache_dir: Path) -> str:
     """A llama2.c `.bin` becomes a converted folder under the cache (made once); others pass through."""
     p = Path(path)
     if p.is_file() and p.suffix == ".bin":
-        from distill.cli.convert import convert_llama2c
+        from distill.families.llm.convert import convert_llama2c
 
         if tokenizer is None or not Path(tokenizer).is_file():
             raise ConfigError(f"teacher.tokenizer: a llama2.c checkpoint ({path}) needs its SentencePiece model "

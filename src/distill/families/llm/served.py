@@ -29,7 +29,7 @@ NOT_EVALUATED = "teacher served: not evaluated locally"
 
 def _sentencepiece_tokenizer(model_file: str | Path, what: str):
     """A SentencePiece model loaded as the converter (`distill convert llama2c`) saves it."""
-    from distill.cli.convert import save_sentencepiece_tokenizer
+    from distill.families.llm.convert import save_sentencepiece_tokenizer
     from distill.families.llm.models import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

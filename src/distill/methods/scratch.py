@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.registry import register_method
 
 

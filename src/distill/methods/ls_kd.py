@@ -13,8 +13,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
-from distill.families.classifier.common import dense_teacher_logits
+from distill.methods.base import ClassifierMethod, dense_teacher_logits, masked_cross_entropy
 from distill.losses import divergence
 from distill.losses.relations import standardize_logits
 from distill.registry import register_method

@@ -11,8 +11,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
-from distill.families.classifier.common import dense_teacher_logits
+from distill.methods.base import ClassifierMethod, dense_teacher_logits, masked_cross_entropy
 from distill.losses.relations import dist_terms
 from distill.registry import register_method
 

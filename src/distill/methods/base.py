@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.errors import ConfigError
 from distill.losses import divergence, sparse_divergence
 from distill.models.outputs import logits_of
 from distill.teacher import CachedOutputs, Teacher, TeacherCache
@@ -101,3 +102,18 @@ class ClassifierMethod(nn.Module):
 
     def hparams(self) -> dict[str, Any]:
         return {}
+
+
+def dense_teacher_logits(t_out: torch.Tensor | CachedOutputs, num_classes: int, temperature: float) -> torch.Tensor:
+    """Teacher logits (B, C), up to a per-row shift, from live outputs or a full-k cache.
+
+    A cache holds log-probs at T; T * log-probs = logits - T * logsumexp: softmax at any
+    temperature and z-scores are unchanged by that shift.
+    """
+    if not isinstance(t_out, CachedOutputs):
+        return t_out
+    if t_out.indices.shape[-1] < num_classes:
+        raise ConfigError("this method needs the teacher's full distribution: set teacher.cache_top_k to "
+                          f"the number of classes ({num_classes}) or leave it unset.")
+    out = torch.empty(t_out.indices.shape[0], num_classes, device=t_out.logprobs.device)
+    return out.scatter_(1, t_out.indices, t_out.logprobs * temperature)

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.classifier.base import ClassifierMethod, masked_cross_entropy
+from distill.methods.base import ClassifierMethod, masked_cross_entropy
 from distill.registry import register_method
 
 
