@@ -60,6 +60,9 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
     nesterov: bool = False
+    # false: biases and normalisation weights (every 1-d parameter) get no weight decay, as timm and
+    # transformers train; true (the default): every parameter is decayed, as the CIFAR reference code does
+    weight_decay_1d: bool = True
 
 
 class ScheduleConfig(Strict):
@@ -96,6 +99,9 @@ class EngineConfig(Strict):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes: ddp replicates the trained module on each process; fsdp "
         "shards it (per repeated block) and the frozen teacher across the processes (torch FSDP2)")
+    compile: bool = Field(False, description="torch.compile the trained network's forward (the `student` of a "
+                          "method, in place: weights, state-dict keys and saved files are unchanged)")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, eager, ...)")
 
 
 class MethodConfig(Component):

@@ -77,6 +77,8 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
         """
         from accelerate.utils import DistributedType
 
+        if self.cfg.compile:
+            self.compile(model)
         acc = self.accelerator
         special = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.XLA,
                                            DistributedType.MEGATRON_LM)
@@ -118,6 +120,16 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
         model, optimizer, scheduler = self.prepare(module, optimizer, scheduler)
         self.resume(model, optimizer, scheduler)
         return model, optimizer, scheduler
+
+    def compile(self, module: nn.Module) -> None:
+        """engine.compile: compile the network a phase trains (`module.student`, else `module`) in place
+        with `nn.Module.compile`, so the object, its parameters and its state-dict keys stay the
+        ones the runner holds and saves."""
+        net = getattr(module, "student", None)
+        net = net if isinstance(net, nn.Module) else module
+        if not getattr(net, "_distill_compiled", False):
+            net.compile(backend=self.cfg.compile_backend)
+            net._distill_compiled = True
 
     def autocast(self):
         return self.accelerator.autocast() if self.cfg.precision != "fp32" else nullcontext()

@@ -47,9 +47,15 @@ def make_accelerator(device: str, precision: str):
 
 
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the trainable `params`. With `weight_decay_1d: false` and a weight
+    decay, the 1-d parameters (biases, norm weights) form a second group without decay."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise DistillError("nothing to optimise: no parameter requires grad")
+    if cfg.weight_decay and not cfg.weight_decay_1d:
+        groups: list = [{"params": [p for p in params if p.ndim > 1]},
+                        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        params = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov and cfg.momentum > 0)
