@@ -179,16 +179,6 @@ def test_students_of_other_architectures_export(tmp_path, arch):
     assert type(load_encoder(out).backbone) is type(teacher.backbone)
 
 
-def _io_dispatches() -> bool:
-    import inspect
-
-    from distill.models import io
-
-    return "modules.json" in inspect.getsource(io.load_model)
-
-
-@pytest.mark.skipif(not _io_dispatches(), reason="distill.models.io.load_model does not yet send sentence-transformers "
-                                                 "folders to the encoder family's load_encoder")
 def test_load_student_reads_an_encoder_student(tmp_path):
     import distill
 

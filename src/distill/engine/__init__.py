@@ -1,6 +1,7 @@
 """The loop machinery every family uses: device, precision, accumulation, clipping, schedules,
 checkpoints with exact resume, metrics, progress. `accelerate` does devices, mixed precision
-and distributed wrapping; this module keeps the loop itself in the family's runner:
+and distributed wrapping. `Engine.fit(method, loader, train_cfg, eval_fn=..., on_eval=..., stop=...)`
+is the loop the families use; written out, it is:
 
     engine = Engine(cfg.engine, out_dir, seed=cfg.seed, total_steps=n)
     model, opt, sched = engine.prepare(model, opt, sched)

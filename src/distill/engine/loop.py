@@ -5,7 +5,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,46 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
         if not getattr(net, "_distill_compiled", False):
             net.compile(backend=self.cfg.compile_backend)
             net._distill_compiled = True
+
+    def fit(self, method: nn.Module, loader, train_cfg: TrainConfig, *, weights: dict[str, float] | None = None,
+            eval_fn: Callable[[], dict[str, float]] | None = None, on_eval: Callable[[dict], None] | None = None,
+            stop: Callable[[], bool] | None = None, params: Iterable[torch.nn.Parameter] | None = None,
+            after_start: Callable[[], None] | None = None,
+            batch_hook: Callable[[Any], Any] | None = None) -> nn.Module:
+        """The training loop every family with a trained module uses: start (optimiser, schedule,
+        wrapping, resume), then per batch `method.on_step` (if it has one), the weighted loss terms of
+        `method(batch)`, the engine step, a due evaluation (`eval_fn() -> metrics`, recorded in
+        `history`, then `on_eval(record)`), a due checkpoint and `stop()` at step boundaries; then
+        `finish`. Evaluation time is kept apart in `eval_seconds`. `after_start()` runs once the module
+        is prepared (and resumed); `batch_hook(batch)` may add to each batch what the method reads
+        (the diffusion family's optimiser-step count). Returns the prepared module (eval mode)."""
+        model, optimizer, scheduler = self.start(method, train_cfg, batches_per_epoch=len(loader), params=params)
+        if after_start is not None:
+            after_start()
+        weights = {**getattr(method, "weights", {}), **(weights or {})}
+        on_step = getattr(method, "on_step", None)
+        self.eval_seconds = 0.0
+        model.train()
+        for batch in self.batches(loader, train_cfg.epochs, train_cfg.max_steps):
+            if on_step is not None:
+                on_step(self.step_count, self.epoch)
+            if batch_hook is not None:
+                batch = batch_hook(batch)
+            with self.autocast():
+                terms = model(batch)
+            self.step(terms, weights)
+            if eval_fn is not None and self.eval_due():
+                t_eval = time.perf_counter()
+                self.record_eval(eval_fn())
+                self.eval_seconds += time.perf_counter() - t_eval
+                if on_eval is not None:
+                    on_eval(self.history[-1])
+            self.checkpoint_if_due(model, optimizer, scheduler)
+            if stop is not None and self.at_step_boundary and stop():
+                break
+        self.finish()
+        model.eval()
+        return model
 
     def autocast(self):
         return self.accelerator.autocast() if self.cfg.precision != "fp32" else nullcontext()

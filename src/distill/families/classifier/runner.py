@@ -58,9 +58,6 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
         first = engine.to_device(next(iter(loader)))
         method.ensure_taps(first["x"])
         method.setup(first)  # modules whose shapes the data decides
-        model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
-        method.ensure_taps(first["x"])  # wrapping may have replaced tapped modules (SyncBatchNorm)
-        weights = {**method.weights, **(weights or {})}
 
         def default_eval():
             m = classification_metrics(predict_split(method.student, test, device=engine.device,
@@ -70,27 +67,14 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
                                                                          num_workers=num_workers), val.y)["accuracy"]
             return m
 
-        eval_fn = eval_fn or default_eval
-        best = _BestWeights(method.student, out_dir, engine.history) if select == "best" else None
-        model.train()
-        for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
-            method.on_step(engine.step_count, engine.epoch)
-            with engine.autocast():
-                terms = model(batch)
-            engine.step(terms, weights)
-            if engine.eval_due():
-                t_eval = time.perf_counter()
-                engine.record_eval(eval_fn())
-                engine.eval_seconds = getattr(engine, "eval_seconds", 0.0) + time.perf_counter() - t_eval
-                if best is not None:
-                    best.offer(engine.history[-1])
-            engine.checkpoint_if_due(model, optimizer, scheduler)
-        engine.finish()
+        best = _BestWeights(method.student, out_dir, engine) if select == "best" else None
+        engine.fit(method, loader, train_cfg, weights=weights, eval_fn=eval_fn or default_eval,
+                   on_eval=best.offer if best is not None else None,
+                   after_start=lambda: method.ensure_taps(first["x"]))  # wrapping may replace tapped modules
         if best is not None:
             best.restore()
     finally:
         method.close()
-    model.eval()
     return engine
 
 
@@ -98,10 +82,14 @@ class _BestWeights:
     """Keeps the student's weights at its best validation accuracy (a file in the phase's folder,
     so a resumed run still knows them); `restore()` loads them back at the end."""
 
-    def __init__(self, student: nn.Module, out_dir: Path | None, history: list[dict]):
+    def __init__(self, student: nn.Module, out_dir: Path | None, engine: Engine):
         self.student, self.path = student, (out_dir / "best.safetensors" if out_dir else None)
         self.state: dict[str, torch.Tensor] | None = None
-        self.history = history
+        self.engine = engine
+
+    @property
+    def history(self) -> list[dict]:  # the engine's, as restored by a resume
+        return self.engine.history
 
     def best_so_far(self) -> float:
         scores = [h["val_accuracy"] for h in self.history[:-1] if "val_accuracy" in h]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.config import TrainConfig
-from distill.engine import Engine, build_optimizer, build_scheduler
+from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.eval.distributions import mmd, sliced_wasserstein, straightness
 from distill.families.diffusion.base import DiffusionContext, DiffusionMethod
@@ -88,22 +88,12 @@ def fit(objective: nn.Module, params, source, train: TrainConfig, cfg: Diffusion
     steps = train.max_steps or train.epochs * 100
     engine = Engine(cfg.engine, out_dir, seed=seed, total_steps=steps, name=name)
     objective.to(engine.device)
-    optimizer = build_optimizer(train.optimizer, params)
-    scheduler = build_scheduler(train.schedule, optimizer, steps)
-    model, optimizer, scheduler = engine.prepare(objective, optimizer, scheduler)
-    engine.resume(model, optimizer, scheduler)
-    objective.train()
     micro = steps * cfg.engine.grad_accum      # micro-batches for `steps` optimiser steps
-    for batch in engine.batches(StreamLoader(source, cfg.data.batch_size, micro, seed), 1, steps):
-        # "step": optimiser steps done so far, the same for every micro-batch of one accumulation
-        # window, so that methods do their per-step work (EMA, fake-score updates) once per step
-        batch = {**batch, "step": engine.step_count}
-        with engine.autocast():
-            terms = model(batch)
-        engine.step(terms, {**getattr(objective, "weights", {}), **(weights or {})})
-        engine.checkpoint_if_due(model, optimizer, scheduler)
-    engine.finish()
-    objective.eval()
+    loader = StreamLoader(source, cfg.data.batch_size, micro, seed)
+    # "step": optimiser steps done so far, the same for every micro-batch of one accumulation
+    # window, so that methods do their per-step work (EMA, fake-score updates) once per step
+    engine.fit(objective, loader, train.model_copy(update={"epochs": 1, "max_steps": steps}), weights=weights,
+               params=params, batch_hook=lambda batch: {**batch, "step": engine.step_count})
     return engine
 
 

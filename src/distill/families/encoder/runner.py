@@ -34,20 +34,9 @@ from distill.utils import atomic_write_text, seed_everything
 
 def fit(method, loader, cfg: EncoderRunConfig, train_cfg: TrainConfig, weights: dict[str, float],
         out_dir: Path | None, metrics_path: Path | None, label: str) -> Engine:
-    """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
+    """Train `method` on `loader` with the engine's loop (`Engine.fit`)."""
     engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label, metrics_path=metrics_path)
-    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
-    weights = {**method.weights, **weights}
-
-    model.train()
-    for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
-        method.on_step(engine.step_count, engine.epoch)  # methods with schedules (e.g. dkd's warm-up)
-        with engine.autocast():
-            terms = model(batch)
-        engine.step(terms, weights)
-        engine.checkpoint_if_due(model, optimizer, scheduler)
-    engine.finish()
-    model.eval()
+    engine.fit(method, loader, train_cfg, weights=weights)
     return engine
 
 

@@ -127,33 +127,25 @@ def fit(method: GraphMethod, prob: Problem, nodes: Tensor, train_cfg: TrainConfi
     engine = Engine(engine_cfg, out_dir, seed=seed, name=name, metrics_path=metrics_path)
     method.to(engine.device)
     method.attach(prob.ctx.to(engine.device))
-    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
-    weights = {**method.weights, **(weights or {})}
     best_file = out_dir / "best_student.pt" if out_dir is not None else None
-    best = {"val": -1.0, "epoch": 0, "state": None}
-    for h in engine.history:  # resumed: the best so far is in the history and on disk
-        if h["val_accuracy"] >= best["val"]:
-            best.update(val=h["val_accuracy"], epoch=h["epoch"])
-    if best_file is not None and best_file.is_file() and engine.history:
-        best["state"] = torch.load(best_file, weights_only=True)
+    best: dict = {"val": -1.0, "epoch": 0, "state": None}
 
-    model.train()
-    for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
-        with engine.autocast():
-            terms = model(batch)
-        engine.step(terms, weights)
-        if engine.eval_due():
-            m = node_metrics(node_logits(method.student, prob, engine.device), prob)
-            engine.record_eval(m)
-            if m["val_accuracy"] >= best["val"]:  # ties: the later (more trained) weights
-                best.update(val=m["val_accuracy"], epoch=engine.history[-1]["epoch"],
-                            state=copy.deepcopy(method.student.state_dict()))
-                if best_file is not None:
-                    atomic_torch_save(best["state"], best_file)
-        engine.checkpoint_if_due(model, optimizer, scheduler)
-        if engine.at_step_boundary and engine.history and engine.history[-1]["epoch"] - best["epoch"] >= patience:
-            break
-    engine.finish()
+    def resumed() -> None:  # the best so far is in the restored history and on disk
+        for h in engine.history:
+            if h["val_accuracy"] >= best["val"]:
+                best.update(val=h["val_accuracy"], epoch=h["epoch"])
+        if best_file is not None and best_file.is_file() and engine.history:
+            best["state"] = torch.load(best_file, weights_only=True)
+
+    def on_eval(rec: dict) -> None:
+        if rec["val_accuracy"] >= best["val"]:  # ties: the later (more trained) weights
+            best.update(val=rec["val_accuracy"], epoch=rec["epoch"], state=copy.deepcopy(method.student.state_dict()))
+            if best_file is not None:
+                atomic_torch_save(best["state"], best_file)
+
+    engine.fit(method, loader, train_cfg, weights=weights, after_start=resumed, on_eval=on_eval,
+               eval_fn=lambda: node_metrics(node_logits(method.student, prob, engine.device), prob),
+               stop=lambda: bool(engine.history) and engine.history[-1]["epoch"] - best["epoch"] >= patience)
     if best["state"] is not None:
         method.student.load_state_dict(best["state"])
     method.eval()

@@ -101,7 +101,7 @@ def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher | None, device, log)
 
 def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcfg: LMMethodConfig, pad_id: int,
                   out_dir: Path, metrics_path: Path, label: str) -> Engine:
-    """The training loop: reads top to bottom; the engine does devices, accumulation and checkpoints."""
+    """Train `method` on the examples with the engine's loop (`Engine.fit`)."""
     train_cfg = mcfg.train or cfg.train
     packed = cfg.data.pack and not method.uses_prompts
     if packed:  # flash attention would let packed examples attend to each other
@@ -110,18 +110,7 @@ def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcf
     loader = LMLoader(rows_of(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
                       seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts,
                       rank=engine.accelerator.process_index, world=engine.accelerator.num_processes)
-    model, optimizer, scheduler = engine.start(method, train_cfg, batches_per_epoch=len(loader))
-    weights = {**method.weights, **mcfg.weights}
-
-    model.train()
-    for batch in engine.batches(loader, train_cfg.epochs, train_cfg.max_steps):
-        method.on_step(engine.step_count, engine.epoch)
-        with engine.autocast():
-            terms = model(batch)
-        engine.step(terms, weights)
-        engine.checkpoint_if_due(model, optimizer, scheduler)
-    engine.finish()
-    model.eval()
+    engine.fit(method, loader, train_cfg, weights=mcfg.weights)
     return engine
 
 
