@@ -101,6 +101,10 @@ class EngineConfig(Strict):
         "shards it (per repeated block) and the frozen teacher across the processes (torch FSDP2)")
     compile: bool = Field(False, description="torch.compile the trained network's forward (the `student` of a "
                           "method, in place: weights, state-dict keys and saved files are unchanged)")
+    ema: float | None = Field(None, gt=0, lt=1, description="decay of an exponential moving average of the trained "
+                              "network's weights (a method's `student`), updated after every optimiser step and "
+                              "checkpointed; the phase ends with the averaged weights (evaluations during the "
+                              "phase see the raw ones)")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, eager, ...)")
 
 

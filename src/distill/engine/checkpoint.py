@@ -78,6 +78,8 @@ class CheckpointMixin:
             "history": json.dumps(self.history),
             "extra": json.dumps(extra or {}),
         }
+        if getattr(self, "_ema", None) is not None:  # engine.ema: the average and its step count
+            state["ema"] = self._ema.state_dict()
         if self.fsdp:  # optimiser state is keyed by parameter name, not position
             state["strategy"] = "fsdp"
         d = self.checkpoint_dir
@@ -150,6 +152,11 @@ class CheckpointMixin:
             scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
+        if getattr(self, "_ema", None) is not None:
+            if "ema" not in state:
+                raise DistillError(f"checkpoint {path} has no weight average (engine.ema was unset when it was "
+                                   "written); resume with the same engine.ema, or delete it to restart that phase.")
+            self._ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         loop = state["loop"]
         self.step_count, self.epoch, self.batch_in_epoch = loop["step"], loop["epoch"], loop["batch_in_epoch"]

@@ -16,14 +16,20 @@ from torch import nn
 from distill.config import EngineConfig, TrainConfig
 from distill.engine.checkpoint import CheckpointMixin
 from distill.engine.metrics import MetricsMixin
-from distill.engine.setup import build_optimizer, build_scheduler, make_accelerator
+from distill.engine.setup import build_optimizer, build_scheduler, make_accelerator, unwrap
 from distill.engine.sharding import ShardingMixin
-from distill.errors import DistillError
+from distill.errors import ConfigError, DistillError
 from distill.utils import seed_everything
 
 # Fault injection for reliability tests: SIGKILL this process right after optimiser step N
 # (DISTILL_FAULT_STEP=N, optionally only in phase DISTILL_FAULT_PHASE). Unset in normal use.
 _FAULT_STEP = int(os.environ.get("DISTILL_FAULT_STEP", "0") or 0)
+
+
+def trained_network(module: nn.Module) -> nn.Module:
+    """The network a phase trains: a method's `student`, else the module itself."""
+    net = getattr(module, "student", None)
+    return net if isinstance(net, nn.Module) else module
 
 
 class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
@@ -98,6 +104,14 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
             if optimizer is not None and acc.scaler is not None:
                 optimizer = acc.prepare_optimizer(optimizer)
         self._model, self._opt, self._sched = model, optimizer, scheduler
+        self._ema = None
+        if self.cfg.ema:
+            if self.fsdp:
+                raise ConfigError("engine.ema does not combine with engine.strategy=fsdp yet; use ddp, or leave ema unset.")
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self._ema_net = trained_network(unwrap(model))
+            self._ema = AveragedModel(self._ema_net, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
         return model, optimizer, scheduler
 
     def start(self, module: nn.Module, train_cfg: TrainConfig, *, batches_per_epoch: int | None = None,
@@ -125,8 +139,7 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
         """engine.compile: compile the network a phase trains (`module.student`, else `module`) in place
         with `nn.Module.compile`, so the object, its parameters and its state-dict keys stay the
         ones the runner holds and saves."""
-        net = getattr(module, "student", None)
-        net = net if isinstance(net, nn.Module) else module
+        net = trained_network(module)
         if not getattr(net, "_distill_compiled", False):
             net.compile(backend=self.cfg.compile_backend)
             net._distill_compiled = True
@@ -273,6 +286,8 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
                 if self._opt is not None:
                     self._opt.step()
                     self._opt.zero_grad(set_to_none=True)
+                if self._ema is not None:
+                    self._ema.update_parameters(self._ema_net)
             if self._sched is not None:
                 self._sched.step()
             self._micro = 0
@@ -318,6 +333,8 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
 
     def finish(self) -> None:
         self._stop_progress()
+        if getattr(self, "_ema", None) is not None:  # the phase ends with the averaged weights
+            self._ema_net.load_state_dict(self._ema.module.state_dict())
         if self._tb is not None:
             self._tb.close()
         if self.fsdp:  # the trained module and the teachers leave the phase whole, on every process
