@@ -22,8 +22,8 @@ def _model(seed=0):
     return build_model("mlp", {"hidden": [32], "dropout": 0.1}, (64,), 10)
 
 
-def _plain_loop(model, train, epochs, batch_size, lr, seed):
-    """The reference: a loop written with nothing but torch."""
+def _plain_loop(model, train, epochs, batch_size, lr, seed, after_step=None):
+    """The reference: a loop written with nothing but torch (`after_step(model)` after each step)."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(train)
@@ -36,6 +36,8 @@ def _plain_loop(model, train, epochs, batch_size, lr, seed):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step(model)
     return model
 
 

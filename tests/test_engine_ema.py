@@ -5,13 +5,13 @@ average as an uninterrupted one."""
 import copy
 
 import torch
-import torch.nn.functional as F
 
 from distill.config import EngineConfig, OptimizerConfig, TrainConfig
 from distill.data.digits import digits
 from distill.families.classifier.runner import train_phase
 from distill.methods.scratch import Scratch
 from distill.models.io import build_model
+from test_engine import _plain_loop
 
 
 def _model(seed=0):
@@ -20,22 +20,14 @@ def _model(seed=0):
 
 
 def _plain_loop_with_average(model, train, epochs, batch_size, lr, seed, decay):
-    """The reference: plain torch, and the average written out by hand."""
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    avg = None
-    n = len(train)
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            w = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            avg = w if avg is None else {k: decay * avg[k] + (1 - decay) * w[k] for k in w}
-    return model, avg
+    """The reference: the plain torch loop of test_engine, and the average written out by hand."""
+    avg = {}
+
+    def average(m):
+        w = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        avg.update(w if not avg else {k: decay * avg[k] + (1 - decay) * w[k] for k in w})
+
+    return _plain_loop(model, train, epochs, batch_size, lr, seed, after_step=average), avg
 
 
 def test_the_phase_ends_with_the_moving_average_of_the_weights():
@@ -71,4 +63,6 @@ def test_ema_is_validated():
 
     with pytest.raises(ValidationError):
         EngineConfig(ema=1.0)
+    with pytest.raises(ValidationError, match="engine.ema does not combine with engine.strategy=fsdp"):
+        EngineConfig(ema=0.9, strategy="fsdp")
     assert copy.deepcopy(EngineConfig()).ema is None

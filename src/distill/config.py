@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distill.errors import ConfigError, did_you_mean
 
@@ -106,6 +106,12 @@ class EngineConfig(Strict):
                               "checkpointed; the phase ends with the averaged weights (evaluations during the "
                               "phase see the raw ones)")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, eager, ...)")
+
+    @model_validator(mode="after")
+    def _ema_without_fsdp(self):
+        if self.ema and self.strategy == "fsdp":
+            raise ValueError("engine.ema does not combine with engine.strategy=fsdp yet; use ddp, or leave ema unset")
+        return self
 
 
 class MethodConfig(Component):

@@ -18,7 +18,7 @@ from distill.engine.checkpoint import CheckpointMixin
 from distill.engine.metrics import MetricsMixin
 from distill.engine.setup import build_optimizer, build_scheduler, make_accelerator, unwrap
 from distill.engine.sharding import ShardingMixin
-from distill.errors import ConfigError, DistillError
+from distill.errors import DistillError
 from distill.utils import seed_everything
 
 # Fault injection for reliability tests: SIGKILL this process right after optimiser step N
@@ -105,9 +105,7 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
                 optimizer = acc.prepare_optimizer(optimizer)
         self._model, self._opt, self._sched = model, optimizer, scheduler
         self._ema = None
-        if self.cfg.ema:
-            if self.fsdp:
-                raise ConfigError("engine.ema does not combine with engine.strategy=fsdp yet; use ddp, or leave ema unset.")
+        if self.cfg.ema:  # (not with fsdp: EngineConfig refuses the pair)
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self._ema_net = trained_network(unwrap(model))
