@@ -35,10 +35,20 @@ class EncoderStudentConfig(Strict):
     num_heads: int | None = Field(None, ge=1)
     intermediate_size: int | None = Field(None, ge=8)
     dropout: float = Field(0.1, ge=0, lt=1)
-    init: Literal["random", "teacher"] = "random"
+    init: Literal["random", "teacher", "vocab"] = Field(
+        "random", description="random; teacher: copy teacher layers (transformer) or the teacher's input token table "
+                              "(static); vocab (static): every vocabulary token through the teacher, PCA to "
+                              "hidden_size, SIF-weighted (model2vec's construction; `vocab.py`)")
     layers: list[int] | None = Field(None, description="teacher layers copied into the student (init=teacher); "
                                                        "default: spread evenly, ending at the last")
-    match_teacher_dim: bool = Field(True, description="a linear head maps the sentence embedding to the teacher's width")
+    match_teacher_dim: bool | None = Field(
+        None, description="a linear head maps the sentence embedding to the teacher's width; default: yes, except "
+                          "for init=vocab (the table keeps hidden_size and embedding_kd compares it with the "
+                          "teacher's embedding in the same PCA basis)")
+    token_weights: Literal["zipf", "corpus", "none"] = Field(
+        "zipf", description="init=vocab: SIF weight a / (a + p(token)) of each row, with p from a Zipf law over the "
+                            "vocabulary order (model2vec), from token counts of the training text, or no weighting")
+    sif: float = Field(1.0e-4, gt=0, description="init=vocab: the SIF coefficient a (model2vec's default 1e-4)")
 
 
 class EncoderDataConfig(Strict):
@@ -145,6 +155,9 @@ class EncoderRunConfig(RunConfig):
             if s.kind == "static":
                 raise ConfigError("student.path: a folder to start from is for student.kind=transformer.")
             _check_source(s.path, "student.path")
+        if s.init == "vocab" and s.kind != "static":
+            raise ConfigError("student.init: 'vocab' builds a static table from the teacher's vocabulary; use it with "
+                              "student.kind=static (init=teacher copies teacher layers into a transformer student).")
         if s.layers is not None and s.init != "teacher":
             raise ConfigError("student.layers: only used with student.init=teacher.")
         if s.layers is not None and len(s.layers) != s.num_layers:

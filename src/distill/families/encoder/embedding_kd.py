@@ -1,13 +1,25 @@
 """Sentence-embedding distillation: match each sentence's embedding to the teacher's (MSE, as in
 Reimers & Gurevych 2020, or 1 - cosine), plus the in-batch cosine-similarity matrix (the geometry
-a retrieval index sees). Works for any student, the static embedding bag included."""
+a retrieval index sees). Works for any student, the static embedding bag included.
+
+A static student built from the teacher's vocabulary (`student.init: vocab`) is narrower than the
+teacher (its table was reduced with PCA); its embedding is matched with the teacher's projected on
+that PCA basis, as tokenlearn does. The similarity term compares cosines, so widths may differ.
+
+The encoder family's text has no random augmentation, so a sentence's teacher embedding is the
+same in every epoch: with `cache_teacher` (default) it is computed once, the first time the
+sentence is seen, and kept (in CPU memory, 4 bytes x teacher width per sentence); later epochs run
+the student alone.
+"""
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
+from distill.errors import ConfigError
 from distill.families.encoder.base import EncoderMethod
 from distill.families.encoder.losses import embedding_match, similarity_matrix_loss
 from distill.registry import register_method
@@ -18,12 +30,42 @@ from distill.registry import register_method
 class EmbeddingKD(EncoderMethod):
     def __init__(self, student, teacher, loss: Literal["mse", "cosine"] = "cosine",
                  match_weight: Annotated[float, Field(ge=0)] = 1.0,
-                 similarity_weight: Annotated[float, Field(ge=0)] = 1.0):
+                 similarity_weight: Annotated[float, Field(ge=0)] = 1.0,
+                 cache_teacher: bool = True):
         super().__init__(student, teacher)
         self.loss = loss
         self.weights = {"match": match_weight, "similarity": similarity_weight}
+        self.cache_teacher = cache_teacher
+        self._memo: dict[bytes, torch.Tensor] = {}
+
+    def teacher_embedding(self, batch) -> torch.Tensor:
+        """The teacher's sentence embeddings (B, Dt), from the memo where the sentence was seen before."""
+        if not self.cache_teacher:
+            return self.run_teacher(batch)[0]["embedding"]
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        keys = [ids[i, mask[i]].cpu().numpy().tobytes() for i in range(ids.shape[0])]
+        new = [i for i, k in enumerate(keys) if k not in self._memo]
+        if new:
+            sub = {"input_ids": ids[new], "attention_mask": batch["attention_mask"][new]}
+            width = int(mask[new].sum(1).max())  # right-padded rows: drop the columns only padding fills
+            sub = {k: v[:, :width] for k, v in sub.items()} if bool(mask[:, 0].all()) else sub
+            e = self.run_teacher(sub)[0]["embedding"].float().cpu()
+            for j, i in enumerate(new):
+                self._memo[keys[i]] = e[j]
+        return torch.stack([self._memo[k] for k in keys]).to(ids.device)
 
     def forward(self, batch):
-        e_t = self.run_teacher(batch)[0]["embedding"]
+        e_t = self.teacher_embedding(batch)
         e_s = self.run_student(batch)[0]["embedding"]
-        return {"match": embedding_match(e_s, e_t, self.loss), "similarity": similarity_matrix_loss(e_s, e_t)}
+        sim = similarity_matrix_loss(e_s, e_t)
+        target = e_t
+        if e_s.shape[-1] != e_t.shape[-1]:
+            basis = getattr(getattr(self.student, "encoder", self.student), "teacher_basis", None)
+            if basis is None and self.weights["match"] == 0:
+                return {"similarity": sim}
+            if basis is None:
+                raise ConfigError(f"embedding_kd: the student's embedding has width {e_s.shape[-1]}, the teacher's "
+                                  f"{e_t.shape[-1]}; set student.match_teacher_dim: true (a linear head to the "
+                                  "teacher's width), or use loss weights match_weight: 0.")
+            target = e_t.float() @ basis.to(e_t.device)
+        return {"match": embedding_match(e_s, target, self.loss), "similarity": sim}

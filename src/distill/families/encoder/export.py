@@ -12,7 +12,8 @@ A transformer student is written as
     N_Normalize/                                     when the student L2-normalises (as its teacher does)
 
 a static student as a `StaticEmbedding` (model.safetensors with `embedding.weight`, tokenizer.json)
-followed by the same Dense / Normalize modules. `distill_encoder.json` records what sentence-
+followed by the same Dense / Normalize modules, and also, with `save_model2vec`, in model2vec's
+format (`StaticModel.from_pretrained(folder)`; sentence-transformers reads that folder too). `distill_encoder.json` records what sentence-
 transformers has no place for (which Dense is the trainable head; a classification head, saved in
 `classifier.safetensors`); sentence-transformers ignores both files.
 """
@@ -127,6 +128,52 @@ def save_encoder(model: nn.Module, folder: str | os.PathLike, tok, max_seq_lengt
     return folder
 
 
+def static_table(model: StaticEncoder) -> torch.Tensor:
+    """The token table with the student's linear head folded in: the mean of rows E W^T + b is the
+    head applied to the mean of rows E, so the table alone gives the same sentence embeddings."""
+    w = model.embed.weight.detach().float().cpu()
+    if model.head is not None:
+        w = w @ model.head.weight.detach().float().cpu().t()
+        if model.head.bias is not None:
+            w = w + model.head.bias.detach().float().cpu()
+    return w.contiguous()
+
+
+def save_model2vec(model: nn.Module, folder: str | os.PathLike, tok, *, max_length: int | None = 512,
+                   dtype: torch.dtype = torch.float32) -> Path:
+    """Write a static student in model2vec's format: model.safetensors (`embeddings`, (V, D), the
+    head folded in), tokenizer.json, config.json (`model_type: model2vec`, `normalize`, ...) and a
+    modules.json, so that `model2vec.StaticModel.from_pretrained(folder)` and
+    `SentenceTransformer(folder)` both load it. Like model2vec, a text is tokenized without the
+    special tokens; model2vec also leaves [UNK] out of the mean (rare with subword vocabularies).
+    `max_length`: tokens per text in `encode` (model2vec's default 512; None: no limit)."""
+    from safetensors.torch import save_file
+
+    if hasattr(model, "classifier") and hasattr(model, "encoder"):
+        model = model.encoder
+    if not isinstance(model, StaticEncoder):
+        raise DistillError(f"save_model2vec: a {type(model).__name__} is not a static (embedding-bag) model; "
+                           "model2vec's format holds a token table only.")
+    if not getattr(tok, "is_fast", False):
+        raise DistillError("save_model2vec: the model2vec format needs a fast (tokenizers) tokenizer.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = static_table(model).to(dtype)
+    save_file({"embeddings": table}, str(folder / "model.safetensors"))
+    _clean_tokenizer_json(tok, folder / "tokenizer.json")
+    _write_json(folder / "config.json", {
+        "model_type": "model2vec", "architectures": ["StaticModel"], "tokenizer_name": getattr(tok, "name_or_path", ""),
+        "apply_pca": None, "sif_coefficient": None, "hidden_dim": int(table.shape[1]), "seq_length": 1000000,
+        "normalize": bool(model.normalize), "pooling": "mean", "max_length": max_length,
+        "embedding_dtype": str(dtype).removeprefix("torch.")})
+    modules = [{"idx": 0, "name": "0", "path": ".", "type": _ST + "StaticEmbedding"}]
+    if model.normalize:
+        (folder / "1_Normalize").mkdir(exist_ok=True)
+        modules.append({"idx": 1, "name": "1", "path": "1_Normalize", "type": _ST + "Normalize"})
+    _write_json(folder / "modules.json", modules)
+    return folder
+
+
 @register_folder_loader("modules.json")  # `distill.load_student` on a sentence-transformers folder
 def load_encoder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """The model `save_encoder` wrote (or any sentence-transformers folder), in eval mode: a
@@ -156,4 +203,4 @@ def load_encoder(folder: str | os.PathLike, device: str | torch.device = "cpu") 
     return model.to(device).eval()
 
 
-__all__ = ["Dense", "load_encoder", "save_encoder"]
+__all__ = ["Dense", "load_encoder", "save_encoder", "save_model2vec", "static_table"]

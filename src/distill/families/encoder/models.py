@@ -144,6 +144,9 @@ class StaticEncoder(nn.Module):
         self.head = nn.Linear(dim, out_dim) if out_dim and out_dim != dim else None
         self.normalize = normalize
         self.register_buffer("skip_ids", torch.tensor(sorted(set(skip_ids)), dtype=torch.long), persistent=False)
+        # (teacher width, dim): the PCA basis of a table built from the teacher's vocabulary (init=vocab);
+        # distillation losses compare the teacher's embedding projected on it with this narrower one
+        self.register_buffer("teacher_basis", None, persistent=False)
 
     @property
     def embedding_dim(self) -> int:

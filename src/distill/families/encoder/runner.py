@@ -20,10 +20,11 @@ from distill.families.encoder.base import EncoderMethod
 from distill.families.encoder.config import EncoderDataConfig, EncoderMethodConfig, EncoderRunConfig
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
 from distill.families.encoder.evaluate import agreement, encode, throughput
-from distill.families.encoder.export import save_encoder
+from distill.families.encoder.export import save_encoder, save_model2vec
 from distill.families.encoder.students import build_student, count_parameters
 from distill.families.encoder.loading import load_encoder_source, load_tokenizer
 from distill.families.encoder.sources import added_special_ids
+from distill.families.encoder.vocab import VocabTable
 from distill.families.encoder.task import TextClassifier, accuracy, build_task, predict_logits, task_teacher
 from distill.utils import expand
 from distill.families.encoder.stages import run_stages
@@ -71,6 +72,7 @@ class Context:
             + (f"; task: {len(self.task.classes)} classes, {len(self.task.train_rows)} train ({self.task.labeled} "
                f"labelled) / {len(self.task.test_rows)} test" if self.task else ""))
         self.e_t = encode(self.teacher_model, self.held_rows, self.pad_id, cfg.data.eval_batch_size, self.device)
+        self.vocab: VocabTable | None = None
 
     def check_layers(self) -> None:
         """Fail before any training if a recipe's layer method cannot find the teacher's layers."""
@@ -91,7 +93,13 @@ class Context:
 
     def new_student(self) -> torch.nn.Module:
         seed_everything(self.cfg.seed)  # every student starts from the same initialisation
-        student = build_student(self.encoder, self.cfg.student, self.pad_id, skip_ids=added_special_ids(self.tok))
+        s, skip = self.cfg.student, added_special_ids(self.tok)
+        if s.kind == "static" and s.init == "vocab" and self.vocab is None:  # once per run, for every student
+            self.vocab = VocabTable.from_teacher(self.encoder, self.tok, self.train_rows, skip, self.device,
+                                                 progress=self.cfg.engine.progress)
+            self.log(f"student init: {self.vocab.vectors.shape[0]} vocabulary tokens through the teacher "
+                     f"({len(self.vocab.ids)} text tokens ranked for weights={s.token_weights})")
+        student = build_student(self.encoder, s, self.pad_id, skip_ids=skip, vocab=self.vocab)
         if self.task is not None:
             student = TextClassifier(student.to(self.device), len(self.task.classes))
         return student.to(self.device)
@@ -126,6 +134,8 @@ def save_student(student, out: Path, ctx: Context, m: dict[str, Any]) -> None:
     """The student as a sentence-transformers folder (`export.save_encoder`) + its settings and metrics."""
     cfg = ctx.cfg
     save_encoder(student, out, ctx.tok, cfg.data.max_length, ctx.task.classes if ctx.task else None)
+    if cfg.student.kind == "static":  # also for model2vec: StaticModel.from_pretrained(out / "model2vec")
+        save_model2vec(student, out / "model2vec", ctx.tok)
     atomic_write_text(out / "student.json", json.dumps(cfg.student.model_dump(mode="json")))
     atomic_write_text(out / "result.json", json.dumps(m))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)

@@ -11,6 +11,7 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.families.encoder.loading import load_encoder_source
 from distill.families.encoder.models import SentenceEncoder, StaticEncoder, uniform_layers, inherit_layers
+from distill.families.encoder.vocab import VocabTable
 
 
 def student_backbone(teacher: nn.Module, s, pad_id: int) -> nn.Module:
@@ -66,14 +67,27 @@ def _intermediate(cfg) -> int | None:
     return None
 
 
-def build_student(teacher: SentenceEncoder, s, pad_id: int, skip_ids: Sequence[int] = ()) -> nn.Module:
+def build_student(teacher: SentenceEncoder, s, pad_id: int, skip_ids: Sequence[int] = (),
+                  vocab: VocabTable | None = None) -> nn.Module:
     """A student from `student:` settings (`EncoderStudentConfig`), sized against the teacher; it
     pools and normalises as the teacher does (a `student.path` sentence-transformers folder keeps its
-    own). `skip_ids`: special-token ids a static student leaves out of its mean."""
+    own). `skip_ids`: special-token ids a static student leaves out of its mean; `vocab`: the
+    teacher's token vectors for init=vocab (`VocabTable`, computed once per run)."""
     tcfg = teacher.config
     t_dim = int(tcfg.hidden_size)
-    out_dim = teacher.embedding_dim if s.match_teacher_dim else None
+    match = s.match_teacher_dim if s.match_teacher_dim is not None else not (s.kind == "static" and s.init == "vocab")
+    out_dim = teacher.embedding_dim if match else None
     if s.kind == "static":
+        if s.init == "vocab":
+            if vocab is None:
+                raise ValueError("build_student: init=vocab needs the teacher's token vectors (vocab=VocabTable(...))")
+            dim = s.hidden_size or teacher.embedding_dim
+            table, basis = vocab.table(dim, s.token_weights, s.sif)
+            st = StaticEncoder(table.shape[0], dim, pad_id, out_dim, normalize=teacher.normalize, skip_ids=skip_ids)
+            st.embed.weight.data.copy_(table)
+            if out_dim is None and dim != teacher.embedding_dim:
+                st.teacher_basis = basis  # embedding_kd compares the teacher's embedding in this basis
+            return st
         dim = s.hidden_size or t_dim
         st = StaticEncoder(tcfg.vocab_size, dim, pad_id, out_dim, normalize=teacher.normalize, skip_ids=skip_ids)
         if s.init == "teacher":
