@@ -47,8 +47,6 @@ class EmbeddingKD(EncoderMethod):
         new = [i for i, k in enumerate(keys) if k not in self._memo]
         if new:
             sub = {"input_ids": ids[new], "attention_mask": batch["attention_mask"][new]}
-            width = int(mask[new].sum(1).max())  # right-padded rows: drop the columns only padding fills
-            sub = {k: v[:, :width] for k, v in sub.items()} if bool(mask[:, 0].all()) else sub
             e = self.run_teacher(sub)[0]["embedding"].float().cpu()
             for j, i in enumerate(new):
                 self._memo[keys[i]] = e[j]

@@ -13,8 +13,8 @@ A transformer student is written as
 
 a static student as a `StaticEmbedding` (model.safetensors with `embedding.weight`, tokenizer.json)
 followed by the same Dense / Normalize modules, and also, with `save_model2vec`, in model2vec's
-format (`StaticModel.from_pretrained(folder)`; sentence-transformers reads that folder too). `distill_encoder.json` records what sentence-
-transformers has no place for (which Dense is the trainable head; a classification head, saved in
+format (`StaticModel.from_pretrained(folder)`; sentence-transformers reads that folder too).
+`distill_encoder.json` records what sentence-transformers has no place for (which Dense is the trainable head; a classification head, saved in
 `classifier.safetensors`); sentence-transformers ignores both files.
 """
 from __future__ import annotations

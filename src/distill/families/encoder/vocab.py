@@ -51,10 +51,11 @@ def token_vectors(encoder: nn.Module, tok, device: torch.device | str = "cpu", b
     tokenizer's special tokens, pooled and projected as the encoder does (before normalisation)."""
     from distill.utils import ProgressBar
 
+    from distill.families.encoder.data import collate
+
     v = int(encoder.config.vocab_size)
     prefix, suffix = special_frame(tok)
     rows = [[*prefix, i, *suffix] for i in range(v)]
-    width = max(len(r) for r in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     was = encoder.training
     encoder.eval()
@@ -62,12 +63,8 @@ def token_vectors(encoder: nn.Module, tok, device: torch.device | str = "cpu", b
     with ProgressBar(progress, "teacher vocabulary", v) as bar:
         for s in range(0, v, batch_size):
             chunk = rows[s:s + batch_size]
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, r in enumerate(chunk):
-                ids[j, :len(r)] = torch.tensor(r)
-                mask[j, :len(r)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            b = collate(chunk, pad)
+            ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
             h = encoder.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
             e = pool(h, mask, encoder.pooling)
             for d in encoder.dense:
@@ -120,7 +117,8 @@ def count_probabilities(rows: Sequence[Sequence[int]], vocab_size: int, skip: Se
 class VocabTable:
     """The teacher's token vectors (computed once: `token_vectors`) and what the static tables of a
     run are made from: `table(dim, weights, sif)` -> (the SIF-weighted PCA table (V, dim), scaled so
-    that the text tokens' rows have mean norm 1, and the PCA basis (teacher width, dim)). `rows` (tokenised training text) gives the counts for weights=corpus."""
+    that the text tokens' rows have mean norm 1, and the PCA basis (teacher width, dim)). `rows`
+    (tokenised training text) gives the counts for weights=corpus."""
 
     def __init__(self, vectors: torch.Tensor, tok, rows: Sequence[Sequence[int]] = (), skip: Sequence[int] = ()):
         self.vectors = vectors
@@ -137,7 +135,7 @@ class VocabTable:
         v, width = self.vectors.shape
         if dim > width:
             raise ConfigError(f"student.hidden_size: {dim} is wider than the teacher's token vectors ({width}); "
-                             "init=vocab reduces them with PCA, so give at most that width.")
+                              "init=vocab reduces them with PCA, so give at most that width.")
         if dim not in self._pca:
             reduced, basis, _ = pca(self.vectors, dim, self.ids)
             self._pca[dim] = (reduced, basis)
