@@ -49,7 +49,7 @@ def test_served_topk_and_loss_equal_in_process(served):
 def test_bad_requests_get_clear_errors(served):
     _, url = served
     remote = RemoteTeacher(url, timeout=30)
-    with pytest.raises(DistillError, match=r"k must be in \[1, 16\]"):
+    with pytest.raises(DistillError, match=r"400 k must be an integer in \[1, 16\], got 99"):
         remote.topk(torch.zeros(1, 3, dtype=torch.long), k=99)
 
 
@@ -118,3 +118,198 @@ def test_no_tokenizer_and_another_model_are_refused(served):
     remote.info["fingerprint"] = "another-model"  # as if the server had been restarted with other weights
     with pytest.raises(DistillError, match="now serves another model"):
         remote.topk(torch.zeros(1, 3, dtype=torch.long), k=2)
+
+
+# ---- hardening: every bad request is a clear 4xx and the server keeps serving ----------------
+
+def _raw(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.putrequest(method, path)
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if body is not None and "Content-Length" not in hdrs:
+            hdrs["Content-Length"] = str(len(body))
+        for k, v in hdrs.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        if body is not None:
+            conn.send(body)
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, json.loads(data)
+    finally:
+        conn.close()
+
+
+def _post(url, obj, **kw):
+    import json
+
+    return _raw(url, "POST", "/v1/topk", obj if isinstance(obj, bytes) else json.dumps(obj).encode(), **kw)
+
+
+BAD_REQUESTS = [
+    ({"input_ids": [[1, 2, 99999]]}, 400, r"input_ids\[0\]\[2\] = 99999 is not a token id .*0 <= id < 50"),
+    ({"input_ids": [[1, -3]]}, 400, r"input_ids\[0\]\[1\] = -3 is not a token id"),
+    ({"input_ids": [[]]}, 400, r"input_ids\[0\] is empty"),
+    ({"input_ids": []}, 400, r"input_ids must be a non-empty list"),
+    ({"input_ids": [1, 2]}, 400, r"input_ids\[0\] must be a list"),
+    ({"input_ids": [[1.5, 2]]}, 400, r"input_ids\[0\]\[0\] is 1.5 \(float\): token ids must be integers"),
+    ({"input_ids": [[True, 2]]}, 400, r"input_ids\[0\]\[0\] is True \(bool\)"),
+    ({"input_ids": [[1, 2], [3]]}, 400, r"input_ids is ragged: row 0 has 2 entries, row 1 has 1"),
+    ({"input_ids": [[1, 2]], "attention_mask": [[1]]}, 400, r"attention_mask is 1 x 1 but input_ids is 1 x 2"),
+    ({"input_ids": [[1, 2]], "attention_mask": [[1, 2]]}, 400, r"attention_mask\[0\] holds values other than 0 and 1"),
+    ({"input_ids": [[1, 2]], "attention_mask": [[0, 0]]}, 400, r"attention_mask\[0\] is all 0"),
+    ({"input_ids": [[1, 2]], "k": 0}, 400, r"k must be an integer in \[1, 16\], got 0"),
+    ({"input_ids": [[1, 2]], "k": "4"}, 400, r"k must be an integer"),
+    ({"input_ids": [[1, 2]], "k": True}, 400, r"k must be an integer"),
+    ({"input_ids": [[1, 2]], "temperature": 0}, 400, r"temperature must be a finite number > 0, got 0"),
+    ({"input_ids": [[1, 2]], "temperature": "hot"}, 400, r"temperature must be a finite number"),
+    (b'{"input_ids": [[1, 2]], "temperature": NaN}', 400, r"temperature must be a finite number > 0, got nan"),
+    ({"input_ids": [[1, 2]], "top_k": 3}, 400, r"unknown field\(s\) \['top_k'\]"),
+    ({"ids": [[1, 2]]}, 400, r"unknown field"),
+    ({}, 400, r"input_ids is missing"),
+    ([[1, 2]], 400, r"the body must be a JSON object"),
+    (b"input_ids=1,2", 400, r"the body is not JSON"),
+    (b"\xff\xfe", 400, r"the body is not JSON"),
+    ({"input_ids": [list(range(40))]}, 400, r"40 tokens, more than the served model's 32 positions"),
+    ({"input_ids": [[1] * 30] * 10}, 413, r"10 x 30 = 300 tokens, more than this server's limit of 256"),
+]
+
+
+@pytest.fixture
+def hard_served():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2))
+    teacher = Teacher(model)
+    server = make_server(teacher, "127.0.0.1", 0, max_k=16, max_tokens=256, batch_wait_ms=5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield teacher, server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("body,status,message", BAD_REQUESTS)
+def test_malformed_requests_are_4xx_naming_the_problem(hard_served, body, status, message):
+    import re
+
+    _, _, url = hard_served
+    code, reply = _post(url, body)
+    assert code == status and re.search(message, reply["error"]), (code, reply)
+    code, reply = _post(url, {"input_ids": [[1, 2, 3]], "k": 2})  # and the server still answers
+    assert code == 200 and len(reply["indices"][0]) == 3
+
+
+def test_transport_errors_and_internal_failures(hard_served):
+    teacher, server, url = hard_served
+    code, reply = _raw(url, "POST", "/v1/topk", b"", headers={"Content-Length": "0"})
+    assert code == 400 and "body is empty" in reply["error"]
+    code, reply = _raw(url, "POST", "/v1/topk", b"{}", headers={"Content-Length": str(200 * 1024 * 1024)})
+    assert code == 413 and "more than the limit" in reply["error"]
+    assert _raw(url, "POST", "/v1/other", b"{}")[0] == 404
+    assert _raw(url, "GET", "/v2/info")[0] == 404
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise RuntimeError("device lost")
+
+    server.batcher.teacher = broken
+    code, reply = _post(url, {"input_ids": [[1, 2]]})
+    assert code == 500 and "RuntimeError: device lost" in reply["error"] and calls
+    server.batcher.teacher = teacher
+    assert _post(url, {"input_ids": [[1, 2]]})[0] == 200
+
+
+def test_bearer_token(monkeypatch):
+    from torch import nn
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(DistillError, match="needs a bearer token"):
+        make_server(Teacher(nn.Linear(2, 2)), "0.0.0.0", 0, allow_remote=True)
+    with pytest.raises(DistillError, match="at least 16 characters"):
+        make_server(Teacher(nn.Linear(2, 2)), "127.0.0.1", 0, token="short")
+    secret = "s3cret-token-of-some-length"
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    server = make_server(Teacher(model), "127.0.0.1", 0, max_k=4, token=secret)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.delenv("DISTILL_SERVE_TOKEN", raising=False)
+        with pytest.raises(DistillError, match="401 this server needs a bearer token"):
+            RemoteTeacher(url, timeout=30)
+        with pytest.raises(DistillError, match="401"):
+            RemoteTeacher(url, timeout=30, token=secret + "x")
+        code, _ = _post(url, {"input_ids": [[1, 2]]}, headers={"Authorization": "Bearer nope"})
+        assert code == 401
+        ok = RemoteTeacher(url, timeout=30, token=secret)
+        assert ok.topk(torch.tensor([[1, 2, 3]]), k=4).indices.shape == (1, 3, 4)
+        monkeypatch.setenv("DISTILL_SERVE_TOKEN", secret)  # what a recipe's run uses: no secret in the recipe
+        assert RemoteTeacher(url, timeout=30).fingerprint() == ok.fingerprint()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_batched_forward_equals_each_request_alone(hard_served):
+    """Requests of different lengths, masks and row counts run as one right-padded forward, and
+    each gets the same top-k as when it runs alone."""
+    from distill.serve import _Job
+
+    teacher, server, _ = hard_served
+    g = torch.Generator().manual_seed(3)
+    jobs = []
+    for rows, t in [(1, 5), (2, 11), (1, 3), (3, 8)]:
+        ids = torch.randint(0, 50, (rows, t), generator=g)
+        mask = None
+        if rows == 2:
+            mask = torch.ones(rows, t, dtype=torch.long)
+            mask[1, :4] = 0  # a left-padded row in the client's own request
+            mask = mask.tolist()
+        jobs.append(_Job(ids.tolist(), mask, 6, 1.5))
+    server.batcher._run(jobs, 11)
+    for j in jobs:
+        assert j.error is None
+        m = torch.tensor(j.mask) if j.mask is not None else None
+        alone, tail = topk_logprobs(teacher, torch.tensor(j.ids), m, 6, 1.5, with_tail=True)
+        got_i, got_lp, got_tail = (torch.tensor(x) for x in j.result)
+        assert got_i.shape == (len(j.ids), len(j.ids[0]), 6)
+        assert torch.equal(got_i, alone.indices)
+        torch.testing.assert_close(got_lp, alone.logprobs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(got_tail, tail, rtol=0, atol=1e-5)
+
+
+def test_sixteen_concurrent_clients_get_their_own_replies(hard_served):
+    """16 clients, 4 requests each, mixed lengths, k and temperatures: no reply lost, duplicated
+    or mixed up, each equal (within float rounding of the batched forward) to a single-client run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    teacher, server, url = hard_served
+
+    def client(c):
+        remote = RemoteTeacher(url, timeout=60)
+        g = torch.Generator().manual_seed(100 + c)
+        out = []
+        for r in range(4):
+            ids = torch.randint(0, 50, (1 + (c + r) % 2, 3 + (5 * c + r) % 17), generator=g)
+            k, temp = (4, 1.0) if c % 3 else (8, 2.0)
+            got, tail = remote.topk(ids, k=k, temperature=temp, with_tail=True)
+            out.append((ids, k, temp, got, tail))
+        return out
+
+    before = server.batcher.forwards
+    with ThreadPoolExecutor(16) as pool:
+        results = [r for rs in pool.map(client, range(16)) for r in rs]
+    assert len(results) == 64
+    for ids, k, temp, got, tail in results:
+        alone, alone_tail = topk_logprobs(teacher, ids, None, k, temp, with_tail=True)
+        assert torch.equal(got.indices, alone.indices)
+        torch.testing.assert_close(got.logprobs, alone.logprobs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(tail, alone_tail, rtol=0, atol=1e-5)
+    assert 1 <= server.batcher.forwards - before <= 64
