@@ -41,7 +41,8 @@ def run(
 
 @app.command("eval")
 def eval_(
-    synthetic_set: str = typer.Argument(..., help="a synthetic set, e.g. runs/NAME/synthetic/dm_set0.safetensors"),
+    synthetic_set: str = typer.Argument(..., help="a synthetic set, e.g. runs/NAME/synthetic/dm_set0.safetensors, "
+                                        "or an encoder model folder (sentence-transformers, model2vec, runs/NAME)"),
     data: Optional[str] = typer.Option(None, "--data", help="data set to test on (default: the one in the set's header)"),
     data_param: Optional[List[str]] = typer.Option(None, "--data-param",
                                                    help="KEY=VALUE for the data set's params, e.g. size=16 (repeatable)"),
@@ -51,12 +52,45 @@ def eval_(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[str] = typer.Option(None, "--json", help="also write the result and its card to this file"),
+    sts: Optional[List[str]] = typer.Option(None, "--sts", help="encoder: sentence pairs with human scores "
+                                            "(.tsv/.csv/.jsonl; repeatable)"),
+    retrieval: Optional[List[str]] = typer.Option(None, "--retrieval", help="encoder: a BEIR folder (corpus.jsonl, "
+                                                  "queries.jsonl, qrels/SPLIT.tsv; repeatable)"),
+    mteb_task: Optional[List[str]] = typer.Option(None, "--mteb", help="encoder: an MTEB task run by mteb, e.g. "
+                                                  "STSBenchmark (needs mteb and its data cached; repeatable)"),
+    split: str = typer.Option("test", "--split", help="encoder: the qrels split / the rows of an STS file's "
+                              "split column"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="encoder: texts per encode call"),
 ) -> None:
     """Evaluate a synthetic set (data-set distillation) under the fixed protocol: train fresh
-    networks on it alone and report test accuracy, mean +- std, with the protocol card."""
+    networks on it alone and report test accuracy, mean +- std, with the protocol card.
+    Given an encoder model folder, score it against human judgements instead: --sts (Spearman of
+    cosine vs human score), --retrieval (nDCG@10, MRR@10, Recall@100), --mteb (mteb's runner); x100."""
     import json
 
     from distill.errors import DistillError
+
+    if os.path.isdir(synthetic_set):  # an encoder model: human judgements
+        if not (sts or retrieval or mteb_task):
+            fail(f"{synthetic_set} is a folder: to evaluate an encoder, name what to evaluate it on: --sts FILE (pairs "
+                 "with human scores), --retrieval DIR (a BEIR folder), --mteb TASK (needs mteb); each is repeatable.")
+        from rich.console import Console
+
+        from distill.families.encoder.judgements import evaluate_folder, results_table
+        from distill.utils import atomic_write_text
+
+        try:
+            res = evaluate_folder(synthetic_set, sts or [], retrieval or [], mteb_task or [], batch_size=batch_size,
+                                  split=split, log=lambda m: typer.echo(m, err=True))
+        except DistillError as e:
+            fail(str(e))
+        Console().print(results_table(res))
+        if json_out:
+            atomic_write_text(json_out, json.dumps(res, indent=2))
+        return
+    if sts or retrieval or mteb_task:
+        fail(f"{synthetic_set!r} is not a folder: --sts, --retrieval and --mteb evaluate an encoder model folder "
+             "(sentence-transformers, model2vec, or a `distill run` folder).")
     from distill.families.dataset.runner import evaluate_file
     from distill.utils import atomic_write_text
 

@@ -104,6 +104,10 @@ class EncoderEvalConfig(Strict):
     top_k: int = Field(10, ge=1)
     throughput_sentences: int = Field(256, ge=1)
     at_init: bool = Field(True, description="also evaluate each student before training")
+    sts: list[str] = Field(default_factory=list, description="files of sentence pairs with human scores (.tsv/.csv/"
+                           ".jsonl, `judgements.load_sts`): Spearman x100 of teacher and students, after training")
+    retrieval: list[str] = Field(default_factory=list, description="BEIR folders (corpus.jsonl, queries.jsonl, "
+                                 "qrels/test.tsv): nDCG@10 x100 of teacher and students, after training")
 
 
 @register_config("encoder")
@@ -167,6 +171,10 @@ class EncoderRunConfig(RunConfig):
         for i, p in enumerate(self.data.paths):
             if not Path(expand(p)).exists():  # type: ignore[arg-type]
                 raise ConfigError(f"data.paths.{i}: {expand(p)!r} does not exist.")
+        for key in ("sts", "retrieval"):
+            for i, p in enumerate(getattr(self.eval, key)):
+                if not Path(expand(p)).exists():  # type: ignore[arg-type]
+                    raise ConfigError(f"eval.{key}.{i}: {expand(p)!r} does not exist.")
 
 
 def _check_source(path: str, what: str) -> None:

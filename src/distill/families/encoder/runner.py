@@ -21,6 +21,7 @@ from distill.families.encoder.config import EncoderDataConfig, EncoderMethodConf
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
 from distill.families.encoder.evaluate import agreement, encode, throughput
 from distill.families.encoder.export import save_encoder, save_model2vec
+from distill.families.encoder.judgements import judge, load_sets
 from distill.families.encoder.students import build_student, count_parameters
 from distill.families.encoder.loading import load_encoder_source, load_tokenizer
 from distill.families.encoder.sources import added_special_ids
@@ -72,6 +73,8 @@ class Context:
             + (f"; task: {len(self.task.classes)} classes, {len(self.task.train_rows)} train ({self.task.labeled} "
                f"labelled) / {len(self.task.test_rows)} test" if self.task else ""))
         self.e_t = encode(self.teacher_model, self.held_rows, self.pad_id, cfg.data.eval_batch_size, self.device)
+        self.judged = load_sets([expand(p) for p in cfg.eval.sts],  # type: ignore[misc]  # human judgements
+                                [expand(p) for p in cfg.eval.retrieval])  # type: ignore[misc]
         self.vocab: VocabTable | None = None
 
     def check_layers(self) -> None:
@@ -122,6 +125,9 @@ class Context:
         if self.task is not None:
             m["accuracy"] = accuracy(predict_logits(model, self.task.test_rows, self.pad_id, d.eval_batch_size,
                                                     self.device), self.task.test_labels)
+        if timing and self.judged:  # final evaluations only (not at init or between stages)
+            m.update(judge(lambda texts: encode(model, tokenize(self.tok, texts, d.max_length), self.pad_id,
+                                                d.eval_batch_size, self.device), self.judged))
         if timing:
             m["sentences_per_s"] = throughput(model, self.held_rows[: cfg.eval.throughput_sentences], self.pad_id,
                                               d.eval_batch_size, self.device)
@@ -171,7 +177,8 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
             save_student(student, out, ctx, m)
         log(f"student {label}: " + (f"accuracy {m['accuracy']:.3f}, " if "accuracy" in m else "")
             + f"spearman {m['spearman']:.3f} (init {init.get('spearman', float('nan')):.3f}), "
-            f"top{k} {m[f'top{k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput")
+            f"top{k} {m[f'top{k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput"
+            + "".join(f", {key} {m[key]:.2f} (teacher {t_metrics[key]:.2f})" for key in ctx.judged))
 
     if cfg.stages:
         m = run_stages(ctx, run_dir, metrics_path, fit, save_student)
@@ -196,13 +203,16 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
 
 def report(cfg: EncoderRunConfig, results: dict[str, Any]) -> str:
     k = cfg.eval.top_k
-    cols = ["params", "size_mb", "spearman", "init_spearman", f"top{k}_overlap", "sentences_per_s", "speedup"]
+    cols = ["params", "size_mb", "spearman", "init_spearman", f"top{k}_overlap", "sentences_per_s", "speedup",
+            *(c for c in results["teacher"] if c.startswith(("sts:", "ndcg@10:")))]
     if "task" in results:
         cols = ["accuracy", "init_accuracy", *cols]
     lines = [f"# {cfg.name}: encoder distillation", "",
              f"Teacher `{cfg.teacher.path}`, student `{cfg.student.kind}` ({cfg.student.num_layers} layers, init "
              f"{cfg.student.init}); {results['data']['train']} train / {results['data']['held_out']} held-out sentences. "
-             "Spearman: student vs teacher cosine similarities on held-out pairs; overlap: shared top-k neighbours.", "",
+             "Spearman: student vs teacher cosine similarities on held-out pairs; overlap: shared top-k neighbours."
+             + (" Against human judgements (x100): `sts:NAME`, Spearman of cosine vs human score; `ndcg@10:NAME`, "
+                "nDCG@10 of cosine retrieval." if any(c.startswith(("sts:", "ndcg@10:")) for c in cols) else ""), "",
              "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in [("teacher", results["teacher"]), *results["students"].items()]:
         cells = [f"{m[c]:,}" if c == "params" else (f"{m[c]:.3f}" if c in m else "-") for c in cols]
