@@ -21,7 +21,8 @@ from distill.config import RunConfig, load_config
 from distill.errors import ConfigError
 from distill.utils import atomic_write_text
 
-_VOLATILE = ("progress", "tensorboard")  # engine settings that may differ on resume
+# engine settings that may differ on resume
+_VOLATILE = ("progress", "tensorboard", "trackers", "tracker_project", "tracker_init")
 
 
 def _comparable(cfg: RunConfig) -> dict:
@@ -78,6 +79,7 @@ def run(recipe: str | os.PathLike | dict, overrides: Sequence[str] = (), *, resu
     else:
         run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_comparable(cfg), sort_keys=False))
+    cfg.engine._run_info = {"project": cfg.name, "group": run_dir.name, "config": _comparable(cfg)}
     log = log or (_console_log if is_main() else (lambda m: None))
     log(f"run folder: {run_dir}")
     try:

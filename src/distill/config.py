@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from distill.errors import ConfigError, did_you_mean
 
@@ -94,7 +94,16 @@ class EngineConfig(Strict):
         "skip", description="skip: a step whose loss is NaN/Inf is skipped and logged (one device sync per step); "
         "raise: checked at log steps only, and the run stops")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many consecutive skipped steps")
-    tensorboard: bool = False
+    tensorboard: bool = Field(False, description="TensorBoard scalars under each phase's folder (the same as "
+                              "adding tensorboard to trackers)")
+    trackers: list[str] = Field(default_factory=list, description="experiment trackers, through accelerate's: "
+                                "tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio "
+                                "(or a name registered with accelerate.tracking.register_tracker_class); one "
+                                "tracker run per phase (the teacher, each method)")
+    tracker_project: str | None = Field(None, description="the trackers' project / experiment name (default: "
+                                        "the recipe's name)")
+    tracker_init: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="keyword arguments per tracker, e.g. {wandb: {entity: my-team}}")
     progress: bool = True
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with several processes: ddp replicates the trained module on each process; fsdp "
@@ -106,6 +115,21 @@ class EngineConfig(Strict):
                               "checkpointed; the phase ends with the averaged weights (evaluations during the "
                               "phase see the raw ones)")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, eager, ...)")
+    _run_info: dict[str, Any] | None = PrivateAttr(None)  # the run's name, folder and recipe, for the trackers
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        if names:
+            from distill.engine.tracking import known_trackers
+
+            from distill.errors import did_you_mean
+
+            known = known_trackers()
+            for n in names:
+                if n not in known:
+                    raise ValueError(f"unknown tracker {n!r}.{did_you_mean(n, known)} Allowed: {', '.join(known)}")
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _ema_without_fsdp(self):

@@ -334,8 +334,9 @@ class Engine(ShardingMixin, CheckpointMixin, MetricsMixin):
         self._stop_progress()
         if getattr(self, "_ema", None) is not None:  # the phase ends with the averaged weights
             self._ema_net.load_state_dict(self._ema.module.state_dict())
-        if self._tb is not None:
-            self._tb.close()
+        if self._tb is not None:  # the phase's tracker runs
+            self._tb.finish()
+            self._tb = None
         if self.fsdp:  # the trained module and the teachers leave the phase whole, on every process
             self._unshard()
         self.accelerator.wait_for_everyone()

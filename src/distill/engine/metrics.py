@@ -1,4 +1,4 @@
-"""What a phase reports: metrics.jsonl lines, TensorBoard scalars, the progress bar, and the
+"""What a phase reports: metrics.jsonl lines, experiment trackers (engine/tracking.py), the progress bar, and the
 evaluation schedule and history."""
 from __future__ import annotations
 
@@ -36,16 +36,18 @@ class MetricsMixin:
             self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self._metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if self.cfg.tensorboard and self.out_dir is not None:
+        names = list(dict.fromkeys([*(["tensorboard"] if self.cfg.tensorboard else []), *self.cfg.trackers]))
+        if names:
             if self._tb is None:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError as e:
-                    raise DistillError("engine.tensorboard=true needs `pip install distill[tensorboard]`") from e
-                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"{self.name}/{k}", v, self.step_count)
+                from distill.engine.tracking import Trackers
+
+                info = getattr(self.cfg, "_run_info", None) or {}
+                group = info.get("group") or (self.out_dir.parent.name if self.out_dir is not None else "run")
+                self._tb = Trackers(names, project=self.cfg.tracker_project or info.get("project") or group,
+                                    phase=self.name, group=group, out_dir=self.out_dir,
+                                    config=info.get("config") or {"engine": self.cfg.model_dump(mode="json")},
+                                    init_kwargs=self.cfg.tracker_init)
+            self._tb.log(values, self.step_count)
 
     def _start_progress(self, total: int) -> None:
         from distill.utils import ProgressBar
