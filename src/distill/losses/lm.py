@@ -57,8 +57,8 @@ def head_logits(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitM
 def _div_chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None,
                kind: Kind, temperature: float, beta: float, alpha: float, top_k: int | None,
                fs: LogitMap | None, ft: LogitMap | None) -> Tensor:
-    with torch.no_grad():
-        zt = head_logits(ht, wt, bt, ft)
+    with torch.no_grad():  # a teacher placed by a device_map may hold its head on another device
+        zt = head_logits(ht.to(wt.device), wt, bt, ft).to(hs.device)
     zs, zt = _align_vocab(head_logits(hs, ws, bs, fs), zt)
     return _per_position(zs, zt, kind, temperature, beta, alpha, top_k)
 
@@ -180,7 +180,7 @@ def hidden_token_logprobs(hidden: Tensor, head: Tensor, tokens: Tensor, *, bias:
 def _paired_chunk(fn, hs: Tensor, ws: Tensor, bs: Tensor | None, fs: LogitMap | None, vs: int | None,
                   ht: Tensor, wt: Tensor, bt: Tensor | None, ft: LogitMap | None, vt: int | None) -> Tensor:
     with torch.no_grad():
-        zt = head_logits(ht, wt, bt, ft)[..., :vt].float()
+        zt = head_logits(ht.to(wt.device), wt, bt, ft)[..., :vt].float().to(hs.device)
     return fn(head_logits(hs, ws, bs, fs)[..., :vs].float(), zt)
 
 

@@ -78,8 +78,8 @@ class LMMethod(nn.Module):
 
     def teacher_hidden(self, batch: dict[str, Any]) -> torch.Tensor:
         assert self._teacher is not None
-        with torch.no_grad():
-            return hidden_states(self._teacher.module, batch)  # (B, T, Dt)
+        with torch.no_grad():  # a teacher placed by a device_map ends where its last layer is: back to the batch's
+            return hidden_states(self._teacher.module, batch).to(batch["input_ids"].device)  # (B, T, Dt)
 
     def ce_sum(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         w, b, f = output_head(self.student)

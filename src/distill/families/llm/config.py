@@ -14,6 +14,8 @@ from distill.config import check_methods, Component, MethodConfig, register_conf
 from distill.errors import ConfigError
 from distill.utils import assets_dir, expand  # noqa: F401  (recipes' $DISTILL_ASSETS paths)
 
+DType = Literal["fp32", "bf16", "fp16"]
+
 
 class LMTeacherConfig(Strict):
     """The teacher: a model loaded here (`path`), a served one (`url`), or both.
@@ -30,10 +32,37 @@ class LMTeacherConfig(Strict):
                                                     "with only `url`, a local tokenizer to use instead of the served one")
     cache_top_k: int | None = Field(None, ge=1, description="cache the teacher's top-k log-probs per target token on "
                                                            "disk; methods that can (token_kd) read it instead of the teacher")
+    cache_format: Literal["exact", "compressed"] = Field(
+        "exact", description="exact: int32 ids, fp16 log-probs (6 k + 4 bytes/token); compressed: the tokens with "
+                             "p >= cache_min_prob among the top cache_top_k, sqrt-domain codes of cache_bits bits, "
+                             "deflated (docs/benchmarks/llm_cache_codecs.md)")
+    cache_min_prob: float = Field(1e-5, ge=0, lt=1, description="compressed cache: the least probability kept "
+                                                               "(the rest join the exact tail mass)")
+    cache_bits: int = Field(8, ge=2, le=16, description="compressed cache: bits per kept probability")
     url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd) take "
                                               "their targets from it instead of running the teacher here; without "
                                               "`path`, the tokenizer comes from it too")
     served_top_k: int = Field(64, ge=1, description="k asked of the served teacher")
+    dtype: DType = Field("fp32", description="weights and compute of the teacher; the losses upcast its logits to "
+                                             "fp32")
+    device_map: str | dict[str, int | str] | None = Field(
+        None, description="passed to `from_pretrained` (accelerate big-model loading: `auto`, `cpu`, or a "
+                          "module -> device map); the teacher is then left where it was placed")
+    offload_folder: str | None = Field(None, description="with device_map: where weights that fit on no device go")
+    student_base: bool = Field(False, description="the teacher is the student's own base model (student.path) "
+                                                  "with its LoRA adapter left out: one copy of the weights in memory")
+
+
+class LMLoraConfig(Strict):
+    """A LoRA adapter on the student (peft): only the adapter trains, the base stays frozen."""
+    r: int = Field(8, ge=1, description="rank of the adapter")
+    alpha: float = Field(16.0, gt=0, description="scale numerator: the update is alpha / r * B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | str | None = Field(
+        None, description="module names (or a regex) that get an adapter; default: peft's choice for the "
+                          "architecture (the attention projections)")
+    merge: bool = Field(False, description="also save the base with the adapter merged in (`merged/`, a plain "
+                                           "transformers folder)")
 
 
 class LMStudentConfig(Strict):
@@ -48,6 +77,9 @@ class LMStudentConfig(Strict):
     pad_vocab_to: int = Field(1, ge=1, description="round the vocabulary up (padded rows are masked in losses)")
     tokenizer: str | None = Field(None, description="the student's own tokenizer: `byte`, or a tokenizer folder "
                                                     "(default: the teacher's; cross-tokenizer methods align the two)")
+    dtype: DType = Field("fp32", description="weights of the student; bf16/fp16 only with `lora` (the adapter "
+                                             "trains in fp32); for mixed precision use engine.precision")
+    lora: LMLoraConfig | None = Field(None, description="train a LoRA adapter instead of the whole student")
 
 
 class LMDataConfig(Strict):
@@ -107,10 +139,12 @@ class LLMRunConfig(RunConfig):
                 raise ConfigError(f"methods.{i}.name: {m.name!r} needs the teacher's tokenizer, but student.tokenizer="
                                   f"{self.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
         t = self.teacher
-        if not t.path and not t.url:
+        self._check_precision_and_lora()
+        if not t.path and not t.url and not t.student_base:
             raise ConfigError("teacher.path: required (a transformers folder, hub id or llama2.c .bin), unless "
-                              "teacher.url names a served teacher (`distill serve-teacher`).")
-        if not t.path:
+                              "teacher.url names a served teacher (`distill serve-teacher`) or teacher.student_base "
+                              "makes the student's base model the teacher.")
+        if not t.path and not t.student_base:
             self._check_served_only()
         if self.data.source != "teacher" and not self.data.path:
             raise ConfigError(f"data.path: required for data.source={self.data.source!r}.")
@@ -118,6 +152,52 @@ class LLMRunConfig(RunConfig):
                          ("data.ood_path", self.data.ood_path)):
             if p and self.data.source != "hf" and not Path(expand(p)).exists():  # type: ignore[arg-type]
                 raise ConfigError(f"{where}: {expand(p)!r} does not exist.")
+
+    def _check_precision_and_lora(self) -> None:
+        """Half-precision students, LoRA, big-model loading and the teacher-as-student-base mode."""
+        t, s, strategy = self.teacher, self.student, self.engine.strategy
+        if s.dtype != "fp32" and s.lora is None:
+            raise ConfigError(f"student.dtype: {s.dtype} weights would be updated in {s.dtype} (no fp32 master "
+                              "copy), which loses small updates; keep student.dtype=fp32 and set "
+                              f"engine.precision={s.dtype} (fp32 weights, {s.dtype} compute), or add student.lora "
+                              f"(the base stays {s.dtype}, the adapter trains in fp32).")
+        if s.lora is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("peft") is None:
+                raise ConfigError("student.lora: LoRA students need peft, which is not installed; "
+                                  "`pip install peft` (or `pip install distill[llm]`).")
+        if s.lora is not None and strategy == "fsdp":
+            raise ConfigError("student.lora: not supported with engine.strategy=fsdp yet; use engine.strategy=ddp "
+                              "(the adapter's gradients are all that is reduced).")
+        if t.offload_folder and t.device_map is None:
+            raise ConfigError("teacher.offload_folder: only used with teacher.device_map (e.g. `auto`); set it or "
+                              "remove offload_folder.")
+        if t.device_map is not None and strategy == "fsdp":
+            raise ConfigError("teacher.device_map: engine.strategy=fsdp shards the teacher itself; remove "
+                              "teacher.device_map or use engine.strategy=ddp.")
+        if not t.student_base:
+            return
+        if s.lora is None:
+            raise ConfigError("teacher.student_base: the teacher is the student's base with its adapter left out, "
+                              "and a fully trained student has no frozen base; add student.lora, or give "
+                              "teacher.path instead.")
+        if not s.path:
+            raise ConfigError("teacher.student_base: the teacher is the pretrained model the student starts from; "
+                              "give it as student.path.")
+        for key in ("path", "url", "device_map"):
+            if getattr(t, key) is not None:
+                raise ConfigError(f"teacher.{key}: not used with teacher.student_base (the teacher is student.path "
+                                  "in this process, on the student's device); remove one of the two.")
+        if "dtype" in t.model_fields_set and t.dtype != s.dtype:
+            raise ConfigError(f"teacher.dtype: {t.dtype}, but with teacher.student_base the teacher is the "
+                              f"student's base, whose weights are student.dtype={s.dtype}; remove teacher.dtype.")
+        if s.tokenizer:
+            raise ConfigError("student.tokenizer: with teacher.student_base the student and the teacher are one "
+                              "model with one tokenizer; remove student.tokenizer.")
+        if strategy == "fsdp":
+            raise ConfigError("teacher.student_base: not with engine.strategy=fsdp (the teacher's weights are the "
+                              "student's); use engine.strategy=ddp.")
 
     def _check_served_only(self) -> None:
         """Only `teacher.url`: refuse what needs the teacher model in this process, saying how to fix it."""

@@ -52,12 +52,23 @@ def load_tokenizer(source: str, what: str = "tokenizer"):
     return tok
 
 
-def load_causal_lm(source: str, what: str = "teacher.path") -> nn.Module:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_causal_lm(source: str, what: str = "teacher.path", *, dtype: str = "fp32",
+                   device_map: str | dict[str, Any] | None = None, offload_folder: str | None = None) -> nn.Module:
+    """A transformers causal LM with weights in `dtype` (fp32, bf16, fp16). With `device_map`
+    (accelerate big-model loading) the weights are placed, or offloaded to `offload_folder`, as it says."""
     from transformers import AutoModelForCausalLM
 
     local = Path(source).is_dir()
+    kw: dict[str, Any] = {"local_files_only": local, "dtype": DTYPES[dtype]}
+    if device_map is not None:
+        kw["device_map"] = device_map
+        if offload_folder is not None:
+            kw["offload_folder"] = offload_folder
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, **kw)
     except Exception as e:
         if local:
             raise ConfigError(f"{what}: cannot load a causal LM from {source!r}: {e}") from None
@@ -160,4 +171,11 @@ def hidden_states(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Final hidden states (B, T, D) (after the final norm) of a transformers causal LM."""
     from distill.families.llm.data import model_inputs
 
-    return model.base_model(**model_inputs(batch)).last_hidden_state
+    return body_of(model)(**model_inputs(batch)).last_hidden_state
+
+
+def body_of(model: nn.Module) -> nn.Module:
+    """The transformer under the LM head (`model.base_model`), also for a peft-wrapped model, whose
+    own `base_model` is the tuner around the whole causal LM."""
+    get_base = getattr(model, "get_base_model", None)  # peft's PeftModel
+    return (get_base() if callable(get_base) else model).base_model

@@ -2,7 +2,8 @@
 served one (`teacher.url` without `teacher.path`: tokenizer and targets from the server, nothing
 of the teacher loaded here), build the data, then one student per method from the same
 initialisation, each evaluated on held-out and out-of-domain text; summary.json and report.md in
-the run folder.
+the run folder. Teacher and student weights are in `dtype`; with `student.lora` each student is a
+peft adapter on a frozen base, and `teacher.student_base` makes that base the teacher (`lora.py`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from distill.engine import Engine
 from distill.errors import ConfigError
@@ -20,7 +22,9 @@ from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
 from distill.families.llm.data import (Example, LMLoader, check_packing, prompt_response_examples, read_hf_dataset,
                                        read_jsonl, read_texts, rows_of, text_examples)
 from distill.families.llm.evaluate import generate_text, lm_metrics
-from distill.families.llm.models import (build_student, count_parameters, load_causal_lm, load_tokenizer,
+from distill.families.llm.lora import (BaseTeacher, adapter_parameters, load_adapter, save_adapter, student_base_of,
+                                       wrap_lora)
+from distill.families.llm.models import (DTYPES, build_student, count_parameters, load_causal_lm, load_tokenizer,
                                          resolve_source)
 from distill.registry import methods, register_runner
 from distill.dist import barrier, is_main, main_first
@@ -29,13 +33,64 @@ from distill.utils import atomic_write_text, hash_json, seed_everything
 
 
 def load_teacher(cfg: LLMRunConfig, device) -> tuple[Teacher, Any, str]:
-    """(frozen teacher, tokenizer, resolved source)."""
-    tok_src = expand(cfg.teacher.tokenizer)
-    src = resolve_source(expand(cfg.teacher.path), tok_src, Path(cfg.cache_dir))  # type: ignore[arg-type]
+    """(frozen teacher, tokenizer, resolved source). With `teacher.device_map` the model stays where
+    accelerate placed it; with `teacher.student_base` it is a `BaseTeacher` over the students' base."""
+    t = cfg.teacher
+    tok_src = expand(t.tokenizer)
+    path = cfg.student.path if t.student_base else t.path
+    src = resolve_source(expand(path), tok_src, Path(cfg.cache_dir))  # type: ignore[arg-type]
     if tok_src is None or Path(tok_src).suffix == ".model":
         tok_src = src
     tok = load_tokenizer(tok_src, "teacher.tokenizer")
-    return Teacher(load_causal_lm(src).to(device)), tok, src
+    if t.student_base:
+        base = load_causal_lm(src, "student.path", dtype=cfg.student.dtype).to(device)
+        return BaseTeacher(base), tok, src
+    if t.device_map is not None:
+        from distill.dist import world_size
+
+        if world_size() > 1:
+            raise ConfigError("teacher.device_map: every process would place its own copy of the teacher across "
+                              "the devices; with several processes remove device_map (each process holds the "
+                              "teacher on its own device).")
+        model = load_causal_lm(src, dtype=t.dtype, device_map=t.device_map, offload_folder=expand(t.offload_folder))
+        return Teacher(model), tok, src
+    return Teacher(load_causal_lm(src, dtype=t.dtype).to(device)), tok, src
+
+
+def student_source(cfg: LLMRunConfig) -> str | None:
+    """student.path, a llama2.c checkpoint converted (once, into the cache)."""
+    s = cfg.student
+    if not s.path:
+        return None
+    tok = s.tokenizer if s.tokenizer and s.tokenizer != "byte" else cfg.teacher.tokenizer
+    return str(Path(resolve_source(expand(s.path), expand(tok), Path(cfg.cache_dir))).resolve())  # type: ignore[arg-type]
+
+
+def make_student(cfg: LLMRunConfig, s_tok, device, teacher: Teacher | None, out: Path | None = None,
+                 save_base: Path | None = None) -> nn.Module:
+    """A fresh student for one method: loaded from student.path or built from the sizes, in
+    student.dtype; with student.lora, wrapped with a new adapter (on the teacher's base under
+    teacher.student_base). With `out` (a student folder written by an earlier run), its saved
+    adapter instead of a new one. `save_base`: where a freshly built base is saved (before the
+    adapter is added), since the adapter is of no use without it."""
+    s = cfg.student
+    base = student_base_of(teacher)
+    if base is None:
+        if s.path:
+            base = load_causal_lm(student_source(cfg), "student.path", dtype=s.dtype)  # type: ignore[arg-type]
+        elif out is not None and s.lora is not None:
+            base = load_causal_lm(str(out / "base"), "student", dtype=s.dtype)
+        else:
+            base = build_student(s.arch, len(s_tok), s_tok.bos_token_id, s_tok.eos_token_id, hidden_size=s.hidden_size,
+                                 num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
+                                 intermediate_size=s.intermediate_size, max_positions=max(cfg.data.seq_len, 64) * 2,
+                                 tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to).to(DTYPES[s.dtype])
+            if save_base is not None and s.lora is not None:
+                base.save_pretrained(save_base)
+        base.to(device)
+    if s.lora is None:
+        return base
+    return load_adapter(base, out) if out is not None else wrap_lora(base, s.lora)
 
 
 def teacher_samples(teacher: Teacher, tok, n: int, tokens: int, temperature: float, seed: int, device,
@@ -134,7 +189,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
     teacher: Teacher | None = None
     served = None  # the served teacher, when the recipe gives only teacher.url
     with main_first():  # the main process converts / samples into the cache, the others read it
-        if cfg.teacher.path:
+        if cfg.teacher.path or cfg.teacher.student_base:
             teacher, tok, src = load_teacher(cfg, device)
             log(f"teacher: {src} ({count_parameters(teacher.module):,} parameters, vocab {len(tok)})")
         else:
@@ -183,21 +238,15 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             raise ConfigError(f"methods: {mcfg.name!r} needs the teacher's tokenizer, but student.tokenizer="
                               f"{cfg.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
         barrier()
+        lora = cfg.student.lora
         if done.is_file():
             log(f"student {label}: already trained (resumed run), reusing {out}")
-            student = load_causal_lm(str(out), "student").to(device)
+            student = (make_student(cfg, s_tok, device, teacher, out) if lora is not None
+                       else load_causal_lm(str(out), "student").to(device))
         else:
             log(f"student {label}: training with {mcfg.name}")
             seed_everything(cfg.seed)  # every method starts from the same student initialisation
-            s = cfg.student
-            if s.path:
-                student = load_causal_lm(expand(s.path), "student.path")  # type: ignore[arg-type]
-            else:
-                student = build_student(s.arch, len(s_tok), s_tok.bos_token_id, s_tok.eos_token_id, hidden_size=s.hidden_size,
-                                        num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
-                                        intermediate_size=s.intermediate_size, max_positions=max(cfg.data.seq_len, 64) * 2,
-                                        tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to)
-            student.to(device)
+            student = make_student(cfg, s_tok, device, teacher, save_base=out / "base" if is_main() else None)
             method: LMMethod = entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
             method.pad_id, method.eos_id = s_tok.pad_token_id, s_tok.eos_token_id
             method.set_tokenizers(tok, s_tok)
@@ -220,13 +269,22 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 attach_cache(method, cfg, teacher, tok, examples, device, log)
             engine = train_student(method, examples, cfg, mcfg, s_tok.pad_token_id, out, metrics_path, label)
             if is_main():
-                student.save_pretrained(out)
-                s_tok.save_pretrained(out)
+                if lora is not None:  # adapter_config.json + adapter_model.safetensors (+ merged/)
+                    save_adapter(student, s_tok, out, merge=lora.merge,
+                                 base_path=student_source(cfg) or str((out / "base").resolve()))
+                else:
+                    student.save_pretrained(out)
+                    s_tok.save_pretrained(out)
                 atomic_write_text(done, json.dumps({"method": mcfg.name, "params": mcfg.params,
-                                                    "steps": engine.step_count, "last_terms": engine.last_terms}))
+                                                    "steps": engine.step_count, "last_terms": engine.last_terms,
+                                                    "lora": lora is not None}))
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
         m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None, served_top1)
         m["method"] = mcfg.name
+        if lora is not None:
+            m["adapter_params"] = adapter_parameters(student)
+            if student_base_of(teacher) is not None:
+                student.unload()  # the shared base, without this method's adapter, for the next one
         results["students"][label] = m
         # no agreement for a student with its own tokenizer (its tokens are not the teacher's): "-"
         agreement = f"{m['teacher_agreement']:.3f}" if "teacher_agreement" in m else "-"
@@ -250,7 +308,8 @@ def report(cfg: LLMRunConfig, results: dict[str, Any]) -> str:
         who = (f"Teacher served at `{t['source']}` (fingerprint `{t['fingerprint'][:12]}`): {t['note']}; "
                "the students' teacher agreement is with its served top-1")
     else:
-        who = f"Teacher `{cfg.teacher.path}`"
+        who = (f"Teacher `{cfg.teacher.path}`" if not cfg.teacher.student_base
+               else f"Teacher: the students' base `{cfg.student.path}` (adapter left out)")
     lines = [f"# {cfg.name}: language-model distillation", "",
              f"{who}; data source `{cfg.data.source}` "
              f"({results['data']['train']} train / {results['data']['held_out']} held-out examples). "
