@@ -209,6 +209,7 @@ def sparse_divergence(
     beta: float = 0.5,
     alpha: float = 0.1,
     teacher_log_tail: Tensor | None = None,
+    teacher_valid: Tensor | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
     """Divergence against a teacher known only on its top-k bins (e.g. read from a cache).
@@ -217,18 +218,21 @@ def sparse_divergence(
     log-probs at `temperature` (normalised over the full vocabulary). The teacher's remaining
     mass and the student's mass outside those k indices form one tail bucket each.
     teacher_log_tail: (...) the teacher's exact log tail mass, when known (else 1 - sum of the bins).
+    teacher_valid: (..., k) bool, the bins that exist (records with fewer than k tokens at some
+    positions pad the rest; a padded bin holds no mass on either side and joins no tail).
     """
     lp_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     bins_s = lp_s.gather(-1, teacher_indices.long())
     bins_t = teacher_logprobs.float()
-    valid = torch.ones_like(bins_s, dtype=torch.bool)
+    valid = torch.ones_like(bins_s, dtype=torch.bool) if teacher_valid is None else teacher_valid.bool()
     lp_s_b = torch.cat([bins_s, _log_tail(bins_s, valid)], -1)
     if teacher_log_tail is None:
         tail_t = _log_tail(bins_t, valid)
     else:
         tail_t = teacher_log_tail.float().unsqueeze(-1).clamp(min=_LOG_FLOOR)
     lp_t_b = torch.cat([bins_t, tail_t], -1)
-    per_pos = divergence_from_logprobs(lp_s_b, lp_t_b, kind, beta=beta, alpha=alpha)
+    mask_b = None if teacher_valid is None else torch.cat([valid, torch.ones_like(valid[..., :1])], -1)
+    per_pos = divergence_from_logprobs(lp_s_b, lp_t_b, kind, beta=beta, alpha=alpha, bin_mask=mask_b)
     return _reduce(per_pos, mask, reduction)
 
 

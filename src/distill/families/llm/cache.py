@@ -7,6 +7,11 @@ target position in order: the top-k indices (int32), their log-probs at the dist
 the tail bucket of `sparse_divergence` is exact. Packing never lets attention cross examples, so
 one cache serves packed and unpacked rows alike.
 
+With `teacher.cache_format: compressed` the records are those of `distill.families.llm.compress`
+instead (`CompressedLMTeacherCache`): the tokens with p >= cache_min_prob among the top k,
+sqrt-domain codes of cache_bits bits and the exact tail mass, deflated per example; its metadata
+also holds the storage format and the codec's parameters, so a cache made with others is refused.
+
 Files: `outputs.safetensors` (tensors) and `meta.json` (teacher fingerprint, tokenizer hash, data
 hash, temperature, k, seq_len, vocab size, token count, sha256 of the tensor file). A cache whose
 metadata differs from the run, or whose checksum fails, is refused with `CacheMismatchError`
@@ -70,8 +75,30 @@ def _unique(examples: Sequence[Example]) -> list[Example]:
     return out
 
 
+def _teacher_topk(teacher: Teacher, exs: Sequence[Example], *, temperature: float, k: int, batch_size: int,
+                  device):
+    """Per distinct example, in order: (example, top-k indices (n, k), log-probs (n, k) fp32, exact log
+    tail (n,)) at its counted positions, the teacher run one example per row (unpacked)."""
+    wt, bt, ft = output_head(teacher.module)
+    for i in range(0, len(exs), batch_size):
+        chunk = exs[i:i + batch_size]
+        batch = {key: v.to(device) for key, v in collate([[e] for e in chunk], 0, packed=False).items()}
+        mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
+        with torch.no_grad():
+            h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
+            lp = F.log_softmax(head_logits(h, wt, bt, ft).float() / temperature, dim=-1)  # (n, V)
+            top = lp.topk(min(k, lp.shape[-1]), dim=-1)
+            rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)         # (n,)
+        r = 0
+        for e, n in zip(chunk, mask.sum(1).tolist()):
+            yield e, top.indices[r:r + n].cpu(), top.values[r:r + n].cpu(), rest[r:r + n].clamp(min=_FLOOR).cpu()
+            r += n
+
+
 class LMTeacherCache(CheckedCache):
+    """The `exact` format: per target token, top-k int32 ids, fp16 log-probs and the fp32 log tail."""
     FILE, WHAT = "outputs.safetensors", "LM teacher cache"
+    FORMAT = "exact"
 
     def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
         self.folder, self.meta = folder, meta
@@ -82,50 +109,60 @@ class LMTeacherCache(CheckedCache):
         keys = tensors["keys"].numpy()         # (E, 16) uint8
         self._where = {bytes(keys[e]): (offsets[e], offsets[e + 1]) for e in range(len(keys))}
 
-    @staticmethod
-    def expected_meta(teacher: Teacher, tok, examples: Sequence[Example], *, temperature: float, k: int,
-                      seq_len: int) -> dict[str, Any]:
-        return {"format": LM_CACHE_FORMAT, "teacher": teacher.fingerprint(), "tokenizer": tokenizer_hash(tok),
+    @classmethod
+    def expected_meta(cls, teacher: Teacher, tok, examples: Sequence[Example], *, temperature: float, k: int,
+                      seq_len: int, **codec) -> dict[str, Any]:
+        meta = {"format": LM_CACHE_FORMAT, "teacher": teacher.fingerprint(), "tokenizer": tokenizer_hash(tok),
                 "data": data_hash(examples), "temperature": float(temperature), "k": int(k), "seq_len": int(seq_len)}
+        if cls.FORMAT != "exact":  # the exact format's metadata stays as it was (older caches stay valid)
+            meta.update(storage=cls.FORMAT, **codec)
+        return meta
 
     @classmethod
     def build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
               temperature: float, k: int, seq_len: int, batch_size: int = 16,
-              device: str | torch.device = "cpu") -> LMTeacherCache:
+              device: str | torch.device = "cpu", **codec) -> LMTeacherCache:
         """Run the teacher once over every distinct example (one per row, unpacked) and write the cache."""
         folder = Path(folder)
+        codec = cls._codec(**codec)
         exs = _unique(examples)
-        wt, bt, ft = output_head(teacher.module)
-        idx_l, lp_l, tail_l, counts = [], [], [], []
-        for i in range(0, len(exs), batch_size):
-            chunk = exs[i:i + batch_size]
-            batch = {key: v.to(device) for key, v in collate([[e] for e in chunk], 0, packed=False).items()}
-            mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
-            with torch.no_grad():
-                h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
-                lp = F.log_softmax(head_logits(h, wt, bt, ft).float() / temperature, dim=-1)  # (n, V)
-                top = lp.topk(min(k, lp.shape[-1]), dim=-1)
-                rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)         # (n,)
-            idx_l.append(top.indices.int().cpu())
-            lp_l.append(top.values.half().cpu())
-            tail_l.append(rest.clamp(min=_FLOOR).cpu())
-            counts += mask.sum(1).tolist()
+        vocab = int(output_head(teacher.module)[0].shape[0])
+        tensors, counts = cls._encode(_teacher_topk(teacher, exs, temperature=temperature, k=k, batch_size=batch_size,
+                                                    device=device), vocab, k, **codec)
         offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
         keys = torch.tensor([list(example_key(e.ids, max(e.start, 1))) for e in exs], dtype=torch.uint8)
-        tensors = {"indices": torch.cat(idx_l), "logprobs": torch.cat(lp_l), "log_tail": torch.cat(tail_l),
-                   "offsets": offsets, "keys": keys.reshape(-1, 16)}
-        meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len)
-        meta.update(vocab_size=int(wt.shape[0]), tokens=int(offsets[-1]), examples=len(exs),
+        tensors.update(offsets=offsets, keys=keys.reshape(-1, 16))
+        meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **codec)
+        meta.update(vocab_size=vocab, tokens=int(offsets[-1]), examples=len(exs),
                     packing="per example: valid for packed and unpacked rows")
         meta = write_checked(folder, cls.FILE, cls.META, tensors, meta)
         return cls(folder, meta, tensors)
 
+    @staticmethod
+    def _codec(**codec) -> dict[str, Any]:
+        if codec:
+            raise TypeError(f"the exact LM cache format takes no codec parameters, got {sorted(codec)}")
+        return {}
+
+    @staticmethod
+    def _encode(records, vocab_size: int, k: int, **codec) -> tuple[dict[str, Tensor], list[int]]:
+        idx_l, lp_l, tail_l, counts = [], [], [], []
+        for _, idx, lp, tail in records:
+            idx_l.append(idx.int())
+            lp_l.append(lp.half())
+            tail_l.append(tail)
+            counts.append(idx.shape[0])
+        return {"indices": torch.cat(idx_l), "logprobs": torch.cat(lp_l), "log_tail": torch.cat(tail_l)}, counts
+
     @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
                       temperature: float, k: int, seq_len: int, **kw) -> LMTeacherCache:
+        codec = cls._codec(**{key: kw.pop(key) for key in ("min_prob", "bits") if key in kw})
         return cls.open_or_build(
-            folder, lambda: cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len),
-            lambda: cls.build(Path(folder), teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **kw))
+            folder, lambda: cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len,
+                                              **codec),
+            lambda: cls.build(Path(folder), teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len,
+                              **codec, **kw))
 
     # ------------------------------------------------------------------ reading
     @property
@@ -135,11 +172,11 @@ class LMTeacherCache(CheckedCache):
     def bytes_per_token(self) -> float:
         return self.size_bytes() / max(int(self.meta["tokens"]), 1)
 
-    def lookup(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """(indices (n, k) long, log-probs (n, k) fp32, log tail (n,)) for the counted positions of a
-        (packed or unpacked) batch, in the row-major order of `batch["labels"] != -100`."""
+    def _keys_of(self, batch: dict[str, Tensor]) -> list[tuple[bytes, int]]:
+        """(example key, counted positions) of every example in a (packed or unpacked) batch, in the
+        row-major order of `batch["labels"] != -100`."""
         ids, labels, seg = batch["input_ids"].cpu(), batch["labels"].cpu(), batch["seg"].cpu()
-        spans = []
+        out = []
         for b in range(ids.shape[0]):
             for j in seg[b].unique().tolist():
                 if j == 0:
@@ -149,20 +186,90 @@ class LMTeacherCache(CheckedCache):
                 if counted.numel() == 0:
                     continue
                 start = int(counted[0]) + 1
-                where = self._where.get(example_key(ids[b, pos].tolist(), start))
-                if where is None or where[1] - where[0] != counted.numel():
-                    raise CacheMismatchError(f"LM teacher cache {self.folder}: an example of this batch is not in "
-                                             "the cache (the data changed since it was built); delete the folder.")
-                spans.append(where)
+                out.append((example_key(ids[b, pos].tolist(), start), counted.numel()))
+        return out
+
+    def _missing(self) -> CacheMismatchError:
+        return CacheMismatchError(f"LM teacher cache {self.folder}: an example of this batch is not in the cache "
+                                  "(the data changed since it was built); delete the folder.")
+
+    def lookup(self, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """(indices (n, k) long, log-probs (n, k) fp32, log tail (n,)) for the counted positions of a
+        (packed or unpacked) batch, in the row-major order of `batch["labels"] != -100`."""
+        spans = []
+        for key, n in self._keys_of(batch):
+            where = self._where.get(key)
+            if where is None or where[1] - where[0] != n:
+                raise self._missing()
+            spans.append(where)
         rows = torch.cat([torch.arange(a, z) for a, z in spans]) if spans else torch.zeros(0, dtype=torch.long)
         return self.indices[rows].long(), self.logprobs[rows].float(), self.log_tail[rows]
 
 
+class CompressedLMTeacherCache(LMTeacherCache):
+    """The `compressed` format (`distill.families.llm.compress`): per example one deflated record of
+    the tokens with p >= min_prob among the top k, sqrt-domain codes of `bits` bits and the exact
+    tail mass. `lookup` gives a fourth tensor, `valid` (n, k'): the bins that hold a kept token."""
+    FORMAT = "compressed"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
+        from distill.families.llm.compress import Codec
+
+        self.folder, self.meta = folder, meta
+        self.codec = Codec(int(meta["k"]), int(meta["vocab_size"]), float(meta["min_prob"]), int(meta["bits"]))
+        self.blob = tensors["blob"].numpy()            # (bytes,) uint8: the records, one after another
+        self.blob_offsets = tensors["blob_offsets"].tolist()  # (E + 1,)
+        offsets = tensors["offsets"].tolist()
+        keys = tensors["keys"].numpy()
+        self._where = {bytes(keys[e]): (e, offsets[e + 1] - offsets[e]) for e in range(len(keys))}
+
+    @staticmethod
+    def _codec(min_prob: float = 1e-5, bits: int = 8) -> dict[str, Any]:
+        return {"min_prob": float(min_prob), "bits": int(bits)}
+
+    @staticmethod
+    def _encode(records, vocab_size: int, k: int, *, min_prob: float, bits: int
+                ) -> tuple[dict[str, Tensor], list[int]]:
+        from distill.families.llm.compress import Codec, encode
+
+        codec = Codec(k, vocab_size, min_prob, bits)
+        blobs, counts = [], []
+        for _, idx, lp, tail in records:
+            blobs.append(encode(codec, idx, lp, tail))
+            counts.append(idx.shape[0])
+        sizes = torch.tensor([0] + [len(b) for b in blobs], dtype=torch.int64)
+        blob = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if blobs else torch.zeros(0, dtype=torch.uint8)
+        return {"blob": blob, "blob_offsets": sizes.cumsum(0)}, counts
+
+    def lookup(self, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """(indices (n, k') long, log-probs (n, k') fp32, log tail (n,), valid (n, k') bool), k' the
+        most kept tokens of any of these positions; bins past a position's kept tokens are not valid."""
+        from distill.families.llm.compress import LOG_FLOOR, decode
+
+        parts = []
+        for key, n in self._keys_of(batch):
+            where = self._where.get(key)
+            if where is None or where[1] != n:
+                raise self._missing()
+            e = where[0]
+            parts.append(decode(self.codec, self.blob[self.blob_offsets[e]:self.blob_offsets[e + 1]].data))
+        if not parts:
+            z = torch.zeros(0, 1)
+            return z.long(), z, torch.zeros(0), z.bool()
+        width = max(p[0].shape[1] for p in parts)
+
+        def pad(t, value):
+            return F.pad(t, (0, width - t.shape[1]), value=value)
+        return (torch.cat([pad(p[0], 0) for p in parts]), torch.cat([pad(p[1], LOG_FLOOR) for p in parts]),
+                torch.cat([p[2] for p in parts]), torch.cat([pad(p[3], False) for p in parts]))
+
+
 def _sparse_chunk(h: Tensor, w: Tensor, b: Tensor | None, idx: Tensor, lp: Tensor, tail: Tensor, kind: Kind,
-                  temperature: float, beta: float, alpha: float, f: LogitMap | None) -> Tensor:
+                  temperature: float, beta: float, alpha: float, f: LogitMap | None, valid: Tensor | None = None
+                  ) -> Tensor:
     z = head_logits(h, w, b, f)
     return sparse_divergence(z, idx, lp, kind, temperature=temperature, beta=beta, alpha=alpha,
-                             teacher_log_tail=tail, reduction="none")
+                             teacher_log_tail=tail, teacher_valid=valid, reduction="none")
 
 
 def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_bias: Tensor | None,
@@ -173,14 +280,15 @@ def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_
     (B, T, D), head (V, D) and output transform `logit_map`; the student's logits exist one chunk
     of positions at a time. Student rows past the teacher's vocabulary (padding) are dropped, as in
     the in-process loss."""
-    idx, lp, tail = (t.to(student_hidden.device) for t in cached)
+    idx, lp, tail, *rest = (t.to(student_hidden.device) for t in cached)
+    valid = rest[0] if rest else None  # the compressed format: bins that hold a kept token
     h = student_hidden[mask]  # (n, D)
     v = min(vocab_size, student_head.shape[0])
     w, b = student_head[:v], (student_bias[:v] if student_bias is not None else None)
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk_size):
         args = (h[i:i + chunk_size], w, b, idx[i:i + chunk_size], lp[i:i + chunk_size], tail[i:i + chunk_size],
-                kind, temperature, beta, alpha, logit_map)
+                kind, temperature, beta, alpha, logit_map, valid[i:i + chunk_size] if valid is not None else None)
         if torch.is_grad_enabled() and h.requires_grad:
             total = total + checkpoint(_sparse_chunk, *args, use_reentrant=False).sum()
         else:
@@ -196,11 +304,18 @@ def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example]
     if hasattr(method, "accept_teacher_targets"):  # refused before the teacher pass, not after
         method.accept_teacher_targets("the teacher cache (teacher.cache_top_k)")
     k, t = int(cfg.teacher.cache_top_k), float(getattr(method, "temperature", 1.0))
-    folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / f"{teacher.fingerprint()}-{data_hash(examples)}-T{t}-k{k}"
+    kind = getattr(cfg.teacher, "cache_format", "exact")
+    name = f"{teacher.fingerprint()}-{data_hash(examples)}-T{t}-k{k}"
+    cls, codec = LMTeacherCache, {}
+    if kind == "compressed":
+        cls, codec = CompressedLMTeacherCache, {"min_prob": float(cfg.teacher.cache_min_prob),
+                                                "bits": int(cfg.teacher.cache_bits)}
+        name += f"-compressed-p{codec['min_prob']:g}-b{codec['bits']}"
+    folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / name
     for turn in ("main", "others"):
         if (turn == "main") == is_main():
-            method.cache = LMTeacherCache.load_or_build(folder, teacher, tok, examples, temperature=t, k=k,
-                                                        seq_len=cfg.data.seq_len, device=device)
+            method.cache = cls.load_or_build(folder, teacher, tok, examples, temperature=t, k=k,
+                                             seq_len=cfg.data.seq_len, device=device, **codec)
         barrier()
     c = method.cache
-    log(f"teacher cache: {folder} ({c.meta['tokens']:,} tokens, k={k}, {c.bytes_per_token():.1f} bytes/token)")
+    log(f"teacher cache: {folder} ({c.meta['tokens']:,} tokens, k={k}, {kind}, {c.bytes_per_token():.1f} bytes/token)")
