@@ -60,7 +60,7 @@ class Entry:
             fields[pname] = (ann, default)
         return create_model(
             f"{self.name}_params",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=()),
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=(), allow_inf_nan=False),
             **fields,
         )
 

@@ -236,6 +236,7 @@ def test_lora_run_writes_the_adapter_and_the_merged_model(tmp_path, lm_tok_dir):
     assert st["bits_per_byte"] > 0 and 0 < st["adapter_params"] < st["params"]
     again = distill.run(recipe, log=lambda m: None)  # resumed: the saved adapter is reloaded, not retrained
     assert again["students"]["token_kd"]["bits_per_byte"] == pytest.approx(st["bits_per_byte"], rel=1e-6)
+    assert again["students"]["token_kd"]["adapter_params"] == st["adapter_params"]
 
 
 def test_student_base_run_and_a_fresh_lora_base(tmp_path, lm_tok_dir):

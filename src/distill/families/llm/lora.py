@@ -24,9 +24,6 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.teacher import Teacher
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
 def _target_modules(cfg) -> Any:
     t = cfg.target_modules
     return list(t) if isinstance(t, list) else t
@@ -56,13 +53,9 @@ def wrap_lora(model: nn.Module, cfg) -> nn.Module:
     return peft_model
 
 
-def is_peft(model: nn.Module) -> bool:
-    return callable(getattr(model, "get_base_model", None))
-
-
 def adapter_parameters(model: nn.Module) -> int:
-    """Number of trainable (adapter) parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of adapter parameters (trainable or, loaded for inference, not)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
 def load_adapter(base: nn.Module, folder: str | Path) -> nn.Module:

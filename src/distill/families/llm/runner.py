@@ -58,12 +58,13 @@ def load_teacher(cfg: LLMRunConfig, device) -> tuple[Teacher, Any, str]:
 
 
 def student_source(cfg: LLMRunConfig) -> str | None:
-    """student.path, a llama2.c checkpoint converted (once, into the cache)."""
+    """student.path (a local one made absolute, a llama2.c checkpoint converted once into the cache)."""
     s = cfg.student
     if not s.path:
         return None
     tok = s.tokenizer if s.tokenizer and s.tokenizer != "byte" else cfg.teacher.tokenizer
-    return str(Path(resolve_source(expand(s.path), expand(tok), Path(cfg.cache_dir))).resolve())  # type: ignore[arg-type]
+    src = resolve_source(expand(s.path), expand(tok), Path(cfg.cache_dir))  # type: ignore[arg-type]
+    return str(Path(src).resolve()) if Path(src).exists() else src  # a hub id stays as it is
 
 
 def make_student(cfg: LLMRunConfig, s_tok, device, teacher: Teacher | None, out: Path | None = None,
