@@ -52,6 +52,8 @@ def test_every_method_loss_is_finite_and_decreases(name, kind):
     entry = methods.get(name, "encoder")
     if kind == "static" and getattr(entry.builder, "needs_layers", False):
         pytest.skip("needs transformer layers")
+    if getattr(entry.builder, "data_kind", None):  # rows of pairs / triples: test_enc_ranking_losses.py
+        pytest.skip("trains on tabular pair data (tests/encoder/test_enc_ranking_losses.py)")
     teacher = Teacher(SentenceEncoder(tiny_bert(layers=4, hidden=32, seed=1)))
     torch.manual_seed(0)
     scfg = EncoderStudentConfig(kind=kind, num_layers=2, hidden_size=16, num_heads=2, dropout=0.0)

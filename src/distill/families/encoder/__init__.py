@@ -2,5 +2,5 @@
 sentence-transformers encoder as the teacher -> a smaller encoder of its class, or a static
 embedding-bag student; students saved as sentence-transformers folders). Importing registers
 config, methods and runner; transformers is imported lazily inside functions."""
-from distill.families.encoder import (attention_kd, config, embedding_kd, hidden_mse, logits, mi_alpha,  # noqa: F401
-                                      minilm_relations, runner, scratch)
+from distill.families.encoder import (attention_kd, config, cross_encoder_kd, embedding_kd, hidden_mse,  # noqa: F401
+                                      logits, margin_mse, mi_alpha, minilm_relations, parallel_mse, runner, scratch)

@@ -29,6 +29,7 @@ class EncoderMethod(nn.Module):
     needs_teacher: bool = True
     needs_layers: bool = False
     needs_attention: bool = False
+    cache_teacher: bool = False  # keep each sentence's teacher embedding (`teacher_embedding`)
 
     def __init__(self, student: nn.Module, teacher: Teacher | None):
         super().__init__()
@@ -39,6 +40,7 @@ class EncoderMethod(nn.Module):
         self.student = student
         self._teacher = teacher
         self.weights: dict[str, float] = {}
+        self._memo: dict[bytes, torch.Tensor] = {}
 
     @property
     def teacher(self) -> Teacher | None:
@@ -59,6 +61,22 @@ class EncoderMethod(nn.Module):
         with Taps(self._teacher.module, taps) as tp:
             out = self._teacher(batch["input_ids"], batch["attention_mask"], hidden=hidden)
         return out, dict(tp.outputs)
+
+    def teacher_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's sentence embeddings (B, Dt). With `cache_teacher`, each sentence's embedding is
+        computed the first time it is seen and kept on the CPU (the text has no random augmentation,
+        so it is the same in every epoch); later epochs run the student alone."""
+        if not self.cache_teacher:
+            return self.run_teacher(batch)[0]["embedding"]
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        keys = [ids[i, mask[i]].cpu().numpy().tobytes() for i in range(ids.shape[0])]
+        new = [i for i, k in enumerate(keys) if k not in self._memo]
+        if new:
+            sub = {"input_ids": ids[new], "attention_mask": batch["attention_mask"][new]}
+            e = self.run_teacher(sub)[0]["embedding"].float().cpu()
+            for j, i in enumerate(new):
+                self._memo[keys[i]] = e[j]
+        return torch.stack([self._memo[k] for k in keys]).to(ids.device)
 
     def embed_term(self, e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
         return embedding_match(e_s, e_t, "cosine")

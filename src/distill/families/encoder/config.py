@@ -22,6 +22,10 @@ class EncoderTeacherConfig(Strict):
     pooling: Literal["auto"] | PoolingName = Field(
         "auto", description="auto: the sentence-transformers folder's Pooling module (mean for a plain transformers folder)")
     normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the folder's (a Normalize module)")
+    cross_encoder: str | None = Field(
+        None, description="a cross-encoder scoring (query, passage) pairs, for margin_mse and cross_encoder_kd: a "
+                          "sentence-transformers CrossEncoder folder, a transformers sequence-classification folder "
+                          "with one label, a hub id, or package:NAME")
 
 
 class EncoderStudentConfig(Strict):
@@ -53,11 +57,21 @@ class EncoderStudentConfig(Strict):
 
 class EncoderDataConfig(Strict):
     paths: list[str] = Field(default_factory=lambda: ["$DISTILL_ASSETS/text/tinyshakespeare.txt"], min_length=1)
+    format: Literal["auto", "text", "jsonl", "tsv", "csv", "hf"] = Field(
+        "auto", description="auto: from the suffix (.jsonl/.json, .tsv, .csv, each optionally .gz; a `datasets` "
+                            "save_to_disk folder is hf; anything else text). Tabular rows feed the pair methods "
+                            "(margin_mse, parallel_mse, cross_encoder_kd); their texts feed the others")
+    columns: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="tabular data: role -> column(s): query, positive (or passage), "
+                                          "negatives, label (margin or score); source, translation. Default: the "
+                                          "usual names (query/anchor, positive/passage, negative*, label/margin/score, "
+                                          "source/english, translation/non_english)")
     separator: str = Field("\n\n", description='text between sentences/passages; "%" lines for fortune files')
     min_chars: int = Field(20, ge=1)
     max_chars: int = Field(400, ge=10, description="longer passages are cut")
     max_sentences: int | None = Field(None, ge=10)
-    eval_sentences: int = Field(400, ge=20, description="held out for evaluation (retrieval corpus)")
+    eval_sentences: int = Field(400, ge=20, description="held out for evaluation (retrieval corpus); of tabular "
+                                "data, held-out rows")
     split_seed: int = Field(0, description="the held-out set depends on this, not on the run seed")
     max_length: int = Field(64, ge=4, description="tokens per sentence")
     batch_size: int = Field(32, ge=2)
@@ -154,6 +168,15 @@ class EncoderRunConfig(RunConfig):
             if not Path(expand(p)).exists():  # type: ignore[arg-type]
                 raise ConfigError(f"task.paths.{i}: {expand(p)!r} does not exist.")
         _check_source(self.teacher.path, "teacher.path")
+        if self.teacher.cross_encoder is not None:
+            _check_source(self.teacher.cross_encoder, "teacher.cross_encoder")
+        for i, m in enumerate(self.methods):
+            mode = m.params.get("scores", m.params.get("targets"))
+            if mode == "cross_encoder" and self.teacher.cross_encoder is None:
+                raise ConfigError(f"methods.{i}.params: {m.name} with cross_encoder scores needs teacher.cross_encoder "
+                                  "(a CrossEncoder folder).")
+            if m.params.get("student_path"):
+                _check_source(m.params["student_path"], f"methods.{i}.params.student_path")
         s = self.student
         if s.path is not None:
             if s.kind == "static":

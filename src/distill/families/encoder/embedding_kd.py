@@ -36,21 +36,6 @@ class EmbeddingKD(EncoderMethod):
         self.loss = loss
         self.weights = {"match": match_weight, "similarity": similarity_weight}
         self.cache_teacher = cache_teacher
-        self._memo: dict[bytes, torch.Tensor] = {}
-
-    def teacher_embedding(self, batch) -> torch.Tensor:
-        """The teacher's sentence embeddings (B, Dt), from the memo where the sentence was seen before."""
-        if not self.cache_teacher:
-            return self.run_teacher(batch)[0]["embedding"]
-        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-        keys = [ids[i, mask[i]].cpu().numpy().tobytes() for i in range(ids.shape[0])]
-        new = [i for i, k in enumerate(keys) if k not in self._memo]
-        if new:
-            sub = {"input_ids": ids[new], "attention_mask": batch["attention_mask"][new]}
-            e = self.run_teacher(sub)[0]["embedding"].float().cpu()
-            for j, i in enumerate(new):
-                self._memo[keys[i]] = e[j]
-        return torch.stack([self._memo[k] for k in keys]).to(ids.device)
 
     def forward(self, batch):
         e_t = self.teacher_embedding(batch)

@@ -7,6 +7,8 @@ Row-wise KL terms use the shared `distill.losses.divergences` function.
 - attention distributions (TinyBERT, Jiao et al. 2020; MiniLM, Wang et al. 2020): `attention_logprobs`
 - self-attention relations (MiniLMv2, Wang et al. 2021, eq. 1-3): `relation_logprobs`, `relation_kl`
 - sentence embeddings: `embedding_match` (MSE / cosine), `similarity_matrix_loss` (in-batch cosines)
+- ranking and parallel data: `pair_dot_scores`, `margins`, `margin_mse` (Hofstätter et al. 2020, eq. 1);
+  the parallel-sentence loss of Reimers & Gurevych 2020 is `embedding_match(..., "mse")` twice
 - MI-alpha (Poole et al. 2019, eq. 12 "I_alpha"; used as an intermediate objective by Distiller,
   He et al. 2021): `mi_alpha_bound`
 """
@@ -108,6 +110,23 @@ def similarity_matrix_loss(e_s: Tensor, e_t: Tensor) -> Tensor:
         return e_s.float().sum() * 0.0
     off = ~torch.eye(b, dtype=torch.bool, device=e_s.device)
     return (cosine_matrix(e_s) - cosine_matrix(e_t.detach()))[off].pow(2).mean()
+
+
+def pair_dot_scores(q: Tensor, p: Tensor) -> Tensor:
+    """Dot products of each query with its own passages. (B, D), (B, P, D) -> (B, P)."""
+    return torch.einsum("bd,bpd->bp", q.float(), p.float())
+
+
+def margins(scores: Tensor) -> Tensor:
+    """Score of the positive (column 0) minus each negative's. (B, 1 + K) -> (B, K)."""
+    return scores[:, :1] - scores[:, 1:]
+
+
+def margin_mse(scores: Tensor, target_margins: Tensor) -> Tensor:
+    """Margin-MSE (Hofstätter et al. 2020, eq. 1): mean over queries and negatives of
+    ((s(q, p) - s(q, n_i)) - (t(q, p) - t(q, n_i)))^2. Student scores (B, 1 + K), positive first;
+    teacher margins (B, K), detached. -> ()."""
+    return (margins(scores.float()) - target_margins.detach().float()).pow(2).mean()
 
 
 def mi_alpha_bound(scores: Tensor, alpha: float, log_baseline: Tensor | float = 0.0) -> Tensor:

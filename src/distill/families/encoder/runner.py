@@ -3,7 +3,14 @@ student per method from the same initialisation (same seed), each trained with t
 compared with the teacher on held-out sentences; summary.json and report.md in the run folder.
 With a `task:` section, teacher and students carry a classification head (the teacher's is
 fine-tuned once and cached) and test accuracy is the primary metric; with `stages:`, one more
-student is trained through the stages in order (`stages.py`)."""
+student is trained through the stages in order (`stages.py`).
+
+Tabular data (`examples.py`: query/positive/negatives, source/translation rows) feeds the methods that
+declare a `data_kind` and `collate` their rows (margin_mse, parallel_mse, cross_encoder_kd); the texts
+of those rows are the sentences of every other method and of the agreement evaluation. A method may
+build its own kind of student (`new_student`, e.g. a cross-encoder); such a student is evaluated
+against `teacher.cross_encoder` on the held-out pairs (`cross_agreement`) and saved as a CrossEncoder
+folder."""
 from __future__ import annotations
 
 import json
@@ -19,7 +26,9 @@ from distill.engine import Engine
 from distill.families.encoder.base import EncoderMethod
 from distill.families.encoder.config import EncoderDataConfig, EncoderMethodConfig, EncoderRunConfig
 from distill.families.encoder.data import SentenceLoader, read_sentences, split_sentences, tokenize
-from distill.families.encoder.evaluate import agreement, encode, throughput
+from distill.families.encoder.cross import load_cross_encoder
+from distill.families.encoder.evaluate import agreement, cross_agreement, encode, throughput
+from distill.families.encoder.examples import ExampleLoader, Examples, is_tabular, read_examples
 from distill.families.encoder.export import save_encoder, save_model2vec
 from distill.families.encoder.judgements import judge, load_sets
 from distill.families.encoder.students import build_student, count_parameters
@@ -57,6 +66,11 @@ class Context:
             raise ConfigError(f"teacher.path: {t.path!r} is a static (embedding-bag) model; the teacher must be a "
                               "transformers encoder.")
         self.check_layers()
+        self.cross_teacher: Teacher | None = None
+        if t.cross_encoder is not None:
+            self.cross_teacher = Teacher(load_cross_encoder(t.cross_encoder).to(self.device))
+        self._examples: dict[tuple, Examples] = {}
+        self._cross_cache: dict[str, Any] = {}  # the teacher's side of `cross_agreement`
         limit = getattr(self.encoder, "max_seq_length", None)
         if limit and cfg.data.max_length > limit:
             log(f"note: data.max_length={cfg.data.max_length} is longer than the teacher folder's max_seq_length={limit}")
@@ -70,6 +84,8 @@ class Context:
         log(f"teacher: {cfg.teacher.path} ({type(self.encoder.backbone).__name__}, pooling {self.encoder.pooling}"
             f"{', normalised' if self.encoder.normalize else ''}; {count_parameters(self.teacher_model):,} parameters); "
             f"data: {n_train} train / {len(self.held_rows)} held-out sentences"
+            + (f"; cross-encoder: {t.cross_encoder} ({count_parameters(self.cross_teacher.module):,} parameters)"
+               if self.cross_teacher is not None else "")
             + (f"; task: {len(self.task.classes)} classes, {len(self.task.train_rows)} train ({self.task.labeled} "
                f"labelled) / {len(self.task.test_rows)} test" if self.task else ""))
         self.e_t = encode(self.teacher_model, self.held_rows, self.pad_id, cfg.data.eval_batch_size, self.device)
@@ -87,15 +103,42 @@ class Context:
     def _fit_teacher(self, method, loader, train_cfg, out_dir, label):
         return fit(method, loader, self.cfg, train_cfg, {}, out_dir, None, label)
 
+    def examples(self, d: EncoderDataConfig, kind: str, who: str = "") -> Examples:
+        """The tabular rows of `d` as `kind` examples (ranking or parallel), split; read once per kind."""
+        paths = [expand(p) for p in d.paths]
+        if not is_tabular(paths, d.format):  # type: ignore[arg-type]
+            raise ConfigError(f"data.paths: {who or 'this method'} reads rows of columns ({kind} examples) from "
+                              ".jsonl, .tsv or .csv files or a datasets folder; {paths} are text files.")
+        key = (tuple(paths), d.format, repr(sorted(d.columns.items())), kind, d.eval_sentences, d.split_seed,
+               d.max_sentences)
+        if key not in self._examples:
+            self._examples[key] = read_examples(paths, d.format, d.columns, kind, d.eval_sentences,  # type: ignore[arg-type]
+                                                d.split_seed, d.max_sentences)
+        return self._examples[key]
+
     def text_rows(self, d: EncoderDataConfig) -> tuple[list[list[int]], list[list[int]], int]:
+        if is_tabular([expand(p) for p in d.paths], d.format):  # type: ignore[misc]  # the rows' texts
+            kinds = ["parallel", "ranking"] if {"source", "translation"} & set(d.columns) else ["ranking", "parallel"]
+            try:
+                ex = self.examples(d, kinds[0])
+            except ConfigError as first:  # e.g. parallel rows without explicit columns
+                try:
+                    ex = self.examples(d, kinds[1])
+                except ConfigError:
+                    raise first from None
+            train, held = ex.texts("train"), ex.texts("held")
+            return tokenize(self.tok, train, d.max_length), tokenize(self.tok, held, d.max_length), len(train)
         sentences = read_sentences([expand(p) for p in d.paths], d.separator, d.min_chars, d.max_chars)  # type: ignore[misc]
         if d.max_sentences:
             sentences = sentences[: d.max_sentences]
         train, held = split_sentences(sentences, d.eval_sentences, d.split_seed)
         return tokenize(self.tok, train, d.max_length), tokenize(self.tok, held, d.max_length), len(train)
 
-    def new_student(self) -> torch.nn.Module:
+    def new_student(self, mcfg: EncoderMethodConfig | None = None) -> torch.nn.Module:
         seed_everything(self.cfg.seed)  # every student starts from the same initialisation
+        make = getattr(methods.get(mcfg.name, "encoder").builder, "new_student", None) if mcfg else None
+        if make is not None:  # a method with its own kind of student (cross_encoder_kd)
+            return make(self, mcfg.params).to(self.device)  # type: ignore[union-attr]
         s, skip = self.cfg.student, added_special_ids(self.tok)
         if s.kind == "static" and s.init == "vocab" and self.vocab is None:  # once per run, for every student
             self.vocab = VocabTable.from_teacher(self.encoder, self.tok, self.train_rows, skip, self.device,
@@ -109,10 +152,19 @@ class Context:
 
     def build_method(self, mcfg: EncoderMethodConfig, student) -> EncoderMethod:
         entry = methods.get(mcfg.name, "encoder")
-        return entry.builder(student, self.teacher if entry.builder.needs_teacher else None, **mcfg.params)
+        given = {"cross_teacher": self.cross_teacher, "tokenizer": self.tok, "max_length": self.cfg.data.max_length}
+        extra = {k: given[k] for k in entry.injected if k in given}
+        return entry.builder(student, self.teacher if entry.builder.needs_teacher else None, **extra, **mcfg.params)
 
-    def loader(self, method, data: EncoderDataConfig | None = None) -> SentenceLoader:
-        """Logit methods read the task's texts (labelled or not); the others the text stream."""
+    def loader(self, method, data: EncoderDataConfig | None = None) -> SentenceLoader | ExampleLoader:
+        """Logit methods read the task's texts (labelled or not); pair methods (a `data_kind`) the rows
+        of tabular data, made into batches by their `collate`; the others the text stream."""
+        kind = getattr(method, "data_kind", None)
+        if kind is not None:
+            d = data or self.cfg.data
+            ex = self.examples(d, kind, type(method).__name__)
+            method.check_examples(ex)
+            return ExampleLoader(ex.train, d.batch_size, method.collate, seed=self.cfg.seed)
         if getattr(method, "needs_labels", False):
             return self.task.loader(self.cfg.data.batch_size, self.pad_id, self.cfg.seed)  # type: ignore[union-attr]
         rows = self.train_rows if data is None else self.text_rows(data)[0]
@@ -120,6 +172,13 @@ class Context:
 
     def evaluate(self, model, timing: bool = True) -> dict[str, Any]:
         cfg, d = self.cfg, self.cfg.data
+        if getattr(model, "is_cross_encoder", False):
+            ex = self.examples(d, "ranking", "a cross-encoder student")
+            m = cross_agreement(model, self.cross_teacher.module if self.cross_teacher else None, ex.held,
+                                d.max_length, d.eval_batch_size, timing, self._cross_cache)
+            m["params"] = count_parameters(model)
+            m["size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+            return m
         e = encode(model, self.held_rows, self.pad_id, d.eval_batch_size, self.device)
         m = agreement(e, self.e_t, cfg.eval.pair_sentences, cfg.eval.top_k)
         if self.task is not None:
@@ -139,6 +198,11 @@ class Context:
 def save_student(student, out: Path, ctx: Context, m: dict[str, Any]) -> None:
     """The student as a sentence-transformers folder (`export.save_encoder`) + its settings and metrics."""
     cfg = ctx.cfg
+    if getattr(student, "is_cross_encoder", False):  # CrossEncoder(out).predict(pairs)
+        student.save(out, cfg.data.max_length)
+        atomic_write_text(out / "result.json", json.dumps(m))
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return
     save_encoder(student, out, ctx.tok, cfg.data.max_length, ctx.task.classes if ctx.task else None)
     if cfg.student.kind == "static":  # also for model2vec: StaticModel.from_pretrained(out / "model2vec")
         save_model2vec(student, out / "model2vec", ctx.tok)
@@ -164,20 +228,21 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
             log(f"student {label}: already trained (resumed run), reusing {done}")
             results["students"][label] = json.loads(done.read_text())
             continue
-        student = ctx.new_student()
+        student = ctx.new_student(mcfg)
         init = ctx.evaluate(student, timing=False) if cfg.eval.at_init else {}
         method = ctx.build_method(mcfg, student)
         engine = fit(method, ctx.loader(method), cfg, mcfg.train or cfg.train, mcfg.weights, out, metrics_path, label)
         m = ctx.evaluate(student)
         m.update({f"init_{c}": init[c] for c in ("spearman", f"top{k}_overlap", "accuracy") if c in init})
-        m.update(method=mcfg.name, steps=engine.step_count, last_terms=engine.last_terms,
-                 speedup=m["sentences_per_s"] / t_metrics["sentences_per_s"])
+        m.update(method=mcfg.name, steps=engine.step_count, last_terms=engine.last_terms)
+        m.setdefault("speedup", m["sentences_per_s"] / t_metrics["sentences_per_s"])
         results["students"][label] = m
         if out is not None:
             save_student(student, out, ctx, m)
         log(f"student {label}: " + (f"accuracy {m['accuracy']:.3f}, " if "accuracy" in m else "")
             + f"spearman {m['spearman']:.3f} (init {init.get('spearman', float('nan')):.3f}), "
-            f"top{k} {m[f'top{k}_overlap']:.3f}, {m['speedup']:.1f}x teacher throughput"
+            + (f"top{k} {m[f'top{k}_overlap']:.3f}, " if f"top{k}_overlap" in m else "pair scores vs the cross-encoder, ")
+            + f"{m['speedup']:.1f}x teacher throughput"
             + "".join(f", {key} {m[key]:.2f} (teacher {t_metrics[key]:.2f})" for key in ctx.judged))
 
     if cfg.stages:
@@ -193,7 +258,8 @@ def run_encoder(cfg: EncoderRunConfig, *, run_dir: Path | None, log: Callable[[s
     if run_dir is not None:
         best = results["students"][results["best"]]
         src = Path(best["folder"]) if "folder" in best else run_dir / "students" / results["best"]
-        if (src / "modules.json").is_file():  # the best student, ready for SentenceTransformer(run_dir / "student")
+        # the best student, ready for SentenceTransformer(run_dir / "student") (or CrossEncoder)
+        if (src / "modules.json").is_file() or (src / "config_sentence_transformers.json").is_file():
             shutil.rmtree(run_dir / "student", ignore_errors=True)
             shutil.copytree(src, run_dir / "student", ignore=shutil.ignore_patterns("checkpoints"))
         atomic_write_text(run_dir / "summary.json", json.dumps(results, indent=2))
