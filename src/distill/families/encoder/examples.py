@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from distill.data.jsonl import jsonl_rows
 from distill.errors import ConfigError
 
 TABULAR = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".csv": "csv"}
@@ -84,15 +85,7 @@ def read_rows(path: Path, fmt: str) -> tuple[list[Row], list[str]]:
         raise ConfigError(f"data.paths: {str(path)!r} does not exist.")
     if kind == "jsonl":
         rows, cols = [], {}
-        for n, line in enumerate(_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise ConfigError(f"{path} line {n}: not a JSON object.") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{path} line {n}: a JSON {type(obj).__name__}, not an object of columns.")
+        for n, obj in jsonl_rows(path, "data.paths"):
             cols.update(dict.fromkeys(obj))
             rows.append(Row(obj, f"{path} line {n}"))
         return rows, list(cols)

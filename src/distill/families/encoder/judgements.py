@@ -15,8 +15,6 @@ makes one from a sentence-transformers, model2vec or `distill run` folder.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 import math
 import os
@@ -27,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from distill.data.jsonl import jsonl_rows, open_text
 from distill.errors import DistillError
 
 Encode = Callable[[list[str]], torch.Tensor]
@@ -48,12 +47,6 @@ class BEIRData(NamedTuple):
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
 
 
 def _base_suffix(path: Path) -> str:
@@ -84,7 +77,7 @@ def load_sts(path: str | os.PathLike, split: str = "test") -> STSPairs:
                            "with human scores).")
     kind = _base_suffix(p)
     if kind == ".jsonl":
-        rows = _jsonl_rows(p)
+        rows = jsonl_rows(p)
     elif kind in (".tsv", ".csv", ".txt"):
         rows = _table_rows(p, "," if kind == ".csv" else "\t")
     else:
@@ -122,7 +115,7 @@ def load_sts(path: str | os.PathLike, split: str = "test") -> STSPairs:
 def _table_rows(path: Path, delimiter: str) -> Iterable[tuple[int, dict[str, Any]]]:
     # tab-separated STS files (GLUE, sentence-transformers) hold unbalanced quotes: read them raw
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with _open_text(path) as f:
+    with open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
         if header is None:
@@ -140,20 +133,6 @@ def _table_rows(path: Path, delimiter: str) -> Iterable[tuple[int, dict[str, Any
             if not cells or all(not c.strip() for c in cells):
                 continue
             yield i, {n: (cells[j] if j < len(cells) else None) for j, n in enumerate(names)}
-
-
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with _open_text(path) as f:
-        for i, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DistillError(f"{path}, line {i}: not JSON ({e.msg}).") from None
-            if not isinstance(row, dict):
-                raise DistillError(f"{path}, line {i}: a JSON object per line is expected, not {type(row).__name__}.")
-            yield i, row
 
 
 def _unique_embeddings(encode: Encode, texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
@@ -197,14 +176,14 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> BEIRData:
             raise DistillError(f"{root}: no {f.relative_to(root)}. A BEIR folder holds corpus.jsonl, queries.jsonl "
                                f"and qrels/{split}.tsv.{hint}")
     corpus: dict[str, dict[str, str]] = {}
-    for line, row in _jsonl_rows(corpus_f):
+    for line, row in jsonl_rows(corpus_f):
         for key in ("_id", "text"):
             if key not in row:
                 raise DistillError(f"{corpus_f}, line {line}: no {key!r} field; a corpus line is "
                                    '{"_id": ..., "title": ..., "text": ...}.')
         corpus[str(row["_id"])] = {"title": str(row.get("title") or ""), "text": str(row["text"] or "")}
     queries: dict[str, str] = {}
-    for line, row in _jsonl_rows(queries_f):
+    for line, row in jsonl_rows(queries_f):
         for key in ("_id", "text"):
             if key not in row:
                 raise DistillError(f"{queries_f}, line {line}: no {key!r} field; a query line is "

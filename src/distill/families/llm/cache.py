@@ -42,12 +42,20 @@ LM_CACHE_FORMAT = 1
 _FLOOR = -1.0e4  # log of an empty tail (k = vocab)
 
 
-def example_key(ids: Sequence[int], start: int) -> bytes:
-    """16-byte digest of an example's tokens and its first target index."""
+def example_key(ids: Sequence[int], start: int, positions: Sequence[int] | None = None) -> bytes:
+    """16-byte digest of an example's tokens and its first target index, and of its target label
+    positions when they are not the one run from `start` on (chat data with several replies)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(int(start).to_bytes(4, "little"))
     h.update(torch.tensor(list(ids), dtype=torch.int64).numpy().tobytes())
+    if positions is not None:
+        h.update(b"targets")
+        h.update(torch.tensor(list(positions), dtype=torch.int64).numpy().tobytes())
     return h.digest()
+
+
+def key_of(ex: Example) -> bytes:
+    return example_key(ex.ids, max(ex.start, 1), ex.target_positions())
 
 
 def tokenizer_hash(tok) -> str:
@@ -60,7 +68,7 @@ def tokenizer_hash(tok) -> str:
 def data_hash(examples: Sequence[Example]) -> str:
     h = hashlib.sha256()
     for ex in examples:
-        h.update(example_key(ex.ids, max(ex.start, 1)))
+        h.update(key_of(ex))
     return h.hexdigest()[:16]
 
 
@@ -68,8 +76,8 @@ def _unique(examples: Sequence[Example]) -> list[Example]:
     seen: set[bytes] = set()
     out = []
     for ex in examples:
-        k = example_key(ex.ids, max(ex.start, 1))
-        if k not in seen and len(ex.ids) > max(ex.start, 1):
+        k = key_of(ex)
+        if k not in seen and ex.has_targets():
             seen.add(k)
             out.append(ex)
     return out
@@ -130,7 +138,7 @@ class LMTeacherCache(CheckedCache):
         tensors, counts = cls._encode(_teacher_topk(teacher, exs, temperature=temperature, k=k, batch_size=batch_size,
                                                     device=device), vocab, k, **codec)
         offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
-        keys = torch.tensor([list(example_key(e.ids, max(e.start, 1))) for e in exs], dtype=torch.uint8)
+        keys = torch.tensor([list(key_of(e)) for e in exs], dtype=torch.uint8)
         tensors.update(offsets=offsets, keys=keys.reshape(-1, 16))
         meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **codec)
         meta.update(vocab_size=vocab, tokens=int(offsets[-1]), examples=len(exs),
@@ -186,7 +194,10 @@ class LMTeacherCache(CheckedCache):
                 if counted.numel() == 0:
                     continue
                 start = int(counted[0]) + 1
-                out.append((example_key(ids[b, pos].tolist(), start), counted.numel()))
+                run = torch.arange(start - 1, pos.numel() - 1)
+                same = counted.numel() == run.numel() and bool((counted == run).all())
+                out.append((example_key(ids[b, pos].tolist(), start, None if same else counted.tolist()),
+                            counted.numel()))
         return out
 
     def _missing(self) -> CacheMismatchError:

@@ -83,7 +83,10 @@ class LMStudentConfig(Strict):
 
 
 class LMDataConfig(Strict):
-    source: Literal["text", "jsonl", "hf", "teacher"] = "teacher"
+    source: Literal["text", "jsonl", "chat", "hf", "teacher"] = Field(
+        "teacher", description="text: plain text; jsonl: prompt/response pairs; chat: conversations (a JSONL file, "
+        "or a HF data set, with a list of {role, content} messages per row) rendered with the chat template; hf: "
+        "a HF data set's text column; teacher: text sampled from the teacher")
     path: str | None = Field(None, description="text file/folder, JSONL file, or HF data set name/path")
     eval_path: str | None = None
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share when eval_path is not given")
@@ -92,6 +95,12 @@ class LMDataConfig(Strict):
     prompt_field: str = "prompt"
     response_field: str = "response"
     label_field: str | None = Field(None, description="JSONL key marking a response correct (true) or not (redi)")
+    messages_field: str = Field("messages", description="chat data: the key (JSONL) or column (HF) of the messages")
+    chat_template: str | None = Field(None, description="chat data: a Jinja chat template (text, or a file holding "
+                                      "it) for a tokenizer without one, or to replace its own; saved with the student")
+    loss_on: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="chat data: the tokens the student learns: every assistant reply (its content and "
+        "end-of-turn markup), the last reply only, or every token of the conversation")
     split: str = "train"
     eval_split: str | None = None
     max_docs: int | None = Field(None, ge=1)

@@ -11,7 +11,6 @@ per-token losses as its examples run one by one.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from distill.data.jsonl import jsonl_rows
 from distill.errors import ConfigError
 
 IGNORE = -100
@@ -34,6 +34,21 @@ class Example:
     sign: float = 1.0     # +1 a positive (correct) trace, -1 a negative one (used by `redi`)
     prompt: str | None = None    # prompt/response data: the raw texts, before any chat template, so that
     response: str | None = None  # another tokenizer can render its own (cross-tokenizer students)
+    mask: list[bool] | None = None  # chat data: which tokens are targets (ids[t] with mask[t], t >= 1);
+    # None: every token from `start` on
+    messages: list[dict] | None = None  # chat data: the conversation, before any chat template, and
+    loss_on: str = "assistant"          # which of its tokens are targets (data.loss_on)
+
+    def target_positions(self) -> list[int] | None:
+        """Label positions (t - 1 for each target token t) when the targets are not the one run from
+        `start` to the end, else None."""
+        if self.mask is None:
+            return None
+        pos = [t - 1 for t in range(1, len(self.ids)) if self.mask[t]]
+        return None if pos == list(range(max(self.start, 1) - 1, len(self.ids) - 1)) else pos
+
+    def has_targets(self) -> bool:
+        return any(self.mask[1:]) if self.mask is not None else len(self.ids) > max(self.start, 1)
 
 
 # ------------------------------------------------------------------ sources
@@ -113,42 +128,190 @@ def read_texts(path: str | Path, separator: str = "\n\n") -> list[str]:
 def read_jsonl(path: str | Path, prompt_field: str = "prompt", response_field: str = "response",
                label_field: str | None = None) -> list[tuple]:
     """(prompt, response) pairs, or (prompt, response, positive) with `label_field` (truthy = positive)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"data.path: {str(path)!r} is not a file.")
     pairs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}:{n}: not valid JSON ({e}).") from None
+    for n, rec in jsonl_rows(path):
         if prompt_field not in rec or response_field not in rec:
-            raise ConfigError(f"{p}:{n}: expected keys {prompt_field!r} and {response_field!r}, got {sorted(rec)}.")
+            raise ConfigError(f"{path}:{n}: expected keys {prompt_field!r} and {response_field!r}, got {sorted(rec)}; "
+                              "name yours with data.prompt_field / data.response_field.")
         pair = (str(rec[prompt_field]), str(rec[response_field]))
         if label_field is not None:
             if label_field not in rec:
-                raise ConfigError(f"{p}:{n}: missing the label key {label_field!r}.")
+                raise ConfigError(f"{path}:{n}: missing the label key {label_field!r}.")
             pair = (*pair, bool(rec[label_field]))
         pairs.append(pair)
     return pairs
 
 
-def read_hf_dataset(name: str, split: str, text_field: str) -> list[str]:
-    """Texts of a HF `datasets` data set (a hub name or a local path)."""
+def _load_hf(name: str, split: str):
     try:
         import datasets
     except ImportError:
         raise ConfigError("data.source=hf needs the `datasets` package: pip install datasets") from None
     try:
-        ds = datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split)
     except Exception as e:  # offline hub, missing path, bad split
         raise ConfigError(f"data: could not load HF data set {name!r} (split {split!r}): {type(e).__name__}: {e}. "
                           "Without network access, give a local path or use data.source=text|jsonl.") from None
+
+
+def read_hf_dataset(name: str, split: str, text_field: str) -> list[str]:
+    """Texts of a HF `datasets` data set (a hub name or a local path)."""
+    ds = _load_hf(name, split)
     if text_field not in ds.column_names:
         raise ConfigError(f"data.text_field: {text_field!r} is not a column of {name!r} ({ds.column_names}).")
     return [str(t) for t in ds[text_field]]
+
+
+# ------------------------------------------------------------------ chat data
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages: Any, where: str) -> list[dict]:
+    """A conversation as a list of {"role", "content"} objects with at least one assistant turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"{where}: a conversation is a non-empty list of {{\"role\": ..., \"content\": ...}} "
+                          f"objects, got {type(messages).__name__}.")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+            raise ConfigError(f"{where}: message {i} is {str(m)[:60]!r}; each message needs \"role\" and \"content\".")
+        if m["role"] not in CHAT_ROLES:
+            raise ConfigError(f"{where}: message {i} has role {m['role']!r}; roles are {', '.join(CHAT_ROLES)}.")
+        out.append({**m, "content": "" if m["content"] is None else m["content"]})
+    if not any(m["role"] == "assistant" for m in out):
+        raise ConfigError(f"{where}: the conversation has no assistant message, so nothing to learn from; "
+                          "drop it or add the reply.")
+    return out
+
+
+def read_chats(path: str | Path, field: str = "messages") -> list[list[dict]]:
+    """Conversations of a JSONL file, one object per line with a list of messages under `field`."""
+    convs = []
+    for n, rec in jsonl_rows(path):
+        if field not in rec:
+            raise ConfigError(f"{path}:{n}: no {field!r} key (keys: {sorted(rec)}); name the messages' key with "
+                              "data.messages_field.")
+        convs.append(check_messages(rec[field], f"{path}:{n}"))
+    return convs
+
+
+def read_hf_chats(name: str, split: str, field: str) -> list[list[dict]]:
+    """Conversations of a HF `datasets` data set whose `field` column holds message lists."""
+    ds = _load_hf(name, split)
+    if field not in ds.column_names:
+        raise ConfigError(f"data.messages_field: {field!r} is not a column of {name!r} ({ds.column_names}).")
+    return [check_messages(m, f"{name} row {i}") for i, m in enumerate(ds[field])]
+
+
+def set_chat_template(tok, template: str | None, where: str = "data.chat_template") -> None:
+    """Give `tok` the recipe's chat template (Jinja text, or a file holding it); refuse chat data for a
+    tokenizer that has none."""
+    if template:
+        p = Path(template).expanduser()
+        tok.chat_template = p.read_text(encoding="utf-8") if "{" not in template and p.is_file() else template
+    if not getattr(tok, "chat_template", None):
+        fix = ("give data.chat_template (Jinja text or a file) or use a chat model's tokenizer"
+               if where == "data.chat_template" else "give the student a tokenizer that has a chat template")
+        raise ConfigError(f"{where}: data.source=chat renders conversations with the tokenizer's chat template, and "
+                          f"this tokenizer ({type(tok).__name__}) has none; {fix}.")
+
+
+def _render(tok, messages: list[dict], generation_prompt: bool) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def chat_pieces(tok, messages: list[dict]) -> list[tuple[str, int]] | None:
+    """The conversation's rendered text cut at the turn boundaries: (text, i) pieces, i the index of
+    the assistant message whose reply (content and end-of-turn markup) the piece is, -1 for text
+    around the replies (system/user turns, each reply's header). None when the template is not
+    prefix-stable (rendering more turns rewrites earlier text, as templates that drop earlier
+    reasoning do)."""
+    pieces: list[tuple[str, int]] = []
+    done = ""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    for i, m in enumerate(messages[:last + 1]):
+        if m["role"] != "assistant":
+            continue
+        try:
+            head = _render(tok, messages[:i], True) if i else ""
+        except Exception:  # templates that need a first message
+            head = ""
+        full = _render(tok, messages[:i + 1], False)
+        if not head.startswith(done) or not full.startswith(head):
+            return None
+        pieces += [(head[len(done):], -1), (full[len(head):], i)]
+        done = full
+    return [(t, i) for t, i in pieces if t]
+
+
+def chat_examples(convs: Sequence[list[dict]], tok, seq_len: int, loss_on: str = "assistant") -> list[Example]:
+    """Examples of conversations rendered with the tokenizer's chat template. Targets (`loss_on`):
+    every assistant reply ("assistant", the default), the last reply only ("last"), or every token
+    ("all"). A reply's targets are its content and the template's end-of-turn markup, so the student
+    learns to stop; the headers a template writes before a reply are read, never predicted. A fast
+    tokenizer tokenizes the rendered text whole (the ids apply_chat_template gives) and a token
+    counts with the piece of its last character; a slow one tokenizes piece by piece. A template that is not
+    prefix-stable gives one example per reply, its history rendered as the prompt. Conversations
+    cut by `seq_len` keep the replies that fit; one with no target left is dropped."""
+    out = []
+    for msgs in convs:
+        pieces = chat_pieces(tok, msgs)
+        if pieces is None:  # one example per reply, its history as the prompt
+            replies = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+            for i in (replies[-1:] if loss_on == "last" else replies):
+                head = _render(tok, msgs[:i], True) if i else ""
+                full = _render(tok, msgs[:i + 1], False)
+                tail = full[len(head):] if full.startswith(head) else str(msgs[i]["content"])
+                ex = _chat_example(tok, [(head, -1), (tail, i)], msgs[:i + 1], seq_len, "last")
+                if ex is not None:
+                    out.append(ex)
+            continue
+        ex = _chat_example(tok, pieces, msgs, seq_len, loss_on)
+        if ex is not None:
+            out.append(ex)
+    return out
+
+
+def _chat_example(tok, pieces: list[tuple[str, int]], msgs: list[dict], seq_len: int, loss_on: str) -> Example | None:
+    last = max(i for _, i in pieces)
+
+    def counts(i: int) -> bool:
+        return loss_on == "all" or (i >= 0 and (loss_on == "assistant" or i == last))
+
+    ids: list[int] = []
+    mask: list[bool] = []
+    last_start = 0
+    if getattr(tok, "is_fast", False):  # the whole text at once, as apply_chat_template(tokenize=True) does
+        owner: list[int] = []  # per character: the piece's message index
+        for text, i in pieces:
+            owner += [i] * len(text)
+        enc = tok("".join(t for t, _ in pieces), add_special_tokens=False, return_offsets_mapping=True)
+        prev, seen_last = -1, False
+        for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+            i = owner[b - 1] if b > a else prev  # a token belongs to the piece of its last character
+            if i == last and not seen_last:
+                last_start, seen_last = len(ids), True
+            ids.append(t)
+            mask.append(counts(i))
+            prev = i
+    else:  # slow tokenizers (no offsets): piece by piece
+        for text, i in pieces:
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            if i == last:
+                last_start = len(ids)
+            ids += piece
+            mask += [counts(i)] * len(piece)
+    ids, mask = ids[:seq_len], mask[:seq_len]
+    if len(ids) < 2:
+        return None
+    mask[0] = False  # the first token is never predicted
+    if not any(mask):
+        return None
+    start = mask.index(True)
+    targets = [t for t, m in zip(ids, mask) if m]
+    return Example(ids, start=start, prompt_len=max(1, min(last_start, len(ids) - 1)), n_bytes=_bytes_of(tok, targets),
+                   mask=mask, messages=msgs, loss_on=loss_on)
 
 
 # ------------------------------------------------------------------ rows and batches
@@ -197,7 +360,12 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, wit
             pos[b, o:o + n] = torch.arange(n)
             seg[b, o:o + n] = j
             s = max(ex.start, 1)
-            if n > s:  # position t predicts token t+1 for t+1 in [start, n)
+            if ex.mask is not None:  # chat data: position t predicts token t+1 where mask[t+1]
+                keep = torch.tensor(ex.mask[1:n], dtype=torch.bool)
+                lab = torch.where(keep, x[1:], IGNORE)
+                labels[b, o:o + n - 1] = lab
+                sign[b, o:o + n - 1] = torch.where(keep, ex.sign, 0.0)
+            elif n > s:  # position t predicts token t+1 for t+1 in [start, n)
                 labels[b, o + s - 1:o + n - 1] = x[s:]
                 sign[b, o + s - 1:o + n - 1] = ex.sign
             n_bytes += ex.n_bytes

@@ -19,8 +19,9 @@ from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.families.llm.base import LMMethod, sample
 from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
-from distill.families.llm.data import (Example, LMLoader, check_packing, prompt_response_examples, read_hf_dataset,
-                                       read_jsonl, read_texts, rows_of, text_examples)
+from distill.families.llm.data import (Example, LMLoader, chat_examples, check_packing, prompt_response_examples,
+                                       read_chats, read_hf_chats, read_hf_dataset, read_jsonl, read_texts, rows_of,
+                                       set_chat_template, text_examples)
 from distill.families.llm.evaluate import generate_text, lm_metrics
 from distill.families.llm.lora import (BaseTeacher, adapter_parameters, load_adapter, save_adapter, student_base_of,
                                        wrap_lora)
@@ -132,7 +133,19 @@ def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher | None, device, log)
         split = len(exs) - min(d.eval_samples, len(exs) // 2)
         train, held = exs[:split], exs[split:]
     else:
+        if d.source == "chat":
+            set_chat_template(tok, d.chat_template)
+
         def load(path: str | None, split: str | None) -> list[Example]:
+            if d.source == "chat":
+                local = Path(expand(path)).is_file()  # type: ignore[arg-type]
+                convs = read_chats(expand(path), d.messages_field) if local \
+                    else read_hf_chats(path, split or d.split, d.messages_field)  # type: ignore[arg-type]
+                exs = chat_examples(convs[: d.max_docs], tok, d.seq_len, d.loss_on)
+                if len(exs) < len(convs[: d.max_docs]):
+                    log(f"data: {len(convs[: d.max_docs]) - len(exs)} conversation(s) kept no target token within "
+                        f"data.seq_len={d.seq_len} and were dropped")
+                return exs
             if d.source == "jsonl":
                 pairs = read_jsonl(expand(path), d.prompt_field, d.response_field, d.label_field)[: d.max_docs]  # type: ignore[arg-type]
                 return prompt_response_examples(pairs, tok, d.seq_len)
