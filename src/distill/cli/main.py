@@ -160,6 +160,10 @@ from distill.cli.serve import serve_teacher as _serve_teacher  # noqa: E402
 
 app.command("serve-teacher")(_serve_teacher)
 
+from distill.cli.plan import plan as _plan  # noqa: E402
+
+app.command("plan")(_plan)
+
 
 def main() -> None:
     try:

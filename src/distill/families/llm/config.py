@@ -137,6 +137,8 @@ class LLMRunConfig(RunConfig):
     methods: list[LMMethodConfig] = Field(default_factory=lambda: [LMMethodConfig(name="sft"),
                                                                    LMMethodConfig(name="token_kd")], min_length=1)
     eval: LMEvalConfig = Field(default_factory=LMEvalConfig)
+    memory_check: bool = Field(True, description="estimate the peak memory per device before loading anything "
+                               "(`distill plan`) and refuse a recipe that does not fit")
 
     def check_components(self) -> None:
         from distill.registry import methods

@@ -199,7 +199,11 @@ def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Te
 
 @register_runner("llm")
 def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    device = Engine(cfg.engine, None, seed=cfg.seed).device
+    probe = Engine(cfg.engine, None, seed=cfg.seed)
+    device = probe.device
+    from distill.families.llm.plan import check
+
+    check(cfg, probe.accelerator.num_processes, log)  # before any weight is loaded
     teacher: Teacher | None = None
     served = None  # the served teacher, when the recipe gives only teacher.url
     with main_first():  # the main process converts / samples into the cache, the others read it

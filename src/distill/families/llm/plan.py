@@ -1,0 +1,387 @@
+"""`distill plan`: the peak memory per device of an llm recipe, estimated before anything runs,
+for each way of placing the teacher, and the placement that fits.
+
+What is counted, per device, for one optimiser step of the student:
+
+- weights: every parameter of the student and of the teacher, in its dtype (the models are built
+  on the meta device from their configs, so nothing is allocated or downloaded);
+- gradients and optimiser state of the trainable parameters (fp32 AdamW: 4 + 8 bytes each; SGD
+  with momentum 4 + 4);
+- activations saved for the backward pass, measured, not modelled: the student's architecture is
+  run at 1 and 2 layers on two short sequences under `torch.autograd.graph.saved_tensors_hooks`
+  (weights left uninitialised, vocabulary cut to 256), and the saved bytes are extrapolated to the
+  recipe's layers, batch and sequence length (linear in the layers, and per token linear in the
+  sequence length, which covers attention implementations that keep the T x T scores);
+- the teacher's final hidden states, which the loss reads, and the chunked loss's workspace (a
+  `chunk x vocab` block of logits of each model and their softmax and gradient);
+- evaluation, a phase of its own: the full (batch, T, vocab) logits of the student (and the
+  teacher's, for top-1 agreement) at `data.eval_batch_size`.
+
+Placements: `colocated` (both models on every device; DDP keeps a copy per process), `offloaded`
+(`teacher.device_map`: the teacher's weights in host memory), `fsdp` (N devices: the student's
+weights, gradients and state divided by N; the teacher's repeated blocks divided by N, its
+embeddings and head whole; one gathered block in flight), `served` (the teacher in another
+process: `distill serve-teacher`). The estimate is checked against measured peaks in
+tests/llm/test_llm_plan.py (CPU, within 20%).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+
+GiB = 2 ** 30
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+LOSS_BLOCKS = 6  # chunk x vocab fp32 blocks live at once in the chunked loss (both models' logits, softmaxes, grad)
+
+
+@dataclass
+class ModelShape:
+    """A model's sizes, read from its config on the meta device."""
+    name: str
+    params: int            # unique parameters
+    block_params: int      # in the repeated blocks (the FSDP units)
+    largest_block: int     # parameters of the largest block
+    hidden: int
+    vocab: int
+    layers: int
+    dtype_bytes: int
+    config: Any = None     # the transformers config (to probe activations)
+    trainable: int = 0     # LoRA: the adapter's parameters; else every parameter
+
+
+@dataclass
+class Placement:
+    name: str
+    parts: dict[str, float] = field(default_factory=dict)   # bytes per device
+    host: float = 0.0                                        # bytes in host memory off the device
+    note: str = ""
+    available: bool = True                                   # possible for this recipe as written
+
+    @property
+    def train_peak(self) -> float:
+        return sum(v for k, v in self.parts.items() if not k.startswith("eval"))
+
+    @property
+    def eval_peak(self) -> float:
+        weights = self.parts.get("student weights", 0) + self.parts.get("teacher weights", 0)
+        return weights + self.parts.get("eval logits", 0)
+
+    @property
+    def peak(self) -> float:
+        return max(self.train_peak, self.eval_peak)
+
+
+@contextlib.contextmanager
+def _meta():
+    with torch.device("meta"):
+        yield
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    from distill.dist import fsdp_units
+
+    return fsdp_units(model)
+
+
+def _shape(name: str, model: nn.Module, dtype_bytes: int) -> ModelShape:
+    params = {id(p): p for p in model.parameters()}
+    units = _blocks(model)
+    block_sizes = [sum(p.numel() for p in u.parameters()) for u in units]
+    cfg = getattr(model, "config", None)
+    hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0))
+    vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None else 0
+    total = sum(p.numel() for p in params.values())
+    return ModelShape(name, total, sum(block_sizes), max(block_sizes, default=0), hidden, vocab, len(units),
+                      dtype_bytes, cfg, trainable=total)
+
+
+def teacher_shape(cfg) -> ModelShape | None:
+    """The teacher's sizes from its config (a transformers folder or hub id, or a llama2.c .bin),
+    None for a served teacher."""
+    t = cfg.teacher
+    if t.url or not t.path:
+        return None
+    from distill.utils import expand
+
+    path = expand(t.path)
+    with _meta():
+        if Path(path).is_file() and Path(path).suffix == ".bin":  # llama2.c: the header is the config
+            import struct
+
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            raw = Path(path).open("rb").read(28)
+            dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", raw)
+            model = LlamaForCausalLM(LlamaConfig(vocab_size=abs(vocab), hidden_size=dim, intermediate_size=hidden,
+                                                 num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                                                 num_key_value_heads=n_kv, max_position_embeddings=seq_len,
+                                                 tie_word_embeddings=vocab > 0))
+        else:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            try:
+                mcfg = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
+            except Exception as e:
+                raise ConfigError(f"teacher.path: cannot read the config of {path!r}: {e}") from None
+            model = AutoModelForCausalLM.from_config(mcfg)
+    return _shape("teacher", model, DTYPE_BYTES[t.dtype])
+
+
+def student_shape(cfg, vocab: int | None) -> ModelShape:
+    s = cfg.student
+    from distill.utils import expand
+
+    with _meta():
+        if s.path:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            path = expand(s.path)
+            try:
+                mcfg = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
+            except Exception as e:
+                raise ConfigError(f"student.path: cannot read the config of {path!r}: {e}") from None
+            model = AutoModelForCausalLM.from_config(mcfg)
+        else:
+            from distill.families.llm.models import build_student
+
+            if vocab is None:
+                raise ConfigError("student: the vocabulary size is unknown (no teacher to read it from); "
+                                  "give student.path or a teacher.")
+            model = build_student(s.arch, vocab, None, None, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                                  num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
+                                  intermediate_size=s.intermediate_size, max_positions=max(cfg.data.seq_len, 64) * 2,
+                                  tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to)
+    shape = _shape("student", model, DTYPE_BYTES[s.dtype])
+    if s.lora is not None:
+        shape.trainable = lora_params(model, s.lora)
+    return shape
+
+
+def lora_params(model: nn.Module, lora) -> int:
+    """Parameters of the adapter `student.lora` would add (r x (in + out) per targeted linear)."""
+    import re
+
+    targets = lora.target_modules
+    if targets is None:  # peft's defaults for the common architectures
+        targets = ["q_proj", "v_proj", "c_attn"]
+    n = 0
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear) and type(m).__name__ != "Conv1D":
+            continue
+        hit = (re.fullmatch(targets, name) is not None) if isinstance(targets, str) else \
+            any(name == t or name.endswith("." + t) for t in targets)
+        if hit:
+            w = m.weight
+            n += lora.r * (w.shape[0] + w.shape[1])
+    return n
+
+
+def activation_bytes(shape: ModelShape, batch: int, seq: int, lora=None) -> float:
+    """Bytes the student's forward saves for its backward at (batch, seq), measured on the
+    architecture at 1 and 2 layers and two lengths (see the module's docstring)."""
+    cfg = shape.config
+    if cfg is None:
+        raise ConfigError("plan: the student has no transformers config to measure its activations")
+    short = [16, 32]
+    got = {}
+    for layers in (1, 2):
+        small = cfg.__class__.from_dict({**cfg.to_dict(), "vocab_size": 256,
+                                         _layers_key(cfg): layers})
+        from transformers import AutoModelForCausalLM
+
+        with _meta():
+            model = AutoModelForCausalLM.from_config(small)
+        model = model.to_empty(device="cpu")
+        if shape.dtype_bytes != 4:
+            model = model.to(torch.bfloat16)
+        if lora is not None:  # the frozen base saves only what the adapter's gradients need
+            from distill.families.llm.lora import wrap_lora
+
+            model = wrap_lora(model, lora)
+        for t in short:
+            got[(layers, t)] = _saved_bytes(model, t)
+    per_layer = {t: got[(2, t)] - got[(1, t)] for t in short}
+    base = {t: got[(1, t)] - per_layer[t] for t in short}
+
+    def at(d: dict[int, float]) -> float:  # per-token cost linear in the length, evaluated at `seq`
+        a, b = d[short[0]] / short[0], d[short[1]] / short[1]
+        slope = (b - a) / (short[1] - short[0])
+        return max(a + slope * (seq - short[0]), 0.0)
+
+    return batch * seq * (shape.layers * at(per_layer) + at(base))
+
+
+def _layers_key(cfg) -> str:
+    for k in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(cfg, k):
+            return k
+    raise ConfigError(f"plan: cannot find the number of layers in the {type(cfg).__name__}")
+
+
+def _saved_bytes(model: nn.Module, seq: int) -> int:
+    from distill.families.llm.models import hidden_states
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(x):
+        st = x.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return x
+
+    ids = torch.zeros(1, seq, dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(seq)[None]}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        hidden_states(model, batch)
+    return sum(seen.values())
+
+
+def _optimizer_bytes(cfg, trainable: int) -> tuple[float, float]:
+    """(gradients, optimiser state) bytes of the trainable parameters (fp32)."""
+    opt = cfg.train.optimizer
+    state = 8 if opt.name in ("adam", "adamw") else (4 if opt.momentum > 0 else 0)
+    return 4.0 * trainable, float(state * trainable)
+
+
+def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape | None]:
+    """Every placement's estimate for the recipe `cfg` (an LLMRunConfig) on `devices` devices."""
+    t = teacher_shape(cfg)
+    s = student_shape(cfg, t.vocab if t is not None else None)
+    if cfg.teacher.student_base:  # the student's own base, no second copy
+        t = ModelShape("teacher", 0, 0, 0, s.hidden, s.vocab, s.layers, s.dtype_bytes)
+    d = cfg.data
+    rows = max(d.batch_size // max(devices, 1), 1)
+    act = activation_bytes(s, rows, d.seq_len, cfg.student.lora)
+    grads, state = _optimizer_bytes(cfg, s.trainable)
+    w_s = float(s.params * s.dtype_bytes)
+    chunk = min(max(int((m.params or {}).get("chunk_size", 1024)) for m in cfg.methods), rows * d.seq_len)
+    vocab = s.vocab + (t.vocab if t is not None else 0)
+    loss = float(LOSS_BLOCKS / 2 * chunk * vocab * 4)
+    eval_rows = d.eval_batch_size
+    eval_logits = float(eval_rows * d.seq_len * (s.vocab + (t.vocab if t is not None else 0)) * 4)
+    hidden_t = float(rows * d.seq_len * t.hidden * 4) if t is not None else 0.0
+
+    def student_parts(div: int = 1) -> dict[str, float]:
+        return {"student weights": w_s / div, "gradients": grads / div, "optimiser state": state / div,
+                "activations": act, "loss": loss}
+
+    out = []
+    if t is not None:
+        w_t = float(t.params * t.dtype_bytes)
+        out.append(Placement("colocated", {**student_parts(), "teacher weights": w_t, "teacher hidden": hidden_t,
+                                           "eval logits": eval_logits},
+                             note="both models on every device" + (" (one copy per DDP process)" if devices > 1 else "")))
+        out.append(Placement("offloaded", {**student_parts(), "teacher weights": 0.0, "teacher hidden": hidden_t,
+                                           "eval logits": eval_logits}, host=w_t,
+                             note="teacher.device_map: cpu (weights in host memory, slower teacher)",
+                             available=devices == 1))
+        if devices > 1:
+            rest = t.params - t.block_params
+            w_t_shard = float((t.block_params / devices + rest + 2 * t.largest_block) * t.dtype_bytes)
+            if t.block_params == 0:
+                w_t_shard = float(t.params * t.dtype_bytes / devices)
+            w_s_gather = float(2 * s.largest_block * s.dtype_bytes)
+            parts = {**student_parts(devices), "teacher weights": w_t_shard, "teacher hidden": hidden_t,
+                     "gathered block": w_s_gather, "eval logits": eval_logits}
+            out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
+    out.append(Placement("served", {**student_parts(), "teacher weights": 0.0, "teacher hidden": 0.0,
+                                    "eval logits": float(eval_rows * d.seq_len * s.vocab * 4)},
+                         note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k"))
+    return out, s, t
+
+
+def current(cfg, devices: int) -> str:
+    """The placement the recipe as written asks for."""
+    if cfg.teacher.student_base:
+        return "colocated"
+    if cfg.teacher.url or not cfg.teacher.path:
+        return "served"
+    if cfg.teacher.device_map is not None:
+        return "offloaded"
+    if cfg.engine.strategy == "fsdp":
+        return "fsdp"
+    return "colocated"
+
+
+def device_memory(device: str = "auto") -> tuple[float, str]:
+    """(bytes, what) of one device: the first CUDA device's memory, else the host's RAM."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return float(p.total_memory), p.name
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host RAM"
+
+
+def choose(placements: list[Placement], memory: float) -> Placement | None:
+    """The first placement, in the order colocated, fsdp, offloaded, served, whose peak fits."""
+    order = ["colocated", "fsdp", "offloaded", "served"]
+    for name in order:
+        for p in placements:
+            if p.name == name and p.available and p.peak <= memory:
+                return p
+    return None
+
+
+def gib(x: float) -> str:
+    return f"{x / GiB:.2f}" if x >= 0.01 * GiB or x == 0 else f"{x / 2**20:.1f} MiB"
+
+
+def table(placements: list[Placement], memory: float, what: str, picked: Placement | None, asked: str):
+    from rich.table import Table
+
+    cols = [("teacher weights", "teacher"), ("student weights", "student"), ("gradients", "grads"),
+            ("optimiser state", "optim"), ("activations", "activ."), ("teacher hidden", "t.hidden"),
+            ("loss", "loss"), ("gathered block", "gather")]
+    big = max(p.peak for p in placements) >= GiB
+    unit, scale = ("GiB", GiB) if big else ("MiB", 2 ** 20)
+    tab = Table(title=f"estimated peak per device, {unit}; one device: {memory / GiB:.2f} GiB ({what})")
+    tab.add_column("placement")
+    for _, short in cols:
+        tab.add_column(short, justify="right")
+    tab.add_column("train", justify="right")
+    tab.add_column("eval", justify="right")
+    tab.add_column("fits")
+    for p in placements:
+        mark = "n/a" if not p.available else ("picked" if p is picked else "yes") if p.peak <= memory else "no"
+        label = p.name + (" *" if p.name == asked else "")
+        tab.add_row(label, *[f"{p.parts[k] / scale:.2f}" if k in p.parts else "-" for k, _ in cols],
+                    f"{p.train_peak / scale:.2f}", f"{p.eval_peak / scale:.2f}", mark)
+    tab.caption = "* the placement the recipe asks for"
+    return tab
+
+
+def check(cfg, devices: int, log) -> None:
+    """Refuse a recipe whose placement is estimated not to fit on its device (`distill run`)."""
+    if not getattr(cfg, "memory_check", True):
+        return
+    try:
+        placements, _, _ = plan(cfg, devices)
+    except Exception as e:  # an architecture the probe cannot run: say so, never block the run
+        log(f"plan: no memory estimate ({type(e).__name__}: {e})")
+        return
+    memory, what = device_memory(cfg.engine.device)
+    asked = current(cfg, devices)
+    mine = next((p for p in placements if p.name == asked), None)
+    if mine is None or mine.peak <= memory:
+        if mine is not None:
+            log(f"plan: estimated peak {gib(mine.peak)} GiB per device ({asked}) of {gib(memory)} GiB ({what})")
+        return
+    better = choose(placements, memory)
+    hint = (f" The {better.name} placement is estimated at {gib(better.peak)} GiB ({better.note})."
+            if better is not None else " No placement fits; lower data.batch_size or data.seq_len, use a LoRA "
+            "student, or a served teacher on another machine.")
+    big = max(mine.parts, key=lambda k: mine.parts[k])
+    raise ConfigError(f"memory: this recipe is estimated to need {gib(mine.peak)} GiB per device ({asked}; the "
+                      f"largest part is the {big}, {gib(mine.parts[big])} GiB), more than the {gib(memory)} GiB of "
+                      f"{what}.{hint} `distill plan RECIPE` shows every part; set memory_check: false to run anyway.")
+
+
+__all__ = ["Placement", "ModelShape", "plan", "choose", "check", "device_memory", "table", "current"]

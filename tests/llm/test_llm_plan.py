@@ -1,0 +1,126 @@
+"""`distill plan`: the estimated peak memory against the measured peak of the same recipe, run in a
+fresh process (CPU, resident-set peak; glibc told to return every freed block over 128 KiB so that
+the peak is that of the live tensors), and the refusal of a recipe that cannot fit."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+from llm_helpers import corpus, tiny_lm  # noqa: E402
+
+from distill.config import load_config  # noqa: E402
+from distill.errors import ConfigError  # noqa: E402
+from distill.families.llm.plan import check, choose, plan  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+MEASURE = textwrap.dedent('''
+    import json, resource, sys
+    import torch
+    import distill
+    from distill.families.llm.models import build_student, hidden_states, head_of
+    from distill.losses.lm import hidden_divergence
+
+    def rss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    # warm up every code path (imports, kernels, the optimiser) on a model too small to matter
+    m = build_student("llama", 64, 1, 2, hidden_size=16, num_layers=1, num_heads=4, max_positions=64)
+    ids = torch.randint(0, 64, (2, 8))
+    b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(8).expand(2, 8)}
+    opt = torch.optim.AdamW(m.parameters())
+    h = hidden_states(m, b)
+    w, _ = head_of(m)
+    hidden_divergence(h, w, h.detach(), w.detach(), mask=b["attention_mask"].bool(), chunk_size=4).backward()
+    opt.step()
+    del m, opt, h, w
+    recipe = json.loads(sys.argv[1])
+    base = rss()
+    distill.run(recipe, log=lambda s: None)
+    print(json.dumps({"peak": rss() - base}))
+''')
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_tok):
+    d = tmp_path_factory.mktemp("plan_teacher")
+    tiny_lm("llama", len(tiny_tok), hidden=256, layers=4, seed=1).save_pretrained(d)
+    tiny_tok.save_pretrained(d)
+    return d
+
+
+def _recipe(tmp_path: Path, teacher_dir: Path, **over) -> dict:
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(120)))
+    r = {"name": "plan", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+         "teacher": {"path": str(teacher_dir)},
+         "student": {"arch": "llama", "hidden_size": 192, "num_layers": 4, "num_heads": 4, "intermediate_size": 768},
+         "data": {"source": "text", "path": str(text), "seq_len": 256, "batch_size": 16, "eval_batch_size": 4,
+                  "pack": True},
+         "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
+         "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"chunk_size": 256}}]}
+    for k, v in over.items():
+        r[k] = {**r.get(k, {}), **v} if isinstance(v, dict) else v
+    return r
+
+
+def _measured_peak(recipe: dict) -> float:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0",
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(recipe)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+
+@pytest.mark.parametrize("student", [{}, {"lora": {"r": 8}}], ids=["full", "lora"])
+def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_dir, student):
+    if student:
+        pytest.importorskip("peft")
+    recipe = _recipe(tmp_path, teacher_dir, student=student)
+    placements, s, t = plan(load_config(recipe), devices=1)
+    est = next(p for p in placements if p.name == "colocated")
+    measured = _measured_peak(recipe)
+    assert est.peak > 0.5 * 2 ** 20 and measured > 0
+    ratio = est.peak / measured
+    assert 0.8 <= ratio <= 1.2, (f"estimate {est.peak / 2**20:.1f} MiB vs measured {measured / 2**20:.1f} MiB "
+                                 f"({ratio:.2f}); parts: {({k: round(v / 2**20, 1) for k, v in est.parts.items()})}")
+
+
+def test_parts_follow_the_recipe(tmp_path, teacher_dir):
+    cfg = load_config(_recipe(tmp_path, teacher_dir))
+    (col, off, served), s, t = plan(cfg, devices=1)
+    assert [p.name for p in (col, off, served)] == ["colocated", "offloaded", "served"]
+    assert col.parts["teacher weights"] == t.params * 4 and off.parts["teacher weights"] == 0 and off.host == t.params * 4
+    assert col.parts["gradients"] == 4 * s.params and col.parts["optimiser state"] == 8 * s.params
+    # activations scale with the tokens of a micro-batch: half the batch, half the activations
+    half = plan(load_config(_recipe(tmp_path, teacher_dir, data={"batch_size": 8})), devices=1)[0][0]
+    assert half.parts["activations"] == pytest.approx(col.parts["activations"] / 2, rel=1e-6)
+    # FSDP over 2 devices: the student's state halves, every device still holds a micro-batch
+    fsdp = next(p for p in plan(cfg, devices=2)[0] if p.name == "fsdp")
+    assert fsdp.parts["optimiser state"] == col.parts["optimiser state"] / 2
+    lora = plan(load_config(_recipe(tmp_path, teacher_dir, student={"lora": {"r": 4}})), devices=1)[1]
+    assert 0 < lora.trainable < lora.params / 10
+
+
+def test_run_refuses_a_recipe_that_cannot_fit(tmp_path, teacher_dir, monkeypatch):
+    import distill.families.llm.plan as P
+
+    cfg = load_config(_recipe(tmp_path, teacher_dir))
+    need = plan(cfg, 1)[0][0].peak
+    monkeypatch.setattr(P, "device_memory", lambda device="auto": (need * 0.5, "a small device"))
+    with pytest.raises(ConfigError, match=r"memory: this recipe is estimated to need .* GiB per device \(colocated;.*"
+                                          r"more than the .* GiB of a small device.*memory_check: false"):
+        check(cfg, 1, print)
+    fallback = choose(plan(cfg, 1)[0], need * 0.5)
+    assert fallback is None or (fallback.name != "colocated" and fallback.peak <= need * 0.5)
+    said = []
+    check(load_config(_recipe(tmp_path, teacher_dir, memory_check=False)), 1, said.append)
+    assert said == []
