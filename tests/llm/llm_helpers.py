@@ -46,3 +46,35 @@ def assert_same_token_kd_runs(runs_dir, a: str = "local", b: str = "served") -> 
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
+
+
+def cached_loss(cache, student, batch, kind: str = "forward_kl", temperature: float = 2.0):
+    """The summed divergence of `student` on `batch` against the teacher read from `cache`."""
+    from distill.families.llm.cache import cached_divergence_sum
+    from distill.families.llm.data import IGNORE
+    from distill.families.llm.models import head_of, hidden_states
+
+    mask = batch["labels"] != IGNORE
+    w, b = head_of(student)
+    return cached_divergence_sum(hidden_states(student, batch), w, b, cache.lookup(batch), mask, kind,
+                                 vocab_size=cache.meta["vocab_size"], temperature=temperature, chunk_size=7)
+
+
+def teacher_and_text(tmp_path, tok, docs: int = 30):
+    """(folder, text file): a tiny Llama teacher saved with `tok`, and `docs` corpus documents."""
+    tdir = tmp_path / "teacher"
+    tiny_lm("llama", len(tok), hidden=24, seed=3).save_pretrained(tdir)
+    tok.save_pretrained(tdir)
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(docs)))
+    return tdir, text
+
+
+def cache_run_recipe(tmp_path, tdir, text, **teacher) -> dict:
+    """A two-step token_kd run at T = 2 on `text`, with the teacher keys given (e.g. cache_top_k)."""
+    return {"name": "t", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+            "teacher": {"path": str(tdir), **teacher},
+            "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "pad_vocab_to": 64},
+            "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8},
+            "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
+            "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"temperature": 2.0}}]}

@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from llm_helpers import corpus, tiny_lm  # noqa: E402
+from llm_helpers import cache_run_recipe, cached_loss, teacher_and_text, tiny_lm  # noqa: E402
 
 from distill.errors import CacheMismatchError  # noqa: E402
-from distill.families.llm.cache import LMTeacherCache, cached_divergence_sum  # noqa: E402
-from distill.families.llm.data import IGNORE, collate, pack, text_examples  # noqa: E402
+from distill.families.llm.cache import LMTeacherCache  # noqa: E402
+from distill.families.llm.data import IGNORE  # noqa: E402
 from distill.families.llm.models import head_of, hidden_states  # noqa: E402
 from distill.families.llm.token_kd import TokenKD  # noqa: E402
 from distill.losses.divergences import sparse_divergence  # noqa: E402
@@ -23,29 +23,9 @@ from distill.teacher import Teacher  # noqa: E402
 T = 2.0
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_tok):
-    t = tiny_lm("llama", len(tiny_tok), hidden=24, seed=3)
-    with torch.no_grad():  # a peaked teacher, so that the divergences are far from 0 (several nats)
-        t.get_output_embeddings().weight.mul_(20.0)
-    teacher = Teacher(t)
-    student = tiny_lm("gpt2", len(tiny_tok), hidden=16, seed=1).eval()  # no dropout: comparable passes
-    exs = text_examples(corpus(10), tiny_tok, 32)
-    exs[3].start = 4  # a prompt: its first targets are not counted nor cached
-    batch = collate(pack(exs, 64), tiny_tok.pad_token_id, packed=True)
-    return teacher, student, exs, batch
-
-
-def _cached(cache, student, batch, kind="forward_kl"):
-    mask = batch["labels"] != IGNORE
-    w, b = head_of(student)
-    return cached_divergence_sum(hidden_states(student, batch), w, b, cache.lookup(batch), mask, kind,
-                                 vocab_size=cache.meta["vocab_size"], temperature=T, chunk_size=7)
-
-
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd", "reverse_kl"])
-def test_cached_loss_equals_in_process_top_k(tmp_path, setup, tiny_tok, kind):
-    teacher, student, exs, batch = setup
+def test_cached_loss_equals_in_process_top_k(tmp_path, cache_setup, tiny_tok, kind):
+    teacher, student, exs, batch = cache_setup
     cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32, batch_size=4)
     assert cache.meta["tokens"] == int((batch["labels"] != IGNORE).sum())
     # in process, on the packed batch: the teacher's top-k log-probs and exact tail, then sparse_divergence
@@ -56,7 +36,7 @@ def test_cached_loss_equals_in_process_top_k(tmp_path, setup, tiny_tok, kind):
     top = lp_t.topk(8, -1)
     tail = lp_t.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
     z_s = student(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits[mask]
-    got = _cached(cache, student, batch, kind)
+    got = cached_loss(cache, student, batch, kind)
     ref = sparse_divergence(z_s, top.indices, top.values.half().float(), kind, temperature=T, teacher_log_tail=tail,
                             reduction="sum")
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6), (kind, got, ref)  # same fp16 log-probs: equal
@@ -65,7 +45,7 @@ def test_cached_loss_equals_in_process_top_k(tmp_path, setup, tiny_tok, kind):
     assert got > 0.05 * mask.sum() and torch.allclose(got, ref32, rtol=1e-3), (kind, got, ref32)
     # gradients agree too
     student.zero_grad()
-    _cached(cache, student, batch, kind).backward()
+    cached_loss(cache, student, batch, kind).backward()
     g_cached = student.get_output_embeddings().weight.grad.clone()
     student.zero_grad()
     sparse_divergence(student(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits[mask],
@@ -75,8 +55,8 @@ def test_cached_loss_equals_in_process_top_k(tmp_path, setup, tiny_tok, kind):
     student.zero_grad()
 
 
-def test_k_equal_vocab_is_the_dense_loss(tmp_path, setup, tiny_tok):
-    teacher, student, exs, batch = setup
+def test_k_equal_vocab_is_the_dense_loss(tmp_path, cache_setup, tiny_tok):
+    teacher, student, exs, batch = cache_setup
     V = head_of(teacher.module)[0].shape[0]
     cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=V, seq_len=32)
     mask = batch["labels"] != IGNORE
@@ -85,13 +65,13 @@ def test_k_equal_vocab_is_the_dense_loss(tmp_path, setup, tiny_tok):
         wt, bt = head_of(teacher.module)
         dense = hidden_divergence(hidden_states(student, batch), ws, hidden_states(teacher.module, batch), wt,
                                   "forward_kl", student_bias=bs, teacher_bias=bt, temperature=T, mask=mask)
-        got = _cached(cache, student, batch)
+        got = cached_loss(cache, student, batch)
     assert dense > 0.5 * mask.sum() and torch.allclose(got, dense, rtol=1e-3), (got, dense)  # fp16 rounding only
     assert cache.bytes_per_token() > V * 6  # int32 + fp16 per entry, plus the tail
 
 
-def test_token_kd_reads_the_cache_not_the_teacher(tmp_path, setup, tiny_tok):
-    teacher, student, exs, batch = setup
+def test_token_kd_reads_the_cache_not_the_teacher(tmp_path, cache_setup, tiny_tok):
+    teacher, student, exs, batch = cache_setup
     m = TokenKD(student, teacher, temperature=T)
     m.cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=16, seq_len=32)
     m.teacher_hidden = lambda b: (_ for _ in ()).throw(AssertionError("the teacher ran"))
@@ -104,8 +84,8 @@ def test_token_kd_reads_the_cache_not_the_teacher(tmp_path, setup, tiny_tok):
     student.zero_grad()
 
 
-def test_mismatch_and_corruption_are_refused(tmp_path, setup, tiny_tok):
-    teacher, student, exs, _ = setup
+def test_mismatch_and_corruption_are_refused(tmp_path, cache_setup, tiny_tok):
+    teacher, student, exs, _ = cache_setup
     folder = tmp_path / "c"
     LMTeacherCache.build(folder, teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32)
     ok = dict(temperature=T, k=8, seq_len=32)
@@ -145,17 +125,8 @@ def test_mismatch_and_corruption_are_refused(tmp_path, setup, tiny_tok):
 def test_run_with_cache_top_k(tmp_path, tiny_tok):
     import distill
 
-    tdir = tmp_path / "teacher"
-    tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(tdir)
-    tiny_tok.save_pretrained(tdir)
-    text = tmp_path / "train.txt"
-    text.write_text("\n\n".join(corpus(30)))
-    recipe = {"name": "t", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
-              "teacher": {"path": str(tdir), "cache_top_k": 16},
-              "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "pad_vocab_to": 64},
-              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8},
-              "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
-              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"temperature": 2.0}}]}
+    tdir, text = teacher_and_text(tmp_path, tiny_tok)
+    recipe = cache_run_recipe(tmp_path, tdir, text, cache_top_k=16)
     lines: list[str] = []
     s = distill.run(recipe, log=lines.append)
     assert s["students"]["token_kd"]["bits_per_byte"] > 0
@@ -166,7 +137,7 @@ def test_run_with_cache_top_k(tmp_path, tiny_tok):
     assert any("bytes/token" in line for line in lines)
 
 
-def test_token_kd_top_k_is_refused_with_cached_or_served_targets(tmp_path, setup, tiny_tok):
+def test_token_kd_top_k_is_refused_with_cached_or_served_targets(tmp_path, cache_setup, tiny_tok):
     """top_k (union of both top-k + tail) cannot be honoured from the teacher's stored top-k: an
     error, not a silently different loss; before the cache is built, and at attachment."""
     from types import SimpleNamespace
@@ -174,7 +145,7 @@ def test_token_kd_top_k_is_refused_with_cached_or_served_targets(tmp_path, setup
     from distill.errors import ConfigError
     from distill.families.llm.cache import attach_cache
 
-    teacher, student, exs, _ = setup
+    teacher, student, exs, _ = cache_setup
     m = TokenKD(student, teacher, temperature=T, top_k=4)
     cfg = SimpleNamespace(teacher=SimpleNamespace(cache_top_k=8), cache_dir=str(tmp_path), data=SimpleNamespace(seq_len=32))
     with pytest.raises(ConfigError, match="top_k"):

@@ -8,14 +8,12 @@ import pytest
 
 pytest.importorskip("transformers")
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from llm_helpers import corpus, tiny_lm  # noqa: E402
+from llm_helpers import cache_run_recipe, cached_loss, teacher_and_text, tiny_lm  # noqa: E402
 
 from distill.errors import CacheMismatchError  # noqa: E402
-from distill.families.llm.cache import CompressedLMTeacherCache, LMTeacherCache, cached_divergence_sum  # noqa: E402
+from distill.families.llm.cache import CompressedLMTeacherCache, LMTeacherCache  # noqa: E402
 from distill.families.llm.compress import Codec, decode, dense_logprobs, encode, kl_per_token  # noqa: E402
-from distill.families.llm.data import IGNORE, collate, pack, text_examples  # noqa: E402
-from distill.families.llm.models import head_of, hidden_states  # noqa: E402
+from distill.families.llm.models import head_of  # noqa: E402
 from distill.losses.divergences import sparse_divergence  # noqa: E402
 from distill.teacher import Teacher  # noqa: E402
 
@@ -97,31 +95,11 @@ def test_padded_bins_change_nothing_in_the_loss():
         assert torch.allclose(got, ref, atol=1e-6), kind
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_tok):
-    t = tiny_lm("llama", len(tiny_tok), hidden=24, seed=3)
-    with torch.no_grad():
-        t.get_output_embeddings().weight.mul_(20.0)
-    teacher = Teacher(t)
-    student = tiny_lm("gpt2", len(tiny_tok), hidden=16, seed=1).eval()
-    exs = text_examples(corpus(10), tiny_tok, 32)
-    exs[3].start = 4
-    batch = collate(pack(exs, 64), tiny_tok.pad_token_id, packed=True)
-    return teacher, student, exs, batch
-
-
-def _loss(cache, student, batch, kind="forward_kl"):
-    mask = batch["labels"] != IGNORE
-    w, b = head_of(student)
-    return cached_divergence_sum(hidden_states(student, batch), w, b, cache.lookup(batch), mask, kind,
-                                 vocab_size=cache.meta["vocab_size"], temperature=T, chunk_size=7)
-
-
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd"])
-def test_loss_from_the_compressed_cache(tmp_path, setup, tiny_tok, kind):
+def test_loss_from_the_compressed_cache(tmp_path, cache_setup, tiny_tok, kind):
     """16 bits, nothing dropped, k = V: the loss equals the dense in-process one (the exact format's
     k = V loss) closely; a coarse code (p >= 1e-3, 8 bits) stays within a few percent of it, at a fraction of the bytes."""
-    teacher, student, exs, batch = setup
+    teacher, student, exs, batch = cache_setup
     V = head_of(teacher.module)[0].shape[0]
     exact = LMTeacherCache.build(tmp_path / "e", teacher, tiny_tok, exs, temperature=T, k=V, seq_len=32)
     fine = CompressedLMTeacherCache.build(tmp_path / "f", teacher, tiny_tok, exs, temperature=T, k=V, seq_len=32,
@@ -129,22 +107,22 @@ def test_loss_from_the_compressed_cache(tmp_path, setup, tiny_tok, kind):
     small = CompressedLMTeacherCache.build(tmp_path / "s", teacher, tiny_tok, exs, temperature=T, k=V, seq_len=32,
                                            min_prob=1e-3, bits=8)
     with torch.no_grad():
-        ref = _loss(exact, student, batch, kind)
-        assert torch.allclose(_loss(fine, student, batch, kind), ref, rtol=1e-3), kind
-        assert torch.allclose(_loss(small, student, batch, kind), ref, rtol=5e-2), kind
+        ref = cached_loss(exact, student, batch, kind)
+        assert torch.allclose(cached_loss(fine, student, batch, kind), ref, rtol=1e-3), kind
+        assert torch.allclose(cached_loss(small, student, batch, kind), ref, rtol=5e-2), kind
     assert small.bytes_per_token() < exact.bytes_per_token() / 10
     idx, lps, tail, valid = small.lookup(batch)
     assert idx.shape == lps.shape == valid.shape and tail.shape == (idx.shape[0],)
     assert (lps[~valid] <= -1e3).all() and not valid.all()
     # gradients flow through the student
     student.zero_grad()
-    _loss(small, student, batch, kind).backward()
+    cached_loss(small, student, batch, kind).backward()
     assert student.get_output_embeddings().weight.grad.abs().sum() > 0
     student.zero_grad()
 
 
-def test_compressed_cache_is_refused_when_the_code_differs(tmp_path, setup, tiny_tok):
-    teacher, _, exs, _ = setup
+def test_compressed_cache_is_refused_when_the_code_differs(tmp_path, cache_setup, tiny_tok):
+    teacher, _, exs, _ = cache_setup
     folder = tmp_path / "c"
     ok = dict(temperature=T, k=16, seq_len=32, min_prob=1e-4, bits=8)
     CompressedLMTeacherCache.build(folder, teacher, tiny_tok, exs, **ok)
@@ -162,17 +140,8 @@ def test_compressed_cache_is_refused_when_the_code_differs(tmp_path, setup, tiny
 def test_run_with_the_compressed_cache(tmp_path, tiny_tok):
     import distill
 
-    tdir = tmp_path / "teacher"
-    tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(tdir)
-    tiny_tok.save_pretrained(tdir)
-    text = tmp_path / "train.txt"
-    text.write_text("\n\n".join(corpus(30)))
-    recipe = {"name": "t", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
-              "teacher": {"path": str(tdir), "cache_top_k": 32, "cache_format": "compressed"},
-              "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "pad_vocab_to": 64},
-              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8},
-              "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
-              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"temperature": 2.0}}]}
+    tdir, text = teacher_and_text(tmp_path, tiny_tok)
+    recipe = cache_run_recipe(tmp_path, tdir, text, cache_top_k=32, cache_format="compressed")
     lines: list[str] = []
     s = distill.run(recipe, log=lines.append)
     assert any("compressed" in x and "bytes/token" in x for x in lines), lines
