@@ -10,7 +10,7 @@ import torch
 
 from distill.errors import ConfigError
 from distill.families.encoder.cross import load_cross_encoder
-from distill.families.encoder.examples import read_examples
+from distill.families.encoder.examples import read_examples, target_margins
 from distill.families.encoder.loading import load_encoder_source, load_tokenizer
 from distill.registry import methods
 from distill.teacher import Teacher
@@ -399,3 +399,80 @@ def test_shipped_recipe_runs_on_tiny_data(folders, tmp_path, recipe, rows, fmt):
         over.append(f"teacher.cross_encoder={folders['ce']}")
     s = run(str(path), over, show_table=False, log=lambda m: None)
     assert all(m["steps"] == 3 for m in s["students"].values()) and s["best"] in s["students"]
+
+
+# ------------------------------------------------------------------------------ MS MARCO files of ids
+def _msmarco_files(tmp_path, n=40, jsonl=False):
+    """collection / queries by id, and Hofstatter's headerless score file (score_pos, score_neg, qid,
+    pid_pos, pid_neg) over them; returns the paths and the rows as written (texts and scores)."""
+    rows = triples(n, 1, seed=3)
+    rng = random.Random(1)
+    coll, queries, lines, want = {}, {}, [], []
+    for i, r in enumerate(rows):
+        qid, pp, pn = f"{1000 + i}", f"{7 * i}", f"{7 * i + 3}"
+        queries[qid], coll[pp], coll[pn] = r["query"], r["positive"], r["negative"]
+        sp, sn = round(rng.uniform(5, 10), 3), round(rng.uniform(-5, 5), 3)
+        lines.append(f"{sp}\t{sn}\t{qid}\t{pp}\t{pn}\n")
+        want.append((r["query"], r["positive"], r["negative"], sp, sn))
+    coll["999999"] = "a passage no row uses"
+    if jsonl:
+        c = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": k, "title": "", "text": v} for k, v in coll.items()])
+        q = write_jsonl(tmp_path / "queries.jsonl", [{"_id": k, "text": v} for k, v in queries.items()])
+    else:
+        c, q = tmp_path / "collection.tsv", tmp_path / "queries.tsv"
+        c.write_text("".join(f"{k}\t{v}\n" for k, v in coll.items()))
+        q.write_text("".join(f"{k}\t{v}\n" for k, v in queries.items()))
+    scores = tmp_path / "scores_ids.tsv"
+    scores.write_text("".join(lines))
+    return scores, c, q, want
+
+
+ID_COLUMNS = {"query": "qid", "positive": "pid_pos", "negatives": ["pid_neg"], "label": ["score_pos", "score_neg"]}
+ID_NAMES = ["score_pos", "score_neg", "qid", "pid_pos", "pid_neg"]
+
+
+@pytest.mark.parametrize("jsonl", [False, True], ids=["tsv", "beir_jsonl"])
+def test_id_rows_read_the_texts_and_the_two_score_columns(tmp_path, jsonl):
+    scores, c, q, want = _msmarco_files(tmp_path, jsonl=jsonl)
+    ex = read_examples([scores], "auto", ID_COLUMNS, "ranking", n_eval=10, seed=0, column_names=ID_NAMES,
+                       collection=str(c), queries=str(q))
+    got = {(e["query"], *e["passages"]): e["label"] for e in ex.train + ex.held}
+    assert len(got) == len(want) and ex.has_labels
+    for query, pos, neg, sp, sn in want:
+        assert got[(query, pos, neg)] == [sp, sn]
+    m = target_margins([e["label"] for e in ex.train], 1)  # the teacher's margin: score_pos - score_neg
+    by_text = {(w[0], w[1], w[2]): w[3] - w[4] for w in want}
+    assert m[:, 0].tolist() == pytest.approx([by_text[(e["query"], *e["passages"])] for e in ex.train])
+
+
+def test_id_rows_errors_name_the_row_and_the_fix(tmp_path):
+    scores, c, q, _ = _msmarco_files(tmp_path)
+    scores.write_text(scores.read_text() + "1.0\t2.0\t1000\t12345678\t3\n")
+    with pytest.raises(ConfigError, match=r"scores_ids.tsv line 41: column 'pid_pos' holds id '12345678', which "
+                                          r"data.collection .* does not have"):
+        read_examples([scores], "auto", ID_COLUMNS, "ranking", n_eval=10, seed=0, column_names=ID_NAMES,
+                      collection=str(c), queries=str(q))
+    scores.write_text("1.0\t2.0\t1000\n")
+    with pytest.raises(ConfigError, match=r"line 1: 3 columns, data.column_names names 5"):
+        read_examples([scores], "auto", ID_COLUMNS, "ranking", n_eval=10, seed=0, column_names=ID_NAMES,
+                      collection=str(c), queries=str(q))
+    with pytest.raises(ConfigError, match=r"data.queries: .* is not a file"):
+        read_examples([_msmarco_files(tmp_path)[0]], "auto", ID_COLUMNS, "ranking", n_eval=10, seed=0,
+                      column_names=ID_NAMES, collection=str(c), queries=str(tmp_path / "nope.tsv"))
+
+
+def test_id_recipe_runs_margin_mse_from_the_scores(folders, tmp_path):
+    """The shipped MS MARCO id recipe, its files pointed at tiny stand-ins: margin_mse learns the
+    score file's margins (no cross-encoder in the recipe)."""
+    from pathlib import Path
+
+    from distill.api import run
+
+    scores, c, q, _ = _msmarco_files(tmp_path)
+    path = Path(__file__).resolve().parents[2] / "recipes" / "encoder" / "margin_mse_msmarco_ids.yaml"
+    over = [f"teacher.path={folders['bi_teacher']}", f"data.paths=[{scores}]", f"data.collection={c}",
+            f"data.queries={q}", "data.eval_sentences=20", "data.batch_size=8", "data.max_length=32",
+            "train.epochs=2", "train.max_steps=3", f"output_dir={tmp_path / 'runs'}", "engine.device=cpu",
+            "engine.progress=false", "eval.pair_sentences=20", "eval.throughput_sentences=8"]
+    s = run(str(path), over, show_table=False, log=lambda m: None)
+    assert s["students"]["margin_mse"]["steps"] == 3

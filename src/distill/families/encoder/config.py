@@ -66,6 +66,13 @@ class EncoderDataConfig(Strict):
                                           "negatives, label (margin or score); source, translation. Default: the "
                                           "usual names (query/anchor, positive/passage, negative*, label/margin/score, "
                                           "source/english, translation/non_english)")
+    column_names: list[str] | None = Field(
+        None, min_length=1, description="tsv/csv files without a header row: the names of their columns, in order "
+        "(then used by data.columns), e.g. [score_pos, score_neg, qid, pid_pos, pid_neg]")
+    collection: str | None = Field(None, description="passages by id (MS MARCO collection.tsv: `pid<TAB>text`, or "
+                                   "a BEIR corpus.jsonl): the positive/negative columns then hold passage ids")
+    queries: str | None = Field(None, description="queries by id (queries.tsv: `qid<TAB>text`, or a BEIR "
+                                "queries.jsonl): the query column then holds query ids")
     separator: str = Field("\n\n", description='text between sentences/passages; "%" lines for fortune files')
     min_chars: int = Field(20, ge=1)
     max_chars: int = Field(400, ge=10, description="longer passages are cut")

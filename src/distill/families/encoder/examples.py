@@ -78,8 +78,9 @@ class Row:
     where: str  # "FILE line N" (or "FILE row N"), for errors
 
 
-def read_rows(path: Path, fmt: str) -> tuple[list[Row], list[str]]:
-    """The rows of one file or `datasets` folder and its column names."""
+def read_rows(path: Path, fmt: str, names: Sequence[str] | None = None) -> tuple[list[Row], list[str]]:
+    """The rows of one file or `datasets` folder and its column names; `names`: the columns of a
+    tsv/csv file without a header row."""
     kind = data_format(path, fmt)
     if not path.exists():
         raise ConfigError(f"data.paths: {str(path)!r} does not exist.")
@@ -90,7 +91,19 @@ def read_rows(path: Path, fmt: str) -> tuple[list[Row], list[str]]:
             rows.append(Row(obj, f"{path} line {n}"))
         return rows, list(cols)
     if kind in ("tsv", "csv"):
-        reader = csv.DictReader(io.StringIO(_text(path)), delimiter="\t" if kind == "tsv" else ",")
+        delimiter = "\t" if kind == "tsv" else ","
+        if names:  # no header row: the recipe names the columns
+            rows = []
+            quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL  # MS MARCO passages hold stray quotes
+            for i, cells in enumerate(csv.reader(io.StringIO(_text(path)), delimiter=delimiter, quoting=quoting), 1):
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                if len(cells) != len(names):
+                    raise ConfigError(f"{path} line {i}: {len(cells)} columns, data.column_names names {len(names)} "
+                                      f"({', '.join(names)}).")
+                rows.append(Row(dict(zip(names, cells)), f"{path} line {i}"))
+            return rows, list(names)
+        reader = csv.DictReader(io.StringIO(_text(path)), delimiter=delimiter)
         cols = list(reader.fieldnames or [])
         # line numbers count the header as line 1
         return [Row(r, f"{path} line {i + 2}") for i, r in enumerate(reader)], cols
@@ -166,7 +179,13 @@ def to_example(row: Row, roles: dict[str, list[str]], kind: str) -> dict[str, An
                 "translations": [_string(row, c, "translation") for c in roles["translation"]]}
     passages = [_string(row, roles["positive"][0], "positive")]
     passages += [_string(row, c, "negative") for c in roles["negatives"]]
-    label = _label(row, roles["label"][0]) if roles["label"] else None
+    if len(roles["label"]) > 1:  # one score per column (e.g. score_pos, score_neg)
+        parts = [_label(row, c) for c in roles["label"]]
+        if any(isinstance(x, list) for x in parts):
+            raise ConfigError(f"{row.where}: data.columns.label names {len(parts)} columns; each must hold one number.")
+        label: float | list[float] | None = [float(x) for x in parts]  # type: ignore[arg-type]
+    else:
+        label = _label(row, roles["label"][0]) if roles["label"] else None
     k = len(passages) - 1
     if isinstance(label, list) and len(label) not in (k, k + 1) or (isinstance(label, float) and k > 1):
         n = len(label) if isinstance(label, list) else 1
@@ -205,18 +224,72 @@ class Examples:
         return list(seen)
 
 
+def read_texts_by_id(path: str | Path, wanted: set[str], where: str) -> dict[str, str]:
+    """id -> text of the ids in `wanted`, streamed from a `id<TAB>text` TSV (MS MARCO collection.tsv,
+    queries.tsv; no header) or a BEIR JSONL ({"_id", "title", "text"}; title and text joined); the
+    other lines are not kept, so that a collection of millions of passages is read in little memory."""
+    from distill.data.jsonl import jsonl_rows, open_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{where}: {str(path)!r} is not a file.")
+    out: dict[str, str] = {}
+    if data_format(path, "auto") == "jsonl":
+        for n, row in jsonl_rows(path, where):
+            if "_id" not in row or "text" not in row:
+                raise ConfigError(f"{path}, line {n}: a BEIR line is {{\"_id\": ..., \"title\": ..., \"text\": ...}}.")
+            if str(row["_id"]) in wanted:
+                out[str(row["_id"])] = " ".join(f"{row.get('title') or ''} {row['text']}".split())
+        return out
+    with open_text(path) as f:
+        for n, line in enumerate(f, 1):
+            key, tab, text = line.rstrip("\r\n").partition("\t")
+            if not tab:
+                if line.strip():
+                    raise ConfigError(f"{path} line {n}: expected `id<TAB>text`.")
+                continue
+            if key in wanted:
+                out[key] = " ".join(text.split())
+    return out
+
+
+def resolve_ids(rows: list[Row], roles: dict[str, list[str]], collection: str | None, queries: str | None) -> None:
+    """Replace passage ids (positive and negative columns) by the collection's texts and query ids
+    by the queries' texts, in place; an id missing from its file is a ConfigError naming the row."""
+    for source, cols, field in ((collection, roles.get("positive", []) + roles.get("negatives", []), "data.collection"),
+                                (queries, roles.get("query", []), "data.queries")):
+        if source is None or not cols:
+            continue
+        wanted = {str(r.values.get(c)).strip() for r in rows for c in cols}
+        texts = read_texts_by_id(source, wanted, field)
+        for r in rows:
+            for c in cols:
+                key = str(r.values.get(c)).strip()
+                if key not in texts:
+                    raise ConfigError(f"{r.where}: column {c!r} holds id {key!r}, which {field} ({source}) does not "
+                                      "have.")
+                r.values[c] = texts[key]
+
+
 def read_examples(paths: Sequence[str | Path], fmt: str, columns: dict[str, str | list[str]], kind: str,
-                  n_eval: int, seed: int, max_rows: int | None = None) -> Examples:
-    """The examples of every path (one column mapping for all files), split into train and held-out rows."""
+                  n_eval: int, seed: int, max_rows: int | None = None, *, column_names: Sequence[str] | None = None,
+                  collection: str | None = None, queries: str | None = None) -> Examples:
+    """The examples of every path (one column mapping for all files), split into train and held-out
+    rows. `column_names`: the columns of headerless tsv/csv files; `collection` / `queries`: files of
+    texts by id when the rows hold ids (MS MARCO's id triples and score files)."""
     out: list[dict[str, Any]] = []
     roles: dict[str, list[str]] | None = None
     for p in paths:
-        rows, cols = read_rows(Path(p), fmt)
+        rows, cols = read_rows(Path(p), fmt, column_names)
         r = resolve_columns(columns, kind, cols, str(p))
         if roles is not None and r != roles:
             raise ConfigError(f"data.paths: {p} has columns {r} for the roles, the first file {roles}; name them "
                               "in data.columns (one mapping for every file).")
         roles = r
+        if max_rows:
+            rows = rows[:max(max_rows - len(out), 0)]
+        if collection or queries:
+            resolve_ids(rows, r, collection, queries)
         out += [to_example(row, r, kind) for row in rows]
     if max_rows:
         out = out[:max_rows]

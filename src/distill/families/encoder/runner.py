@@ -110,10 +110,12 @@ class Context:
             raise ConfigError(f"data.paths: {who or 'this method'} reads rows of columns ({kind} examples) from "
                               ".jsonl, .tsv or .csv files or a datasets folder; {paths} are text files.")
         key = (tuple(paths), d.format, repr(sorted(d.columns.items())), kind, d.eval_sentences, d.split_seed,
-               d.max_sentences)
+               d.max_sentences, tuple(d.column_names or ()), d.collection, d.queries)
         if key not in self._examples:
             self._examples[key] = read_examples(paths, d.format, d.columns, kind, d.eval_sentences,  # type: ignore[arg-type]
-                                                d.split_seed, d.max_sentences)
+                                                d.split_seed, d.max_sentences, column_names=d.column_names,
+                                                collection=expand(d.collection) if d.collection else None,
+                                                queries=expand(d.queries) if d.queries else None)
         return self._examples[key]
 
     def text_rows(self, d: EncoderDataConfig) -> tuple[list[list[int]], list[list[int]], int]:
