@@ -181,6 +181,18 @@ def table(args) -> None:
 VARIANTS = ["dense", "chunked_logits", "chunked_hidden", "topk_hidden"]
 
 
+def _inputs(vocab: int, batch: int, seq: int, dim: int, device: str):
+    """The student's hidden states and head (requiring grad) and the teacher's, seeded."""
+    import torch
+
+    torch.manual_seed(0)
+    hs = torch.randn(batch, seq, dim, device=device, requires_grad=True)
+    ws = (torch.randn(vocab, dim, device=device) * 0.05).requires_grad_(True)
+    ht = torch.randn(batch, seq, dim, device=device)
+    wt = torch.randn(vocab, dim, device=device) * 0.05
+    return hs, ws, ht, wt
+
+
 def memory_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: int, k: int, device: str) -> float:
     """Peak bytes above the inputs for one forward+backward of forward KL."""
     import torch
@@ -188,11 +200,7 @@ def memory_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: 
     from distill.losses import divergence
     from distill.losses.lm import hidden_divergence
 
-    torch.manual_seed(0)
-    hs = torch.randn(batch, seq, dim, device=device, requires_grad=True)
-    ws = (torch.randn(vocab, dim, device=device) * 0.05).requires_grad_(True)
-    ht = torch.randn(batch, seq, dim, device=device)
-    wt = torch.randn(vocab, dim, device=device) * 0.05
+    hs, ws, ht, wt = _inputs(vocab, batch, seq, dim, device)
     mask = torch.ones(batch, seq, dtype=torch.bool, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -252,6 +260,105 @@ def memory(args) -> None:
         Path(args.out_file).write_text(text)
 
 
+PEERS = ["trl_dense", "ours_chunked_hidden", "liger_fused"]
+
+
+def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: int, repeats: int, device: str) -> dict:
+    """Generalized JSD (beta 0.5) forward + backward from the same hidden states and heads: TRL's
+    `generalized_jsd_loss` on the logits, ours from the hidden states (`hidden_divergence`, chunked),
+    or Liger-Kernel's fused linear JSD (CUDA). Peak bytes above the inputs (first call), the median
+    seconds of `repeats` more calls, and the loss (mean per token)."""
+    import statistics
+
+    import torch
+
+    hs, ws, ht, wt = _inputs(vocab, batch, seq, dim, device)
+    labels = torch.zeros(batch, seq, dtype=torch.long, device=device)
+    if variant == "trl_dense":
+        from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+        def step():
+            return GKDTrainer.generalized_jsd_loss(hs @ ws.T, ht @ wt.T, labels=labels, beta=0.5)
+    elif variant == "ours_chunked_hidden":
+        from distill.losses.lm import hidden_divergence
+
+        mask = labels != -100
+
+        def step():
+            return hidden_divergence(hs, ws, ht, wt, "jsd", beta=0.5, mask=mask, chunk_size=chunk, reduction="mean")
+    else:
+        from liger_kernel.transformers import LigerFusedLinearJSD
+
+        # Liger weighs the mixture the other way round: its jsd_beta is 1 - TRL's beta (0.5 either way)
+        fused = LigerFusedLinearJSD(jsd_beta=0.5)
+
+        def step():
+            return fused(hs.reshape(-1, dim), ws, ht.reshape(-1, dim), wt, labels.reshape(-1))
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_peak()
+    loss = step()
+    loss.backward()
+    sync()
+    peak = float(torch.cuda.max_memory_allocated() - base) if device == "cuda" else float(_rss_peak() - base)
+    times = []
+    for _ in range(repeats):
+        hs.grad = ws.grad = None
+        sync()
+        t0 = time.perf_counter()
+        step().backward()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {"peak": peak, "seconds": statistics.median(times), "loss": float(loss)}
+
+
+def peers(args) -> None:
+    import json as _json
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    variants = [v for v in PEERS if v != "liger_fused" or device == "cuda"]
+    rows = []
+    for vocab, batch in zip(args.vocabs, args.batches):
+        res = {}
+        for v in variants:
+            cmd = [sys.executable, __file__, "peer-one", v, str(vocab), str(batch), str(args.seq), str(args.dim),
+                   str(args.chunk), str(args.repeats), device]
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "src")
+                   + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
+            if device == "cpu":  # glibc: every block over 128 KiB mmapped and returned when freed, so that the
+                env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0")  # RSS peak is the tensors' peak
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                raise SystemExit(f"{v}: {out.stderr[-2000:]}")
+            res[v] = _json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((vocab, batch, res))
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (peak RSS growth)"
+    lines = [f"device: {name}; generalized JSD beta 0.5, forward + backward from hidden states, seq {args.seq}, hidden "
+             f"{args.dim}, fp32, ours {args.chunk} positions per chunk; time: median of {args.repeats}", "",
+             "| vocab | batch | " + " | ".join(f"{v} GiB / s" for v in variants) + " | ours / TRL memory | ours / TRL time | loss (ours, TRL) |",
+             "|---|---|" + "---|" * (len(variants) + 3)]
+    for vocab, batch, res in rows:
+        o, t = res["ours_chunked_hidden"], res["trl_dense"]
+        lines.append(f"| {vocab:,} | {batch} | " + " | ".join(f"{res[v]['peak'] / 2**30:.3f} / {res[v]['seconds']:.2f}"
+                                                          for v in variants)
+                     + f" | {o['peak'] / t['peak']:.3f}x | {o['seconds'] / t['seconds']:.2f}x | "
+                       f"{o['loss']:.6f}, {t['loss']:.6f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out_file:
+        Path(args.out_file).write_text(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -277,6 +384,17 @@ def main() -> None:
     m.add_argument("--chunk", type=int, default=256)
     m.add_argument("--k", type=int, default=64)
     m.add_argument("--out-file", default=None)
+    pe = sub.add_parser("peers", help="generalized JSD memory and time: ours vs TRL's loss (and Liger's on CUDA)")
+    pe.add_argument("--vocabs", type=int, nargs="+", default=[32000, 128000])
+    pe.add_argument("--batches", type=int, nargs="+", default=[4, 2], help="one batch size per vocabulary")
+    pe.add_argument("--seq", type=int, default=1024)
+    pe.add_argument("--dim", type=int, default=512)
+    pe.add_argument("--chunk", type=int, default=256)
+    pe.add_argument("--repeats", type=int, default=3)
+    pe.add_argument("--out-file", default=None)
+    po = sub.add_parser("peer-one")
+    for a in ("variant", "vocab", "batch", "seq", "dim", "chunk", "repeats", "device"):
+        po.add_argument(a)
     one = sub.add_parser("memory-one")
     for a in ("variant", "vocab", "batch", "seq", "dim", "chunk", "k", "device"):
         one.add_argument(a)
@@ -287,6 +405,11 @@ def main() -> None:
         table(args)
     elif args.cmd == "memory":
         memory(args)
+    elif args.cmd == "peers":
+        peers(args)
+    elif args.cmd == "peer-one":
+        print(json.dumps(peer_one(args.variant, int(args.vocab), int(args.batch), int(args.seq), int(args.dim),
+                                  int(args.chunk), int(args.repeats), args.device)))
     else:
         print(memory_one(args.variant, int(args.vocab), int(args.batch), int(args.seq), int(args.dim), int(args.chunk),
                          int(args.k), args.device))
