@@ -40,3 +40,16 @@ def cache_setup(tiny_tok):
     exs[3].start = 4
     batch = collate(pack(exs, 64), tiny_tok.pad_token_id, packed=True)
     return teacher, student, exs, batch
+
+
+@pytest.fixture(scope="module")
+def chat_teacher(tmp_path_factory, tiny_tok):
+    """A tiny Llama teacher folder whose tokenizer has ChatML's markers but no chat template."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    d = tmp_path_factory.mktemp("chat_teacher")
+    tiny_lm("llama", len(tok), hidden=24, seed=3).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

@@ -11,7 +11,7 @@ import copy
 import pytest
 
 pytest.importorskip("transformers")
-from llm_helpers import corpus, tiny_lm  # noqa: E402
+from llm_helpers import corpus  # noqa: E402
 
 import distill  # noqa: E402
 from distill.errors import ConfigError  # noqa: E402
@@ -131,16 +131,6 @@ def test_bad_chat_data_names_the_line_and_the_fix(tmp_path, tiny_tok):
     f.write_text(CHATML)
     set_chat_template(tok, str(f))
     assert tok.chat_template == CHATML
-
-
-@pytest.fixture(scope="module")
-def chat_teacher(tmp_path_factory, tiny_tok):
-    tok = copy.deepcopy(tiny_tok)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    d = tmp_path_factory.mktemp("chat_teacher")
-    tiny_lm("llama", len(tok), hidden=24, seed=3).save_pretrained(d)
-    tok.save_pretrained(d)  # no chat template: the recipe gives it
-    return d
 
 
 def _chat_recipe(tmp_path, teacher_dir, methods, **data):

@@ -30,12 +30,16 @@ def jsonl_rows(path: str | os.PathLike, where: str = "data.path") -> Iterator[tu
         raise ConfigError(f"{where}: {str(path)!r} is not a file.")
     with open_text(path) as f:
         for n, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}, line {n}: not JSON ({e.msg}).") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}, line {n}: a JSON object per line is expected, not {type(row).__name__}.")
-            yield n, row
+            if text.strip():
+                yield n, parse_line(text, path, n)
+
+
+def parse_line(text: str | bytes, path: str | os.PathLike, n: int) -> dict[str, Any]:
+    """The JSON object on line `n` of `path`; anything else is a ConfigError naming the line."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}, line {n}: not JSON ({e.msg}).") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"{path}, line {n}: a JSON object per line is expected, not {type(row).__name__}.")
+    return row

@@ -104,6 +104,8 @@ class LMDataConfig(Strict):
     split: str = "train"
     eval_split: str | None = None
     max_docs: int | None = Field(None, ge=1)
+    streaming: bool = Field(False, description="jsonl / chat files: keep no token lists in memory; one pass records "
+                            "where each example is, and each batch reads and tokenizes its own lines")
     # source = teacher: the training text is sampled from the teacher (TinyStories-like for stories260K)
     num_samples: int = Field(1000, ge=1)
     eval_samples: int = Field(200, ge=1)
@@ -151,6 +153,16 @@ class LLMRunConfig(RunConfig):
                                   f"{self.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
         t = self.teacher
         self._check_precision_and_lora()
+        if self.data.streaming:
+            if self.data.source not in ("jsonl", "chat"):
+                raise ConfigError(f"data.streaming: reads JSONL files (data.source jsonl or chat), not "
+                                  f"data.source={self.data.source!r}; turn it off for this source.")
+            if t.cache_top_k:
+                raise ConfigError("data.streaming: the teacher cache (teacher.cache_top_k) is built over the whole "
+                                  "training set in memory; drop one of the two.")
+            if self.student.tokenizer:
+                raise ConfigError("data.streaming: a student with its own tokenizer (student.tokenizer) retokenizes "
+                                  "the whole training set in memory; drop one of the two.")
         if not t.path and not t.url and not t.student_base:
             raise ConfigError("teacher.path: required (a transformers folder, hub id or llama2.c .bin), unless "
                               "teacher.url names a served teacher (`distill serve-teacher`) or teacher.student_base "

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from distill.data.jsonl import jsonl_rows
+from distill.data.jsonl import jsonl_rows, parse_line
 from distill.errors import ConfigError
 
 IGNORE = -100
@@ -125,21 +125,24 @@ def read_texts(path: str | Path, separator: str = "\n\n") -> list[str]:
     return docs
 
 
+def pair_of(rec: dict, where: str, prompt_field: str = "prompt", response_field: str = "response",
+            label_field: str | None = None) -> tuple:
+    """(prompt, response) of one JSONL record, or (prompt, response, positive) with `label_field`."""
+    if prompt_field not in rec or response_field not in rec:
+        raise ConfigError(f"{where}: expected keys {prompt_field!r} and {response_field!r}, got {sorted(rec)}; "
+                          "name yours with data.prompt_field / data.response_field.")
+    pair = (str(rec[prompt_field]), str(rec[response_field]))
+    if label_field is not None:
+        if label_field not in rec:
+            raise ConfigError(f"{where}: missing the label key {label_field!r}.")
+        pair = (*pair, bool(rec[label_field]))
+    return pair
+
+
 def read_jsonl(path: str | Path, prompt_field: str = "prompt", response_field: str = "response",
                label_field: str | None = None) -> list[tuple]:
     """(prompt, response) pairs, or (prompt, response, positive) with `label_field` (truthy = positive)."""
-    pairs = []
-    for n, rec in jsonl_rows(path):
-        if prompt_field not in rec or response_field not in rec:
-            raise ConfigError(f"{path}:{n}: expected keys {prompt_field!r} and {response_field!r}, got {sorted(rec)}; "
-                              "name yours with data.prompt_field / data.response_field.")
-        pair = (str(rec[prompt_field]), str(rec[response_field]))
-        if label_field is not None:
-            if label_field not in rec:
-                raise ConfigError(f"{path}:{n}: missing the label key {label_field!r}.")
-            pair = (*pair, bool(rec[label_field]))
-        pairs.append(pair)
-    return pairs
+    return [pair_of(rec, f"{path}:{n}", prompt_field, response_field, label_field) for n, rec in jsonl_rows(path)]
 
 
 def _load_hf(name: str, split: str):
@@ -187,13 +190,14 @@ def check_messages(messages: Any, where: str) -> list[dict]:
 
 def read_chats(path: str | Path, field: str = "messages") -> list[list[dict]]:
     """Conversations of a JSONL file, one object per line with a list of messages under `field`."""
-    convs = []
-    for n, rec in jsonl_rows(path):
-        if field not in rec:
-            raise ConfigError(f"{path}:{n}: no {field!r} key (keys: {sorted(rec)}); name the messages' key with "
-                              "data.messages_field.")
-        convs.append(check_messages(rec[field], f"{path}:{n}"))
-    return convs
+    return [messages_of(rec, f"{path}:{n}", field) for n, rec in jsonl_rows(path)]
+
+
+def messages_of(rec: dict, where: str, field: str = "messages") -> list[dict]:
+    if field not in rec:
+        raise ConfigError(f"{where}: no {field!r} key (keys: {sorted(rec)}); name the messages' key with "
+                          "data.messages_field.")
+    return check_messages(rec[field], where)
 
 
 def read_hf_chats(name: str, split: str, field: str) -> list[list[dict]]:
@@ -316,21 +320,27 @@ def _chat_example(tok, pieces: list[tuple[str, int]], msgs: list[dict], seq_len:
 
 # ------------------------------------------------------------------ rows and batches
 
-def pack(examples: Sequence[Example], seq_len: int) -> list[list[Example]]:
-    """Greedy packing in order: consecutive examples share a row while they fit in `seq_len`."""
-    rows: list[list[Example]] = []
-    cur: list[Example] = []
+def pack_lengths(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+    """Greedy packing in order, on example lengths: rows of example indices, consecutive examples
+    sharing a row while they fit in `seq_len`."""
+    rows: list[list[int]] = []
+    cur: list[int] = []
     used = 0
-    for ex in examples:
-        n = min(len(ex.ids), seq_len)
+    for i, length in enumerate(lengths):
+        n = min(length, seq_len)
         if cur and used + n > seq_len:
             rows.append(cur)
             cur, used = [], 0
-        cur.append(ex)
+        cur.append(i)
         used += n
     if cur:
         rows.append(cur)
     return rows
+
+
+def pack(examples: Sequence[Example], seq_len: int) -> list[list[Example]]:
+    """Greedy packing in order: consecutive examples share a row while they fit in `seq_len`."""
+    return [[examples[i] for i in row] for row in pack_lengths([len(e.ids) for e in examples], seq_len)]
 
 
 def collate(rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, with_prompts: bool = False
@@ -443,12 +453,15 @@ class LMLoader:
     result is still the exact per-token mean over the global window.
     """
 
-    def __init__(self, rows: Sequence[Sequence[Example]], batch_size: int, pad_id: int, *, packed: bool,
-                 shuffle: bool = True, seed: int = 0, grad_accum: int = 1, with_prompts: bool = False,
-                 rank: int = 0, world: int = 1):
+    def __init__(self, rows: Sequence[Sequence[Example]] | Sequence[Sequence[int]], batch_size: int, pad_id: int, *,
+                 packed: bool, shuffle: bool = True, seed: int = 0, grad_accum: int = 1, with_prompts: bool = False,
+                 rank: int = 0, world: int = 1, examples: Sequence[Example] | None = None):
+        """`rows`: lists of examples, or, with `examples` (e.g. `StreamedExamples`), lists of indices
+        into it, the examples read when their batch is made."""
         if batch_size % world:
             raise ValueError(f"data.batch_size {batch_size} must be divisible by the number of processes {world}")
         self.rows, self.batch_size, self.pad_id = list(rows), batch_size, pad_id
+        self.examples = examples
         self.packed, self.shuffle, self.seed, self.grad_accum = packed, shuffle, seed, grad_accum
         self.with_prompts = with_prompts
         self.rank, self.world = rank, world
@@ -456,6 +469,10 @@ class LMLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _row(self, i: int) -> Sequence[Example]:
+        row = self.rows[i]
+        return row if self.examples is None else [self.examples[j] for j in row]
 
     def __len__(self) -> int:
         if self.world > 1:
@@ -474,12 +491,12 @@ class LMLoader:
         per = self.batch_size // self.world
         for w in range(0, len(groups), self.grad_accum):
             window = groups[w:w + self.grad_accum]
-            full = [collate([self.rows[i] for i in g], self.pad_id, packed=self.packed,
+            full = [collate([self._row(i) for i in g], self.pad_id, packed=self.packed,
                             with_prompts=self.with_prompts) for g in window]
             tokens = sum(int((b["labels"] != IGNORE).sum()) for b in full)  # over every process
             for g, b in zip(window, full):
                 if self.world > 1:
-                    b = collate([self.rows[i] for i in g[self.rank * per:(self.rank + 1) * per]], self.pad_id,
+                    b = collate([self._row(i) for i in g[self.rank * per:(self.rank + 1) * per]], self.pad_id,
                                 packed=self.packed, with_prompts=self.with_prompts)
                 # len(window), not grad_accum: the engine divides the last, short window by its length
                 b["norm"] = torch.tensor(max(tokens, 1) / (len(window) * self.world))
@@ -488,3 +505,69 @@ class LMLoader:
 
 def rows_of(examples: Sequence[Example], seq_len: int, packed: bool) -> list[list[Example]]:
     return pack(examples, seq_len) if packed else [[e] for e in examples]
+
+# ------------------------------------------------------------------ streamed (indexed) JSONL examples
+
+class StreamedExamples(Sequence[Example]):
+    """The examples of a JSONL file (prompt/response pairs or chat), read from disk when a batch
+    needs them: one pass at the start tokenizes every line to record where each example is (the
+    line's byte offset and its number among the line's examples) and its length, about 16 bytes per
+    example, so that packing, shuffling, DDP slicing and resuming work as on a list; a batch then
+    reads and tokenizes its own lines again. `make(record, line)` turns one JSON object into its
+    examples (the same function as the in-memory path, so both give the same examples)."""
+
+    def __init__(self, path: str | Path, make, keep: Sequence[int] | None = None, *, max_records: int | None = None,
+                 _index=None):
+        from array import array
+
+        self.path, self.make = Path(path), make
+        if not self.path.is_file():
+            raise ConfigError(f"data.path: {str(path)!r} is not a file.")
+        if _index is None:
+            offsets, subs, lengths = array("q"), array("i"), array("i")
+            with open(self.path, "rb") as f:
+                pos, records = 0, 0
+                for n, raw in enumerate(f, 1):
+                    if raw.strip() and (max_records is None or records < max_records):
+                        records += 1
+                        for j, ex in enumerate(self._parse(raw, n)):
+                            offsets.append(pos)
+                            subs.append(j)
+                            lengths.append(len(ex.ids))
+                    pos += len(raw)
+            _index = (offsets, subs, lengths)
+        self._index = _index
+        self._keep = array("q", range(len(_index[0])) if keep is None else keep)
+        self._line: tuple[int, list[Example]] | None = None  # the last line read (its examples)
+
+    def _parse(self, raw: bytes, n: int) -> list[Example]:
+        return self.make(parse_line(raw, self.path, n), f"{self.path}:{n}")
+
+    def subset(self, keep: Sequence[int]) -> StreamedExamples:
+        """The examples at positions `keep` of this sequence, sharing its index."""
+        return StreamedExamples(self.path, self.make, [self._keep[i] for i in keep], _index=self._index)
+
+    def __len__(self) -> int:
+        return len(self._keep)
+
+    def length(self, i: int) -> int:
+        return self._index[2][self._keep[i]]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        k = self._keep[i]
+        offset, sub = self._index[0][k], self._index[1][k]
+        if self._line is None or self._line[0] != offset:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                self._line = (offset, self._parse(f.readline(), -1))
+        return self._line[1][sub]
+
+
+def rows_of_lengths(examples: Sequence[Example], seq_len: int, packed: bool) -> list[list[int]]:
+    """Rows of example indices (packed or one example each), from the lengths alone."""
+    lengths = [examples.length(i) for i in range(len(examples))] if isinstance(examples, StreamedExamples) \
+        else [len(e.ids) for e in examples]
+    return pack_lengths(lengths, seq_len) if packed else [[i] for i in range(len(lengths))]
+

@@ -19,9 +19,10 @@ from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.families.llm.base import LMMethod, sample
 from distill.families.llm.config import LLMRunConfig, LMMethodConfig, expand
-from distill.families.llm.data import (Example, LMLoader, chat_examples, check_packing, prompt_response_examples,
-                                       read_chats, read_hf_chats, read_hf_dataset, read_jsonl, read_texts, rows_of,
-                                       set_chat_template, text_examples)
+from distill.families.llm.data import (Example, LMLoader, StreamedExamples, chat_examples, check_packing,
+                                       messages_of, pair_of, prompt_response_examples, read_chats, read_hf_chats,
+                                       read_hf_dataset, read_jsonl, read_texts, rows_of_lengths, set_chat_template,
+                                       text_examples)
 from distill.families.llm.evaluate import generate_text, lm_metrics
 from distill.families.llm.lora import (BaseTeacher, adapter_parameters, load_adapter, save_adapter, student_base_of,
                                        wrap_lora)
@@ -153,14 +154,31 @@ def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher | None, device, log)
                 else read_texts(expand(path), d.separator)  # type: ignore[arg-type]
             return text_examples(texts[: d.max_docs], tok, d.seq_len, d.prompt_tokens)
 
+        def streamed(path: str | None) -> StreamedExamples:
+            local = Path(expand(path))  # type: ignore[arg-type]
+            if not local.is_file():
+                raise ConfigError(f"data.streaming: data.path must be a local JSONL file, not {path!r}.")
+            if d.source == "chat":
+                def make(rec, where):
+                    return chat_examples([messages_of(rec, where, d.messages_field)], tok, d.seq_len, d.loss_on)
+            else:
+                def make(rec, where):
+                    pair = pair_of(rec, where, d.prompt_field, d.response_field, d.label_field)
+                    return prompt_response_examples([pair], tok, d.seq_len)
+            exs = StreamedExamples(local, make, max_records=d.max_docs)
+            log(f"data: {len(exs)} examples indexed in {local} (streamed: read from disk batch by batch)")
+            return exs
+
         if d.eval_path or d.eval_split:
-            train, held = load(d.path, d.split), load(d.eval_path or d.path, d.eval_split)
+            train = streamed(d.path) if d.streaming else load(d.path, d.split)
+            held = list(streamed(d.eval_path or d.path)) if d.streaming else load(d.eval_path or d.path, d.eval_split)
         else:
-            exs = load(d.path, d.split)
+            exs = streamed(d.path) if d.streaming else load(d.path, d.split)
             g = torch.Generator().manual_seed(cfg.seed)
             perm = torch.randperm(len(exs), generator=g).tolist()
             n_eval = max(1, int(len(exs) * d.eval_fraction))
-            held, train = [exs[i] for i in perm[:n_eval]], [exs[i] for i in perm[n_eval:]]
+            held = [exs[i] for i in perm[:n_eval]]
+            train = exs.subset(perm[n_eval:]) if d.streaming else [exs[i] for i in perm[n_eval:]]
     ood: list[Example] = []
     if d.ood_path:
         text = Path(expand(d.ood_path)).read_text(encoding="utf-8")[: d.ood_max_chars]  # type: ignore[arg-type]
@@ -176,9 +194,10 @@ def train_student(method: LMMethod, train: list[Example], cfg: LLMRunConfig, mcf
     if packed:  # flash attention would let packed examples attend to each other
         check_packing(method.student, method.teacher.module if method.teacher is not None else None)
     engine = Engine(cfg.engine, out_dir, seed=cfg.seed, name=label, metrics_path=metrics_path)
-    loader = LMLoader(rows_of(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
+    loader = LMLoader(rows_of_lengths(train, cfg.data.seq_len, packed), cfg.data.batch_size, pad_id, packed=packed,
                       seed=cfg.seed, grad_accum=cfg.engine.grad_accum, with_prompts=method.uses_prompts,
-                      rank=engine.accelerator.process_index, world=engine.accelerator.num_processes)
+                      rank=engine.accelerator.process_index, world=engine.accelerator.num_processes,
+                      examples=train)
     engine.fit(method, loader, train_cfg, weights=mcfg.weights)
     return engine
 
