@@ -69,6 +69,27 @@ class LMMethod(nn.Module):
     def set_tokenizers(self, teacher_tok, student_tok) -> None:
         """Called once before training with both tokenizers (the same object when they agree)."""
 
+    generation, teacher_source, seed = "hf", None, 0  # the runner sets these (teacher.generation)
+
+    def teacher_generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float) -> list[list[int]]:
+        """The teacher's continuations of `prompts` (token lists, up to and including EOS): vLLM from
+        the teacher's folder with `generation: vllm`, else transformers' generate on left-padded batches."""
+        if self.generation == "vllm":
+            from distill.families.llm.generation import vllm_generate
+
+            return vllm_generate(self.teacher_source, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 eos_id=self.eos_id, vocab_limit=self.shared_vocab(), seed=self.seed)
+        assert self._teacher is not None
+        model = self._teacher.module
+        device = next(model.parameters()).device
+        P = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p):], mask[b, P - len(p):] = torch.tensor(p), 1
+        return sample(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, temperature=temperature,
+                      eos_id=self.eos_id, pad_id=self.pad_id, vocab_limit=self.shared_vocab())
+
     def prepare_examples(self, examples: list[Example], tokenizer) -> list[Example]:
         return examples
 

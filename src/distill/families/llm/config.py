@@ -43,6 +43,9 @@ class LMTeacherConfig(Strict):
                                               "their targets from it instead of running the teacher here; without "
                                               "`path`, the tokenizer comes from it too")
     served_top_k: int = Field(64, ge=1, description="k asked of the served teacher")
+    generation: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="what writes the teacher's text (seq_kd's continuations, data.source: teacher): hf "
+        "(transformers' batched, KV-cached generate) or vllm (when installed, on CUDA); auto: vllm when it can")
     dtype: DType = Field("fp32", description="weights and compute of the teacher; the losses upcast its logits to "
                                              "fp32")
     device_map: str | dict[str, int | str] | None = Field(

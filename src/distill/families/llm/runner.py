@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,22 +111,32 @@ def teacher_samples(teacher: Teacher, tok, n: int, tokens: int, temperature: flo
     return out
 
 
-def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher | None, device, log) -> tuple[list[Example], list[Example], list[Example]]:
+def build_examples(cfg: LLMRunConfig, tok, teacher: Teacher | None, device, log, source: str | None = None
+                   ) -> tuple[list[Example], list[Example], list[Example]]:
     """(train, held-out, out-of-domain) examples."""
     d = cfg.data
     if d.source == "teacher":
         if teacher is None:
             raise ConfigError("data.source: 'teacher' needs the teacher model here; give teacher.path, or use "
                               "data.source=text|jsonl|hf with data.path.")
-        key = hash_json({"teacher": teacher.fingerprint(), "n": d.num_samples, "e": d.eval_samples,
-                         "t": d.sample_tokens, "temp": d.sample_temperature, "seed": cfg.seed})
+        from distill.families.llm.generation import resolve_backend, vllm_generate
+
+        backend = resolve_backend(cfg.teacher.generation, source)
+        spec = {"teacher": teacher.fingerprint(), "n": d.num_samples, "e": d.eval_samples,
+                "t": d.sample_tokens, "temp": d.sample_temperature, "seed": cfg.seed}
+        key = hash_json({**spec, "generation": "vllm"} if backend == "vllm" else spec)  # hf keeps the older keys
         path = Path(cfg.cache_dir) / "llm_data" / f"teacher-samples-{key}.json"
         if path.is_file():
             seqs = json.loads(path.read_text())
         else:
             log(f"data: sampling {d.num_samples}+{d.eval_samples} texts from the teacher (cached in {path})")
-            seqs = teacher_samples(teacher, tok, d.num_samples + d.eval_samples, d.sample_tokens,
-                                   d.sample_temperature, cfg.seed, device)
+            if backend == "vllm":
+                bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                seqs = vllm_generate(source, [[bos]] * (d.num_samples + d.eval_samples), max_new_tokens=d.sample_tokens,
+                                     temperature=d.sample_temperature, eos_id=tok.eos_token_id, seed=cfg.seed)
+            else:
+                seqs = teacher_samples(teacher, tok, d.num_samples + d.eval_samples, d.sample_tokens,
+                                       d.sample_temperature, cfg.seed, device)
             atomic_write_text(path, json.dumps(seqs))
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         exs = [Example(bos + s, start=1, prompt_len=min(d.prompt_tokens, len(s)),
@@ -237,7 +248,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             log(f"teacher: served at {src} (fingerprint {served.fingerprint[:12]}, vocab {served.vocab_size}), "
                 f"tokenizer {'from ' + str(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else 'from the server'} "
                 f"(vocab {len(tok)}); not loaded here")
-        train, held, ood = build_examples(cfg, tok, teacher, device, log)
+        train, held, ood = build_examples(cfg, tok, teacher, device, log, source=src)
     log(f"data: {len(train)} train / {len(held)} held-out examples, {len(ood)} out-of-domain windows")
     metrics_path = run_dir / "metrics.jsonl"
     results: dict[str, Any] = {"family": "llm", "primary_metric": "bits_per_byte", "higher_is_better": False,
@@ -287,7 +298,18 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
             method: LMMethod = entry.builder(student, teacher if entry.builder.needs_teacher else None, **mcfg.params)
             method.pad_id, method.eos_id = s_tok.pad_token_id, s_tok.eos_token_id
             method.set_tokenizers(tok, s_tok)
+            if getattr(method, "generates_with_teacher", False):
+                from distill.families.llm.generation import resolve_backend
+
+                method.generation = resolve_backend(cfg.teacher.generation, src if teacher is not None else None)
+                method.teacher_source, method.seed = src, cfg.seed
+                t_gen = time.perf_counter()
             examples = method.prepare_examples(s_train, s_tok)
+            if getattr(method, "generates_with_teacher", False):
+                n_new = sum(len(e.ids) - e.start for e in examples)
+                secs = time.perf_counter() - t_gen
+                log(f"student {label}: the teacher wrote {n_new:,} tokens with {method.generation} in {secs:.1f} s "
+                    f"({n_new / max(secs, 1e-9):,.0f} tokens/s)")
             if cfg.teacher.url and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.served import ServedTargets
 

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from distill.families.llm.base import LMMethod, sample
+from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE, Example
 from distill.registry import register_method
 
@@ -31,21 +31,12 @@ class SeqKD(LMMethod):
         return {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
 
     def prepare_examples(self, examples: list[Example], tokenizer) -> list[Example]:
-        assert self._teacher is not None
-        model = self._teacher.module
-        device = next(model.parameters()).device
         out = []
-        for i in range(0, len(examples), self.gen_batch):
-            group = examples[i:i + self.gen_batch]
+        step = len(examples) if self.generation == "vllm" else self.gen_batch  # vLLM schedules its own batches
+        for i in range(0, len(examples), max(step, 1)):
+            group = examples[i:i + step]
             prompts = [e.ids[:e.prompt_len] for e in group]
-            P = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, p in enumerate(prompts):
-                ids[b, P - len(p):], mask[b, P - len(p):] = torch.tensor(p), 1
-            conts = sample(model, ids.to(device), mask.to(device), max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, eos_id=self.eos_id, pad_id=self.pad_id,
-                           vocab_limit=self.shared_vocab())
+            conts = self.teacher_generate(prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
             for p, c in zip(prompts, conts):
                 if c:
                     text_bytes = len(tokenizer.decode(c, skip_special_tokens=True).encode("utf-8"))
