@@ -59,13 +59,14 @@ def lm_dir(tmp_path_factory):
     return d
 
 
-def test_bf16_teacher_gives_the_fp32_kd_loss(lm_dir):
-    """The same teacher weights loaded in bf16: the token_kd loss (chunked and not) is within 1e-2 of fp32's,
-    and the divergence is computed in fp32."""
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_teacher_gives_the_fp32_kd_loss(lm_dir, dtype, torch_dtype):
+    """The same teacher weights loaded in bf16 or fp16: the token_kd loss (chunked and not) is within
+    1e-2 of fp32's, and the divergence is computed in fp32."""
     batch = _batch()
     t32 = Teacher(load_causal_lm(str(lm_dir)))
-    t16 = Teacher(load_causal_lm(str(lm_dir), dtype="bf16"))
-    assert next(t16.module.parameters()).dtype == torch.bfloat16
+    t16 = Teacher(load_causal_lm(str(lm_dir), dtype=dtype))
+    assert next(t16.module.parameters()).dtype == torch_dtype
     for chunk in (1024, 7):
         torch.manual_seed(0)
         student = tiny_lm("gpt2", V, pad_vocab_to=80)
@@ -237,6 +238,22 @@ def test_lora_run_writes_the_adapter_and_the_merged_model(tmp_path, lm_tok_dir):
     again = distill.run(recipe, log=lambda m: None)  # resumed: the saved adapter is reloaded, not retrained
     assert again["students"]["token_kd"]["bits_per_byte"] == pytest.approx(st["bits_per_byte"], rel=1e-6)
     assert again["students"]["token_kd"]["adapter_params"] == st["adapter_params"]
+
+
+def test_device_mapped_teacher_builds_the_cache_the_in_process_teacher_builds(tmp_path, lm_tok_dir):
+    """teacher.device_map with teacher.cache_top_k: the teacher placed by accelerate writes the same
+    cache, so the cached run's losses equal those of a run with the teacher loaded as usual."""
+    from llm_helpers import kd_losses
+
+    runs = {}
+    for name, teacher in (("plain", {}), ("mapped", {"device_map": "cpu"})):
+        (tmp_path / name).mkdir()
+        recipe = _recipe(tmp_path / name, lm_tok_dir, teacher={"path": str(lm_tok_dir), "cache_top_k": 16, **teacher})
+        recipe["engine"]["log_every"] = 1
+        s = distill.run(recipe, log=lambda m: None)
+        runs[name] = kd_losses(Path(s["run_dir"]))
+        assert list((tmp_path / name).rglob("llm_teacher_outputs/*/meta.json"))
+    assert runs["plain"] and runs["plain"] == pytest.approx(runs["mapped"], rel=1e-6)
 
 
 def test_student_base_run_and_a_fresh_lora_base(tmp_path, lm_tok_dir):
