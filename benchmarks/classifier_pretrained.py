@@ -101,11 +101,13 @@ def methods_for(student: str, teacher_key: str) -> list:
 
 
 def run_once(r: dict) -> dict:
-    done = Path(r["output_dir"]) / r["name"] / "summary.json"
+    folder = Path(r["output_dir"]) / r["name"]
+    done = folder / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    s = distill.run(r, overwrite=True, show_table=True)
+    # an interrupted run resumes (its finished students are kept), a new one starts
+    s = distill.run(r, resume=(folder / "config.yaml").is_file(), show_table=True)
     s["wall_seconds"] = round(time.perf_counter() - t0, 1)
     done.write_text(json.dumps(s, indent=2))
     return s
@@ -189,36 +191,32 @@ def main() -> None:
         fit = json.loads(record.read_text())["seconds"] if record.is_file() else None
         results["teachers"][tk] = {"fit_seconds": fit, "dir": str(dirs[tk])}
 
-    # 2. the grid: every student and seed under each teacher
-    runs: dict = {}
-    for tk in args.teachers:
+    # 2.-4. seed by seed (a report after each, so that an interrupted benchmark still reports the
+    # seeds it finished): every student under each teacher, then kd with the augmentation-aware
+    # teacher cache (first teacher; the cached run of a seed replays the views its live run drew);
+    # the loader's throughput after the first seed
+    results["runs"], results["cached"] = {}, {}
+    tk0 = args.teachers[0]
+    for seed in range(args.seeds):
         for student in args.students:
-            for seed in range(args.seeds):
-                runs[f"{tk}/{student}/{seed}"] = run_once(recipe(tier, out, student=student, seed=seed,
-                                                                 teacher_dir=dirs[tk], teacher_key=tk,
-                                                                 methods=methods_for(student, tk)))
-    results["runs"] = runs
-
-    # 3. kd with the augmentation-aware teacher cache (first teacher, every student and seed); the
-    # cached run of a seed replays the views its live run drew
-    tk = args.teachers[0]
-    results["cached"] = {}
-    for student in args.students:
-        for seed in range(args.seeds):
-            t0 = time.perf_counter()
-            s = run_once(recipe(tier, out, student=student, seed=seed, teacher_dir=dirs[tk], teacher_key=tk,
+            for tk in args.teachers:
+                results["runs"][f"{tk}/{student}/{seed}"] = run_once(recipe(tier, out, student=student, seed=seed,
+                                                                            teacher_dir=dirs[tk], teacher_key=tk,
+                                                                            methods=methods_for(student, tk)))
+            s = run_once(recipe(tier, out, student=student, seed=seed, teacher_dir=dirs[tk0], teacher_key=tk0,
                                 methods=[KD], cache=True))
-            results["cached"][f"{student}/{seed}"] = {"summary": s, "first_wall_seconds": round(time.perf_counter() - t0, 1)}
-
-    # 4. loader throughput
-    results["loader"] = loader_throughput(tier, out)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(report(results, args))
+            results["cached"][f"{student}/{seed}"] = {"summary": s}
+        if "loader" not in results:
+            results["loader"] = loader_throughput(tier, out)
+        results["seeds_done"] = seed + 1
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / "results.md").write_text(report(results, args))
     print((out / "results.md").read_text())
 
 
 def report(res: dict, args) -> str:
     tier = res["settings"]
+    n = res.get("seeds_done", args.seeds)
     lines = ["<!-- made by benchmarks/classifier_pretrained.py; see the notes at the end -->",
              f"# Pretrained teacher (EfficientNet-Lite2, ImageNet) on Fashion-MNIST: tier `{res['tier']}`", "",
              f"Command: `OMP_NUM_THREADS=2 python benchmarks/classifier_pretrained.py --tier {res['tier']} "
@@ -226,14 +224,14 @@ def report(res: dict, args) -> str:
              f"normalisation; train-time random crop (padding {tier['size'] // 8}) + horizontal flip. Students: "
              f"{tier['train_subset'] or 60000} training images (10% held out for validation), {tier['epochs']} epochs, "
              "AdamW 2e-3 cosine, batch 128; test: the full 10k. Final weights (eval.select=last; validation "
-             f"accuracy beside it); mean +- std over {args.seeds} seeds (0..{args.seeds - 1}).", "",
+             f"accuracy beside it); mean +- std over {n} seed(s) (0..{n - 1}).", "",
              "## Teachers", "", "| teacher | params | test accuracy % | CPU latency / sample | fitting |", "|---|---|---|---|---|"]
     for tk in args.teachers:
         run = next(v for k, v in res["runs"].items() if k.startswith(tk + "/"))
         t = run["teacher"]
         secs = res["teachers"][tk].get("fit_seconds")
-        n = int(0.9 * (tier["teacher_subset"] or 60000))
-        fit = f"{tier['teacher_epochs']} epoch(s) on {n // 1000}k images" + (f", {secs / 60:.0f} min" if secs else "")
+        n_fit = int(0.9 * (tier["teacher_subset"] or 60000))
+        fit = f"{tier['teacher_epochs']} epoch(s) on {n_fit // 1000}k images" + (f", {secs / 60:.0f} min" if secs else "")
         lines.append(f"| {TEACHERS[tk][1]} | {t['params'] / 1e6:.2f}M | {t['accuracy']:.2f} | {t['latency_ms']:.2f} ms | {fit} |")
     lines.append("")
     for student in args.students:
@@ -241,7 +239,7 @@ def report(res: dict, args) -> str:
                   "| method | teacher | test accuracy % | val accuracy % | params | CPU latency / sample | train s / epoch |",
                   "|---|---|---|---|---|---|---|"]
         for tk in args.teachers:
-            seeds = [res["runs"][f"{tk}/{student}/{i}"] for i in range(args.seeds)]
+            seeds = [res["runs"][f"{tk}/{student}/{i}"] for i in range(n)]
             for label in seeds[0]["students"]:
                 recs = [s["students"][label] for s in seeds]
                 acc = [r["accuracy"] for r in recs]
@@ -258,8 +256,8 @@ def report(res: dict, args) -> str:
               "| student | run | test accuracy % | epochs / hour | speed-up | first run wall (records the cache) |",
               "|---|---|---|---|---|---|"]
     for student in args.students:
-        live = [res["runs"][f"{tk}/{student}/{i}"]["students"]["kd"] for i in range(args.seeds)]
-        cached = [res["cached"][f"{student}/{i}"]["summary"] for i in range(args.seeds)]
+        live = [res["runs"][f"{tk}/{student}/{i}"]["students"]["kd"] for i in range(n)]
+        cached = [res["cached"][f"{student}/{i}"]["summary"] for i in range(n)]
         cs = [c["students"]["kd"] for c in cached]
         eph = lambda rs: statistics.mean(3600 * r["epochs"] / r["train_seconds"] for r in rs)  # noqa: E731
         wall = statistics.mean(c.get("wall_seconds", float("nan")) for c in cached)

@@ -12,7 +12,8 @@ What is counted, per device, for one optimiser step of the student:
   (weights left uninitialised, vocabulary cut to 256), and the saved bytes are extrapolated to the
   recipe's layers, batch and sequence length (linear in the layers, and per token linear in the
   sequence length, which covers attention implementations that keep the T x T scores);
-- the teacher's final hidden states, which the loss reads, and the chunked loss's workspace (a
+- the teacher's forward, which runs while the student's activations are alive: its final hidden
+  states (the loss reads them) and one block's temporaries; the chunked loss's workspace (a
   `chunk x vocab` block of logits of each model and their softmax and gradient);
 - evaluation, a phase of its own: the full (batch, T, vocab) logits of the student (and the
   teacher's, for top-1 agreement) at `data.eval_batch_size`.
@@ -268,7 +269,14 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     loss = float(LOSS_BLOCKS / 2 * chunk * vocab * 4)
     eval_rows = d.eval_batch_size
     eval_logits = float(eval_rows * d.seq_len * (s.vocab + (t.vocab if t is not None else 0)) * 4)
-    hidden_t = float(rows * d.seq_len * t.hidden * 4) if t is not None else 0.0
+    # the teacher runs after the student's forward (whose activations are then alive): its final
+    # hidden states, kept for the loss, and the temporaries of one block while it runs (an MLP's
+    # three intermediate-wide tensors and three hidden-wide ones)
+    hidden_t = 0.0
+    if t is not None:
+        tcfg = t.config if t.config is not None else s.config
+        inter = int(getattr(tcfg, "intermediate_size", None) or getattr(tcfg, "n_inner", None) or 4 * t.hidden)
+        hidden_t = float(rows * d.seq_len * (t.hidden * 4 + (3 * inter + 3 * t.hidden) * t.dtype_bytes))
 
     def student_parts(div: int = 1) -> dict[str, float]:
         return {"student weights": w_s / div, "gradients": grads / div, "optimiser state": state / div,
@@ -277,10 +285,10 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     out = []
     if t is not None:
         w_t = float(t.params * t.dtype_bytes)
-        out.append(Placement("colocated", {**student_parts(), "teacher weights": w_t, "teacher hidden": hidden_t,
+        out.append(Placement("colocated", {**student_parts(), "teacher weights": w_t, "teacher forward": hidden_t,
                                            "eval logits": eval_logits},
                              note="both models on every device" + (" (one copy per DDP process)" if devices > 1 else "")))
-        out.append(Placement("offloaded", {**student_parts(), "teacher weights": 0.0, "teacher hidden": hidden_t,
+        out.append(Placement("offloaded", {**student_parts(), "teacher weights": 0.0, "teacher forward": hidden_t,
                                            "eval logits": eval_logits}, host=w_t,
                              note="teacher.device_map: cpu (weights in host memory, slower teacher)",
                              available=devices == 1))
@@ -290,10 +298,10 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
             if t.block_params == 0:
                 w_t_shard = float(t.params * t.dtype_bytes / devices)
             w_s_gather = float(2 * s.largest_block * s.dtype_bytes)
-            parts = {**student_parts(devices), "teacher weights": w_t_shard, "teacher hidden": hidden_t,
+            parts = {**student_parts(devices), "teacher weights": w_t_shard, "teacher forward": hidden_t,
                      "gathered block": w_s_gather, "eval logits": eval_logits}
             out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
-    out.append(Placement("served", {**student_parts(), "teacher weights": 0.0, "teacher hidden": 0.0,
+    out.append(Placement("served", {**student_parts(), "teacher weights": 0.0, "teacher forward": 0.0,
                                     "eval logits": float(eval_rows * d.seq_len * s.vocab * 4)},
                          note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k"))
     return out, s, t
@@ -338,7 +346,7 @@ def table(placements: list[Placement], memory: float, what: str, picked: Placeme
     from rich.table import Table
 
     cols = [("teacher weights", "teacher"), ("student weights", "student"), ("gradients", "grads"),
-            ("optimiser state", "optim"), ("activations", "activ."), ("teacher hidden", "t.hidden"),
+            ("optimiser state", "optim"), ("activations", "activ."), ("teacher forward", "t.hidden"),
             ("loss", "loss"), ("gathered block", "gather")]
     big = max(p.peak for p in placements) >= GiB
     unit, scale = ("GiB", GiB) if big else ("MiB", 2 ** 20)
