@@ -26,7 +26,7 @@ from distill.engine import Engine
 from distill.errors import ConfigError
 from distill.eval.efficiency import cpu_latency_ms, size_on_disk
 from distill.eval.metrics import classification_metrics
-from distill.methods.base import ClassifierMethod
+from distill.methods.base import ClassifierMethod, labels_complete
 from distill.families.classifier.config import ClassifierRunConfig, MethodConfig
 from distill.families.classifier.data import (OrderedInputs, example_inputs, hold_out_val, is_streamed, make_loader,
                                               predict_split, to_views)
@@ -48,6 +48,7 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
     the evaluation with the best validation accuracy. The method's hooks are removed at the end."""
     engine = Engine(engine_cfg, out_dir, seed=seed, name=name, metrics_path=metrics_path)
     acc = engine.accelerator
+    loader_given = loader
     if loader is None:
         # batch_size is the global batch: each process takes its slice (the uneven last batch is dropped)
         pin = engine.device.type == "cuda" if pin_memory is None else pin_memory
@@ -68,14 +69,25 @@ def train_phase(method: ClassifierMethod, train: ArrayDataset | ViewDataset | No
             return m
 
         best = _BestWeights(method.student, out_dir, engine) if select == "best" else None
-        engine.fit(method, loader, train_cfg, weights=weights, eval_fn=eval_fn or default_eval,
-                   on_eval=best.offer if best is not None else None,
-                   after_start=lambda: method.ensure_taps(first["x"]))  # wrapping may replace tapped modules
+        with labels_complete(_all_labelled(train) and loader_given is None):
+            engine.fit(method, loader, train_cfg, weights=weights, eval_fn=eval_fn or default_eval,
+                       on_eval=best.offer if best is not None else None,
+                       after_start=lambda: method.ensure_taps(first["x"]))  # wrapping may replace tapped modules
         if best is not None:
             best.restore()
     finally:
         method.close()
     return engine
+
+
+def _all_labelled(train) -> bool:
+    """Whether every sample of `train` has a class label (none is -1); False when unknown."""
+    labels = getattr(train, "y", None)
+    if not isinstance(labels, torch.Tensor):
+        labels = getattr(train, "labels", None)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point:
+        return False
+    return bool((labels >= 0).all())
 
 
 class _BestWeights:
