@@ -18,7 +18,7 @@ with kd.
     OMP_NUM_THREADS=2 python benchmarks/classifier_pretrained.py --tier cpu [--seeds 3]
 
 Tiers: `cpu` (32x32 views, students on a 5k-image subset for 4 epochs, teachers fitted 1 epoch;
-about 80 min on 2 cores), `full` (64x64, all 60k, teachers 3 epochs, students 30 epochs; for a
+the teachers take about 45 min and each seed about 40 min on 2 cores), `full` (64x64, all 60k, teachers 3 epochs, students 30 epochs; for a
 GPU), `smoke` (minutes; figures meaningless). Results go to `--output-dir` (default
 runs/bench/pretrained/TIER) as results.json and results.md; rerunning the same command reuses
 finished runs and fitted teachers.
@@ -154,6 +154,21 @@ def loader_throughput(tier: dict, out: Path) -> dict:
     return {k: round(v, 1) for k, v in res.items()}
 
 
+def cache_timing(tier: dict, out: Path, teacher_dir: Path, students: list) -> list:
+    """Live and cached kd (seed 0, first teacher) run back to back under new names, so that their
+    epoch times are measured under the same load; the views cache recorded by the grid is reused."""
+    rows = []
+    for student in students:
+        for cache in (False, True):
+            r = recipe(tier, out, student=student, seed=0, teacher_dir=teacher_dir, methods=[KD], cache=cache)
+            r["name"] += "-timing"
+            r["engine"]["progress"] = False
+            k = distill.run(r, overwrite=True, show_table=False, log=lambda m: None)["students"]["kd"]
+            rows.append((student, "cached" if cache else "live", k["accuracy"], k["train_seconds"] / k["epochs"]))
+            print(rows[-1], flush=True)
+    return rows
+
+
 def mean_std(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.2f}"
@@ -167,6 +182,8 @@ def main() -> None:
     ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     ap.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     ap.add_argument("--output-dir", default="runs/bench/pretrained")
+    ap.add_argument("--cache-timing", action="store_true",
+                    help="only time live vs cached kd back to back (after the grid's seed 0), into cache_timing.json")
     args = ap.parse_args()
     tier = TIERS[args.tier]
     out = Path(args.output_dir) / args.tier
@@ -190,6 +207,11 @@ def main() -> None:
             record.write_text(json.dumps({"seconds": seconds}))
         fit = json.loads(record.read_text())["seconds"] if record.is_file() else None
         results["teachers"][tk] = {"fit_seconds": fit, "dir": str(dirs[tk])}
+
+    if args.cache_timing:
+        rows = cache_timing(tier, out, dirs[args.teachers[0]], args.students)
+        (out / "cache_timing.json").write_text(json.dumps(rows, indent=1))
+        return
 
     # 2.-4. seed by seed (a report after each, so that an interrupted benchmark still reports the
     # seeds it finished): every student under each teacher, then kd with the augmentation-aware
