@@ -53,3 +53,29 @@ def batch(n: int = 8, vocab: int = 64, t: int = 10, seed: int = 0):
         mask[i, 4 + i % (t - 4):] = 0
     ids = ids * mask
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def tiny_xlmr_folder(path: Path, texts: list[str], layers: int = 2, hidden: int = 32, vocab: int = 90) -> Path:
+    """A saved tiny XLM-RoBERTa with a byte-level BPE tokenizer of its own, trained on `texts`
+    (`<s> text </s>`, pad id 1 as XLM-R's): a student whose ids are not the BERT teacher's."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                                  sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    tok.save_pretrained(path)
+    torch.manual_seed(1)
+    cfg = XLMRobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                           intermediate_size=2 * hidden, max_position_embeddings=80, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    XLMRobertaModel(cfg, add_pooling_layer=False).save_pretrained(path)
+    return path

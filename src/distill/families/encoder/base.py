@@ -47,11 +47,20 @@ class EncoderMethod(nn.Module):
         return self._teacher
 
     # ---------------------------------------------------------------- forward passes
+    @staticmethod
+    def student_inputs(batch: dict[str, torch.Tensor], ids: str = "input_ids", mask: str = "attention_mask"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's (ids, mask) of a batch: its own (`student_<ids>`) where its tokenizer is not
+        the teacher's, else the shared ones."""
+        if f"student_{ids}" in batch:
+            return batch[f"student_{ids}"], batch[f"student_{mask}"]
+        return batch[ids], batch[mask]
+
     def run_student(self, batch: dict[str, torch.Tensor], taps: list[str] = (), hidden: bool = False
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Student outputs and the tapped module outputs (by name)."""
         with Taps(self.student, taps) as tp:
-            out = self.student(batch["input_ids"], batch["attention_mask"], hidden=hidden)
+            out = self.student(*self.student_inputs(batch), hidden=hidden)
         return out, dict(tp.outputs)
 
     @torch.no_grad()

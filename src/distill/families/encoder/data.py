@@ -1,6 +1,8 @@
 """Sentences from text files or folders (e.g. tinyshakespeare passages, `fortunes` quotes), a fixed
 held-out split, and a seeded loader of tokenised batches `{"input_ids", "attention_mask"}` (B, T),
-with `"label"` (B,) when the rows are labelled (-1 = unlabeled)."""
+with `"label"` (B,) when the rows are labelled (-1 = unlabeled). A student with a tokenizer of its
+own (`student.path` with another vocabulary) gets the same texts in its own ids as
+`"student_input_ids"`, `"student_attention_mask"` (B, T')."""
 from __future__ import annotations
 
 import random
@@ -74,11 +76,14 @@ class SentenceLoader:
     """Shuffled batches of token lists; the order is a function of (seed, epoch), so resumes are exact."""
 
     def __init__(self, rows: list[list[int]], batch_size: int, pad_id: int, *, seed: int = 0, shuffle: bool = True,
-                 labels: list[int] | None = None):
+                 labels: list[int] | None = None, student_rows: list[list[int]] | None = None,
+                 student_pad_id: int = 0):
         self.rows, self.batch_size, self.pad_id, self.seed, self.shuffle = rows, batch_size, pad_id, seed, shuffle
         if labels is not None and len(labels) != len(rows):
             raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
-        self.labels = labels
+        if student_rows is not None and len(student_rows) != len(rows):
+            raise ValueError(f"{len(student_rows)} student rows for {len(rows)} rows")
+        self.labels, self.student_rows, self.student_pad_id = labels, student_rows, student_pad_id
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -95,6 +100,9 @@ class SentenceLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             b = collate([self.rows[i] for i in idx], self.pad_id)
+            if self.student_rows is not None:  # the same texts in the student's own ids
+                s = collate([self.student_rows[i] for i in idx], self.student_pad_id)
+                b.update(student_input_ids=s["input_ids"], student_attention_mask=s["attention_mask"])
             if self.labels is not None:
                 b["label"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
             yield b

@@ -5,6 +5,8 @@ Each entry here is the classifier method itself (same class, same parameters, sa
 seen through an adapter: the encoder batch `{"input_ids", "attention_mask", "label"}` becomes the
 classifier batch `{"x": (B, 2, T) ids and mask stacked, "y": label}`, and student and teacher become
 modules mapping that `x` to head logits (B, C). Labels -1 (unlabeled task text) get the KD terms only.
+A student with its own tokenizer reads its own ids: `x` is then (B, 4, T), the teacher's ids and
+mask followed by the student's, both padded to the longer of the two.
 
     methods: [{name: ce}, {name: kd, params: {temperature: 4, alpha: 0.9}}, {name: dkd}, {name: dist}, {name: ls_kd}]
 """
@@ -22,21 +24,34 @@ from distill.teacher import Teacher
 
 
 class HeadLogits(nn.Module):
-    """A `TextClassifier` seen as a classifier: x (B, 2, T) = stacked ids and mask -> logits (B, C)."""
+    """A `TextClassifier` seen as a classifier: x (B, 2, T) = stacked ids and mask -> logits (B, C).
+    On (B, 4, T) the teacher reads channels 0-1 and the student (`student=True`) channels 2-3, cut
+    back to their own length."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, student: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.student = model, student
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x[:, 0], x[:, 1])["logits"]
+        if x.shape[1] == 2:
+            return self.model(x[:, 0], x[:, 1])["logits"]
+        o = 2 if self.student else 0
+        ids, mask = x[:, o], x[:, o + 1]
+        t = int(mask.sum(1).max())
+        return self.model(ids[:, :t], mask[:, :t])["logits"]
 
 
 def classifier_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Encoder batch -> classifier batch. (B, T) x2 + (B,) -> {"x": (B, 2, T), "y": (B,)}."""
+    """Encoder batch -> classifier batch. (B, T) x2 + (B,) -> {"x": (B, 2, T), "y": (B,)}; with the
+    student's own ids (B, T') x2 too, {"x": (B, 4, max(T, T'))}."""
     if "label" not in batch:
         raise ConfigError("a logit method needs labelled task batches: add a `task:` section to the recipe.")
-    return {"x": torch.stack([batch["input_ids"], batch["attention_mask"]], 1), "y": batch["label"]}
+    parts = [batch["input_ids"], batch["attention_mask"]]
+    if "student_input_ids" in batch:
+        parts += [batch["student_input_ids"], batch["student_attention_mask"]]
+        t = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, t - p.shape[1])) for p in parts]
+    return {"x": torch.stack(parts, 1), "y": batch["label"]}
 
 
 def on_head(cls: type, name: str, description: str) -> type:
@@ -47,7 +62,7 @@ def on_head(cls: type, name: str, description: str) -> type:
         if not hasattr(student, "classifier"):
             raise ConfigError(f"{name}: the student has no classification head; add a `task:` section to the recipe.")
         t = Teacher(HeadLogits(teacher.module)) if teacher is not None else None
-        cls.__init__(self, HeadLogits(student), t, **params)
+        cls.__init__(self, HeadLogits(student, student=True), t, **params)
 
     def forward(self, batch):
         return cls.forward(self, classifier_batch(batch))

@@ -44,14 +44,16 @@ def margin_source(mode: str, ex: Examples, cross_teacher, name: str) -> str:
 @register_method("margin_mse", family="encoder",
                  description="bi-encoder on (query, positive, negatives): MSE of dot-product margins to the "
                              "teacher's (Hofstätter 2020)",
-                 injected=("student", "teacher", "cross_teacher", "tokenizer", "max_length"))
+                 injected=("student", "teacher", "cross_teacher", "tokenizer", "student_tokenizer", "max_length"))
 class MarginMSE(EncoderMethod):
     data_kind = "ranking"
 
     def __init__(self, student, teacher, cross_teacher=None, tokenizer=None, max_length: int = 64,
-                 scores: Literal["auto", "data", "cross_encoder", "bi_encoder"] = "auto", cache_teacher: bool = True):
+                 scores: Literal["auto", "data", "cross_encoder", "bi_encoder"] = "auto", cache_teacher: bool = True,
+                 student_tokenizer=None):
         super().__init__(student, teacher)
         self.cross_teacher, self.tokenizer, self.max_length = cross_teacher, tokenizer, max_length
+        self.student_tokenizer = student_tokenizer  # None: the student reads the teacher's ids
         self.scores, self.mode = scores, scores
         self.cache_teacher = cache_teacher
         self.weights = {"margin": 1.0}
@@ -67,13 +69,19 @@ class MarginMSE(EncoderMethod):
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Queries (B, T) as input_ids/attention_mask; passages (B * P, T), P = 1 + k per query, positive
-        first; the teacher's margins (B, k) or its pair inputs (B * P, T)."""
+        first; the teacher's margins (B, k) or its pair inputs (B * P, T). A student with its own
+        tokenizer gets both in its ids too (`student_input_ids`, `student_passage_ids`, ...)."""
         queries = [e["query"] for e in examples]
         passages = [p for e in examples for p in e["passages"]]
         k = len(examples[0]["passages"]) - 1
         batch = tokenize_texts(self.tokenizer, queries, self.max_length)
         p = tokenize_texts(self.tokenizer, passages, self.max_length)
         batch.update(passage_ids=p["input_ids"], passage_mask=p["attention_mask"])
+        s_tok = self.student_tokenizer or self.tokenizer
+        if s_tok is not self.tokenizer:
+            q, p = tokenize_texts(s_tok, queries, self.max_length), tokenize_texts(s_tok, passages, self.max_length)
+            batch.update(student_input_ids=q["input_ids"], student_attention_mask=q["attention_mask"],
+                         student_passage_ids=p["input_ids"], student_passage_mask=p["attention_mask"])
         if self.mode == "data":
             batch["target_margins"] = target_margins([e["label"] for e in examples], k)
         elif self.mode == "cross_encoder":
@@ -97,8 +105,8 @@ class MarginMSE(EncoderMethod):
     def student_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Dot products of each query's student embedding with its passages'. -> (B, 1 + k)."""
         b = batch["input_ids"].shape[0]
-        e_q = self.student(batch["input_ids"], batch["attention_mask"])["embedding"]           # (B, D)
-        e_p = self.student(batch["passage_ids"], batch["passage_mask"])["embedding"]           # (B * P, D)
+        e_q = self.student(*self.student_inputs(batch))["embedding"]                          # (B, D)
+        e_p = self.student(*self.student_inputs(batch, "passage_ids", "passage_mask"))["embedding"]  # (B * P, D)
         return pair_dot_scores(e_q, e_p.view(b, -1, e_p.shape[-1]))
 
     def forward(self, batch):

@@ -6,7 +6,9 @@ sentence and its translation(s) onto the teacher's embedding of the source,
 
 logged as the terms `source` and `translation` (with several translation columns, the mean over
 them). sentence-transformers' MSELoss averages its columns instead of adding them, so its value is
-half this sum. The teacher sees only the source sentences; with `cache_teacher` (default) each one's
+half this sum. A student with its own tokenizer (an XLM-R student under an English teacher, as in
+the paper) reads the sources and translations in its own ids and the teacher the sources in its
+ids. The teacher sees only the source sentences; with `cache_teacher` (default) each one's
 embedding is computed once and kept, as in `embedding_kd`.
 """
 from __future__ import annotations
@@ -25,13 +27,15 @@ from distill.registry import register_method
 @register_method("parallel_mse", family="encoder",
                  description="parallel sentences: MSE of source and translation embeddings to the teacher's "
                              "source embedding (Reimers 2020)",
-                 injected=("student", "teacher", "tokenizer", "max_length"))
+                 injected=("student", "teacher", "tokenizer", "student_tokenizer", "max_length"))
 class ParallelMSE(EncoderMethod):
     data_kind = "parallel"
 
-    def __init__(self, student, teacher, tokenizer=None, max_length: int = 64, cache_teacher: bool = True):
+    def __init__(self, student, teacher, tokenizer=None, max_length: int = 64, cache_teacher: bool = True,
+                 student_tokenizer=None):
         super().__init__(student, teacher)
         self.tokenizer, self.max_length = tokenizer, max_length
+        self.student_tokenizer = student_tokenizer  # None: the student reads the teacher's ids
         self.cache_teacher = cache_teacher
         self.weights = {"source": 1.0, "translation": 1.0}
 
@@ -39,15 +43,21 @@ class ParallelMSE(EncoderMethod):
         """Nothing beyond the columns `read_examples` already required."""
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Sources (B, T) as input_ids/attention_mask; translations (B * M, T), M per source, in row order."""
-        batch = tokenize_texts(self.tokenizer, [e["source"] for e in examples], self.max_length)
-        tr = tokenize_texts(self.tokenizer, [t for e in examples for t in e["translations"]], self.max_length)
+        """Sources (B, T) as input_ids/attention_mask; translations (B * M, T), M per source, in row order
+        (in the student's ids; its sources too as student_input_ids where its tokenizer differs)."""
+        sources = [e["source"] for e in examples]
+        batch = tokenize_texts(self.tokenizer, sources, self.max_length)
+        s_tok = self.student_tokenizer or self.tokenizer
+        if s_tok is not self.tokenizer:
+            own = tokenize_texts(s_tok, sources, self.max_length)
+            batch.update(student_input_ids=own["input_ids"], student_attention_mask=own["attention_mask"])
+        tr = tokenize_texts(s_tok, [t for e in examples for t in e["translations"]], self.max_length)
         batch.update(translation_ids=tr["input_ids"], translation_mask=tr["attention_mask"])
         return batch
 
     def forward(self, batch):
         e_t = self.teacher_embedding(batch)                                                     # (B, Dt)
-        e_s = self.student(batch["input_ids"], batch["attention_mask"])["embedding"]            # (B, D)
+        e_s = self.student(*self.student_inputs(batch))["embedding"]                            # (B, D)
         e_tr = self.student(batch["translation_ids"], batch["translation_mask"])["embedding"]   # (B * M, D)
         if e_s.shape[-1] != e_t.shape[-1]:
             raise ConfigError(f"parallel_mse: the student's embedding has width {e_s.shape[-1]}, the teacher's "

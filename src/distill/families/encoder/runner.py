@@ -10,7 +10,12 @@ declare a `data_kind` and `collate` their rows (margin_mse, parallel_mse, cross_
 of those rows are the sentences of every other method and of the agreement evaluation. A method may
 build its own kind of student (`new_student`, e.g. a cross-encoder); such a student is evaluated
 against `teacher.cross_encoder` on the held-out pairs (`cross_agreement`) and saved as a CrossEncoder
-folder."""
+folder.
+
+A `student.path` whose tokenizer is not the teacher's (an XLM-R student under an English teacher)
+reads every text in its own ids: training batches carry both tokenizations (`student_input_ids`),
+evaluation and the human-judgement sets encode with the student's tokenizer, and the saved folder
+holds it. Token-level layer methods need one tokenization and are refused."""
 from __future__ import annotations
 
 import json
@@ -59,6 +64,9 @@ class Context:
         self.device = Engine(cfg.engine, None, seed=cfg.seed).device
         self.tok = load_tokenizer(cfg.teacher.path)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self.s_tok = own_tokenizer(cfg.student, self.tok)  # None: students read the teacher's ids
+        self.s_pad_id = self.pad_id if self.s_tok is None else \
+            (self.s_tok.pad_token_id if self.s_tok.pad_token_id is not None else 0)
         t = cfg.teacher
         self.encoder = load_encoder_source(t.path, "teacher.path", None if t.pooling == "auto" else t.pooling,
                                            t.normalize).to(self.device)
@@ -74,8 +82,12 @@ class Context:
         limit = getattr(self.encoder, "max_seq_length", None)
         if limit and cfg.data.max_length > limit:
             log(f"note: data.max_length={cfg.data.max_length} is longer than the teacher folder's max_seq_length={limit}")
-        self.train_rows, self.held_rows, n_train = self.text_rows(cfg.data)
-        self.task = build_task(cfg.task, self.tok, cfg.data.max_length) if cfg.task else None
+        train, held = self.texts(cfg.data)
+        n_train = len(train)
+        self.train_rows, self.held_rows = self.rows(train), self.rows(held)
+        self.s_train_rows, self.s_held_rows = (self.train_rows, self.held_rows) if self.s_tok is None else \
+            (self.rows(train, self.s_tok), self.rows(held, self.s_tok))
+        self.task = build_task(cfg.task, self.tok, cfg.data.max_length, self.s_tok) if cfg.task else None
         self.teacher_model: torch.nn.Module = self.encoder
         if self.task is not None:
             self.teacher_model, _ = task_teacher(cfg, self.encoder, self.task, self.pad_id, self.device,
@@ -84,6 +96,8 @@ class Context:
         log(f"teacher: {cfg.teacher.path} ({type(self.encoder.backbone).__name__}, pooling {self.encoder.pooling}"
             f"{', normalised' if self.encoder.normalize else ''}; {count_parameters(self.teacher_model):,} parameters); "
             f"data: {n_train} train / {len(self.held_rows)} held-out sentences"
+            + (f"; student tokenizer: its own ({type(self.s_tok).__name__}, {len(self.s_tok):,} tokens)"
+               if self.s_tok is not None else "")
             + (f"; cross-encoder: {t.cross_encoder} ({count_parameters(self.cross_teacher.module):,} parameters)"
                if self.cross_teacher is not None else "")
             + (f"; task: {len(self.task.classes)} classes, {len(self.task.train_rows)} train ({self.task.labeled} "
@@ -97,7 +111,14 @@ class Context:
         """Fail before any training if a recipe's layer method cannot find the teacher's layers."""
         entries = [methods.get(m.name, "encoder").builder for m in
                    [*self.cfg.methods, *(st.method for st in self.cfg.stages)]]
-        if any(getattr(b, "needs_layers", False) for b in entries):
+        layered = [m.name for m, b in zip([*self.cfg.methods, *(st.method for st in self.cfg.stages)], entries)
+                   if getattr(b, "needs_layers", False)]
+        if layered and self.s_tok is not None:
+            raise ConfigError(f"student.path: {self.cfg.student.path!r} has its own tokenizer, so its tokens are not "
+                              f"the teacher's and the token-level layer methods ({', '.join(sorted(set(layered)))}) "
+                              "have nothing to align; use sentence-level methods (embedding_kd, parallel_mse, "
+                              "margin_mse, the task's logit methods) or a student with the teacher's tokenizer.")
+        if layered:
             self.encoder.check_layers(attention=any(getattr(b, "needs_attention", False) for b in entries))
 
     def _fit_teacher(self, method, loader, train_cfg, out_dir, label):
@@ -118,7 +139,12 @@ class Context:
                                                 queries=expand(d.queries) if d.queries else None)
         return self._examples[key]
 
-    def text_rows(self, d: EncoderDataConfig) -> tuple[list[list[int]], list[list[int]], int]:
+    def rows(self, texts: list[str], tok=None) -> list[list[int]]:
+        """Token ids of `texts` (the teacher's tokenizer unless `tok`), cut at data.max_length."""
+        return tokenize(tok or self.tok, texts, self.cfg.data.max_length)
+
+    def texts(self, d: EncoderDataConfig) -> tuple[list[str], list[str]]:
+        """(train, held-out) texts of `d`: the rows' texts of tabular data, else its sentences."""
         if is_tabular([expand(p) for p in d.paths], d.format):  # type: ignore[misc]  # the rows' texts
             kinds = ["parallel", "ranking"] if {"source", "translation"} & set(d.columns) else ["ranking", "parallel"]
             try:
@@ -128,13 +154,11 @@ class Context:
                     ex = self.examples(d, kinds[1])
                 except ConfigError:
                     raise first from None
-            train, held = ex.texts("train"), ex.texts("held")
-            return tokenize(self.tok, train, d.max_length), tokenize(self.tok, held, d.max_length), len(train)
+            return ex.texts("train"), ex.texts("held")
         sentences = read_sentences([expand(p) for p in d.paths], d.separator, d.min_chars, d.max_chars)  # type: ignore[misc]
         if d.max_sentences:
             sentences = sentences[: d.max_sentences]
-        train, held = split_sentences(sentences, d.eval_sentences, d.split_seed)
-        return tokenize(self.tok, train, d.max_length), tokenize(self.tok, held, d.max_length), len(train)
+        return split_sentences(sentences, d.eval_sentences, d.split_seed)
 
     def new_student(self, mcfg: EncoderMethodConfig | None = None) -> torch.nn.Module:
         seed_everything(self.cfg.seed)  # every student starts from the same initialisation
@@ -154,7 +178,8 @@ class Context:
 
     def build_method(self, mcfg: EncoderMethodConfig, student) -> EncoderMethod:
         entry = methods.get(mcfg.name, "encoder")
-        given = {"cross_teacher": self.cross_teacher, "tokenizer": self.tok, "max_length": self.cfg.data.max_length}
+        given = {"cross_teacher": self.cross_teacher, "tokenizer": self.tok, "student_tokenizer": self.s_tok,
+                 "max_length": self.cfg.data.max_length}
         extra = {k: given[k] for k in entry.injected if k in given}
         return entry.builder(student, self.teacher if entry.builder.needs_teacher else None, **extra, **mcfg.params)
 
@@ -169,8 +194,14 @@ class Context:
             return ExampleLoader(ex.train, d.batch_size, method.collate, seed=self.cfg.seed)
         if getattr(method, "needs_labels", False):
             return self.task.loader(self.cfg.data.batch_size, self.pad_id, self.cfg.seed)  # type: ignore[union-attr]
-        rows = self.train_rows if data is None else self.text_rows(data)[0]
-        return SentenceLoader(rows, (data or self.cfg.data).batch_size, self.pad_id, seed=self.cfg.seed)
+        if data is None:
+            rows, own = self.train_rows, self.s_train_rows
+        else:
+            train = self.texts(data)[0]
+            rows = self.rows(train)
+            own = rows if self.s_tok is None else self.rows(train, self.s_tok)
+        return SentenceLoader(rows, (data or self.cfg.data).batch_size, self.pad_id, seed=self.cfg.seed,
+                              student_rows=None if self.s_tok is None else own, student_pad_id=self.s_pad_id)
 
     def evaluate(self, model, timing: bool = True) -> dict[str, Any]:
         cfg, d = self.cfg, self.cfg.data
@@ -181,20 +212,40 @@ class Context:
             m["params"] = count_parameters(model)
             m["size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
             return m
-        e = encode(model, self.held_rows, self.pad_id, d.eval_batch_size, self.device)
+        own = self.s_tok is not None and model is not self.teacher_model  # a student in its own ids
+        tok, pad, held = (self.s_tok, self.s_pad_id, self.s_held_rows) if own else (self.tok, self.pad_id, self.held_rows)
+        e = encode(model, held, pad, d.eval_batch_size, self.device)
         m = agreement(e, self.e_t, cfg.eval.pair_sentences, cfg.eval.top_k)
         if self.task is not None:
-            m["accuracy"] = accuracy(predict_logits(model, self.task.test_rows, self.pad_id, d.eval_batch_size,
-                                                    self.device), self.task.test_labels)
+            test = self.task.student_test_rows if own else self.task.test_rows
+            m["accuracy"] = accuracy(predict_logits(model, test, pad, d.eval_batch_size, self.device),
+                                     self.task.test_labels)
         if timing and self.judged:  # final evaluations only (not at init or between stages)
-            m.update(judge(lambda texts: encode(model, tokenize(self.tok, texts, d.max_length), self.pad_id,
+            m.update(judge(lambda texts: encode(model, tokenize(tok, texts, d.max_length), pad,
                                                 d.eval_batch_size, self.device), self.judged))
         if timing:
-            m["sentences_per_s"] = throughput(model, self.held_rows[: cfg.eval.throughput_sentences], self.pad_id,
+            m["sentences_per_s"] = throughput(model, held[: cfg.eval.throughput_sentences], pad,
                                               d.eval_batch_size, self.device)
         m["params"] = count_parameters(model)
         m["size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
         return m
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers give the same ids: the same vocabulary, and the same ids for a probe
+    text with casing, accents, digits and punctuation (normalisation and special tokens)."""
+    if len(a) != len(b) or a.get_vocab() != b.get_vocab():
+        return False
+    probe = ["Hello World, ça va? 42 x-ray", "the QUICK brown fox"]
+    return a(probe)["input_ids"] == b(probe)["input_ids"]
+
+
+def own_tokenizer(s, teacher_tok):
+    """The tokenizer of a `student.path` folder when it is not the teacher's; else None."""
+    if s.path is None or s.kind == "static":
+        return None
+    tok = load_tokenizer(s.path, "student.path")
+    return None if same_tokenizer(tok, teacher_tok) else tok
 
 
 def save_student(student, out: Path, ctx: Context, m: dict[str, Any]) -> None:
@@ -205,7 +256,7 @@ def save_student(student, out: Path, ctx: Context, m: dict[str, Any]) -> None:
         atomic_write_text(out / "result.json", json.dumps(m))
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return
-    save_encoder(student, out, ctx.tok, cfg.data.max_length, ctx.task.classes if ctx.task else None)
+    save_encoder(student, out, ctx.s_tok or ctx.tok, cfg.data.max_length, ctx.task.classes if ctx.task else None)
     if cfg.student.kind == "static":  # also for model2vec: StaticModel.from_pretrained(out / "model2vec")
         save_model2vec(student, out / "model2vec", ctx.tok)
     atomic_write_text(out / "student.json", json.dumps(cfg.student.model_dump(mode="json")))

@@ -25,12 +25,12 @@ class Scratch(EncoderMethod):
         self.weights = {"contrastive": 1.0}
 
     def _view(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch["attention_mask"]
+        ids, mask = self.student_inputs(batch)
         if self.token_drop > 0:
             keep = torch.rand(mask.shape, device=mask.device) >= self.token_drop
             keep[:, 0] = True  # never an empty sentence
             mask = mask * keep.long()
-        return self.student(batch["input_ids"], mask)["embedding"]  # (B, D)
+        return self.student(ids, mask)["embedding"]  # (B, D)
 
     def forward(self, batch):
         return {"contrastive": info_nce(self._view(batch), self._view(batch), temperature=self.temperature)}

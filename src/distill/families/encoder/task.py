@@ -64,14 +64,24 @@ class TaskData:
     train_labels: list[int]  # -1 = unlabeled
     test_rows: list[list[int]]
     test_labels: list[int]
+    student_train_rows: list[list[int]] | None = None  # in the student's ids, where its tokenizer differs
+    student_test_rows: list[list[int]] | None = None
+    student_pad_id: int = 0
 
     @property
     def labeled(self) -> int:
         return sum(y >= 0 for y in self.train_labels)
 
-    def loader(self, batch_size: int, pad_id: int, seed: int, labeled_only: bool = False) -> SentenceLoader:
-        pairs = [(r, y) for r, y in zip(self.train_rows, self.train_labels) if y >= 0 or not labeled_only]
-        return SentenceLoader([r for r, _ in pairs], batch_size, pad_id, seed=seed, labels=[y for _, y in pairs])
+    def loader(self, batch_size: int, pad_id: int, seed: int, labeled_only: bool = False,
+               student: bool = True) -> SentenceLoader:
+        """Batches of the training texts; with the student's own ids too unless `student=False` (the
+        teacher's fine-tuning)."""
+        keep = [i for i, y in enumerate(self.train_labels) if y >= 0 or not labeled_only]
+        own = self.student_train_rows if student else None
+        return SentenceLoader([self.train_rows[i] for i in keep], batch_size, pad_id, seed=seed,
+                              labels=[self.train_labels[i] for i in keep],
+                              student_rows=[own[i] for i in keep] if own is not None else None,
+                              student_pad_id=self.student_pad_id)
 
 
 def read_labelled(paths: list[str], separator: str, min_chars: int, max_chars: int) -> tuple[list[str], dict[str, list[str]]]:
@@ -104,9 +114,10 @@ def read_labelled(paths: list[str], separator: str, min_chars: int, max_chars: i
     return list(per), per
 
 
-def build_task(tcfg, tok, max_length: int) -> TaskData:
+def build_task(tcfg, tok, max_length: int, student_tok=None) -> TaskData:
     """Read, balance (max_per_class), split per class (test_fraction) and keep `labels_per_class`
-    training labels per class (the rest -1); all seeded by task.split_seed."""
+    training labels per class (the rest -1); all seeded by task.split_seed. `student_tok`: a
+    student's own tokenizer (its rows are kept beside the teacher's)."""
     classes, per = read_labelled(tcfg.paths, tcfg.separator, tcfg.min_chars, tcfg.max_chars)
     rng = random.Random(tcfg.split_seed)
     train, test = [], []
@@ -123,8 +134,13 @@ def build_task(tcfg, tok, max_length: int) -> TaskData:
         k = len(rest) if tcfg.labels_per_class is None else min(tcfg.labels_per_class, len(rest))
         train += [(t, c if i < k else -1) for i, t in enumerate(rest)]
     rng.shuffle(train)
-    return TaskData(classes, tokenize(tok, [t for t, _ in train], max_length), [y for _, y in train],
+    data = TaskData(classes, tokenize(tok, [t for t, _ in train], max_length), [y for _, y in train],
                     tokenize(tok, [t for t, _ in test], max_length), [y for _, y in test])
+    if student_tok is not None:
+        data.student_train_rows = tokenize(student_tok, [t for t, _ in train], max_length)
+        data.student_test_rows = tokenize(student_tok, [t for t, _ in test], max_length)
+        data.student_pad_id = student_tok.pad_token_id if student_tok.pad_token_id is not None else 0
+    return data
 
 
 def predict_logits(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
@@ -176,7 +192,8 @@ def task_teacher(cfg, encoder: nn.Module, task: TaskData, pad_id: int, device,
     if t.teacher_finetune == "head":
         model.encoder.requires_grad_(False)
     method = methods.get("ce", "encoder").builder(model, None)
-    fit(method, task.loader(cfg.data.batch_size, pad_id, t.teacher_seed, labeled_only=True), t.teacher_train,
+    fit(method, task.loader(cfg.data.batch_size, pad_id, t.teacher_seed, labeled_only=True, student=False),
+        t.teacher_train,
         folder, "task_teacher")
     model.requires_grad_(True)
     folder.mkdir(parents=True, exist_ok=True)
