@@ -9,6 +9,10 @@ held-out passages (`evaluate.spearman_of_similarities`). Rows:
   model2vec distill          `model2vec.distill(teacher, pca_dims=256)` (its defaults: Zipf SIF 1e-4), untrained
   distill init=vocab         our construction of the same table (`student.init: vocab`), untrained
   distill init=vocab + kd    that table trained with `embedding_kd` (recipes/encoder/static_minilm.yaml), seeds
+  tokenlearn                 model2vec's table trained by `tokenlearn.train.train_model` (tokenlearn 0.2.1: MSE to
+                             the teacher's sentence embeddings reduced by PCA to 256, a linear output layer that is
+                             dropped at the end, early stopping on its own 10% validation split), seeds; fed the
+                             recipe's training passages (48 tokens) and the teacher's normalised embeddings of them
 
 Two texts: tinyshakespeare (the recipe's lr and epochs were picked on a validation split of its
 training passages, never on the held-out ones) and the Python language reference (the prose of the
@@ -20,6 +24,8 @@ standard library's `pydoc_data.topics`), not used for any choice. model2vec is f
 model2vec's distill needs `model2vec[distill]` (its `skeletoken` dependency pins transformers < 5.4);
 to keep the venv's transformers, install it beside: `pip install --no-deps --target /tmp/m2vlib
 model2vec skeletoken` and run with `PYTHONPATH=/tmp/m2vlib`. Without it that row is skipped.
+tokenlearn likewise: `pip install --no-deps --target /tmp/tllib tokenlearn==0.2.1 more-itertools` and
+`PYTHONPATH=/tmp/m2vlib:/tmp/tllib` (it also needs scikit-learn).
 """
 from __future__ import annotations
 
@@ -51,16 +57,55 @@ def ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} +- {(statistics.stdev(xs) if len(xs) > 1 else 0.0):.3f}"
 
 
-def held_out(text: Path, separator: str = "\n\n"):
+def held_out(text: Path, separator: str = "\n\n", train_too: bool = False):
+    """(tokenizer, held-out rows, the teacher's normalised embeddings of them, and with `train_too` the
+    training rows and their teacher embeddings), split as the recipe splits (400 held out, seed 0)."""
     from distill.families.encoder.data import read_sentences, split_sentences, tokenize
     from distill.families.encoder.evaluate import encode
     from distill.families.encoder.loading import load_encoder_source, load_tokenizer
 
     tok = load_tokenizer(TEACHER)
     teacher = load_encoder_source(TEACHER, "teacher.path")
-    _, held = split_sentences(read_sentences([text], separator, 20, 400), 400, 0)
+    train, held = split_sentences(read_sentences([text], separator, 20, 400), 400, 0)
     rows = tokenize(tok, held, 48)
-    return tok, rows, encode(teacher, rows, 0, 64, "cpu")
+    out = (tok, rows, encode(teacher, rows, 0, 64, "cpu"))
+    if not train_too:
+        return out + (None, None)
+    t0 = time.perf_counter()
+    train_rows = tokenize(tok, train, 48)
+    e_train = encode(teacher, train_rows, 0, 64, "cpu")
+    print(f"teacher pass over {len(train_rows)} training passages: {time.perf_counter() - t0:.0f} s", flush=True)
+    return out + (train_rows, e_train)
+
+
+def has_tokenlearn() -> bool:
+    try:
+        import tokenlearn.train  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tokenlearn_row(tok, rows, e_t, train_rows, e_train, seed: int) -> dict:
+    """model2vec distill, then tokenlearn's training on the same passages and teacher embeddings."""
+    import logging
+
+    from model2vec.distill import distill
+    from tokenlearn.train import train_model
+
+    from distill.families.encoder.evaluate import spearman_of_similarities
+    from distill.families.encoder.sources import package_folder
+
+    logging.getLogger("tokenlearn").setLevel(logging.WARNING)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    model = distill(package_folder(TEACHER, "teacher"), pca_dims=256, quantize_to="float32")
+    texts = [tok.decode(r, skip_special_tokens=True) for r in train_rows]
+    model = train_model(model, texts, e_train.numpy(), device="cpu", pca_dims=256)
+    seconds = time.perf_counter() - t0
+    held = [tok.decode(r, skip_special_tokens=True) for r in rows]
+    e = torch.nn.functional.normalize(torch.tensor(model.encode(held), dtype=torch.float32), dim=-1)
+    return {"spearman": spearman_of_similarities(e, e_t), "seconds": seconds}
 
 
 def model2vec_row(tok, rows, e_t) -> dict | None:
@@ -105,11 +150,17 @@ def main() -> None:
     results: dict = {}
     for name in a.texts:
         text = texts[name]
-        tok, rows, e_t = held_out(text)
+        tl = has_tokenlearn()
+        tok, rows, e_t, train_rows, e_train = held_out(text, train_too=tl)
         r: dict = {}
         m2v = model2vec_row(tok, rows, e_t)
         if m2v:
             r["model2vec distill"] = m2v
+        if tl:
+            runs = [tokenlearn_row(tok, rows, e_t, train_rows, e_train, seed) for seed in range(a.seeds)]
+            r["tokenlearn"] = {"spearman_runs": [x["spearman"] for x in runs],
+                               "seconds_runs": [x["seconds"] for x in runs]}
+            print(f"{name}: tokenlearn {ms(r['tokenlearn']['spearman_runs'])}", flush=True)
         s, sec = run_recipe(text, tmp / name / "table", 0, ["student.init=teacher", "student.match_teacher_dim=false",
                                                              "train.max_steps=1", "methods.0.params.match_weight=0"])
         r["token table, averaged"] = {"spearman": s["students"]["embedding_kd"]["init_spearman"]}
@@ -130,7 +181,8 @@ def main() -> None:
           f"{a.seeds} seeds for the trained student\n")
     print("| student | " + " | ".join(f"Spearman vs teacher, {n}" for n in results) + " | time (tinyshakespeare) |")
     print("|---" * (len(results) + 2) + "|")
-    order = ["token table, averaged", "model2vec distill", "distill init=vocab", "distill init=vocab + embedding_kd"]
+    order = ["token table, averaged", "model2vec distill", "tokenlearn", "distill init=vocab",
+             "distill init=vocab + embedding_kd"]
     for row in order:
         cells = []
         for n in results:
@@ -142,7 +194,8 @@ def main() -> None:
             else:
                 cells.append(f"{v['spearman']:.3f}")
         first = results[next(iter(results))].get(row) or {}
-        t = (f"{statistics.mean(first['seconds_runs']):.0f} s (whole run)" if "seconds_runs" in first
+        whole = "" if row == "tokenlearn" else " (whole run)"
+        t = (f"{statistics.mean(first['seconds_runs']):.0f} s{whole}" if "seconds_runs" in first
              else f"{first['seconds']:.0f} s" if "seconds" in first else "-")
         print(f"| {row} | " + " | ".join(cells) + f" | {t} |")
     if a.json:

@@ -143,3 +143,42 @@ def test_run_refuses_a_recipe_that_cannot_fit(tmp_path, teacher_dir, monkeypatch
     said = []
     check(load_config(_recipe(tmp_path, teacher_dir, memory_check=False)), 1, said.append)
     assert said == []
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("targets", [None, ["q_proj", "k_proj", "v_proj", "o_proj"], r".*mlp\.(gate_proj|up_proj|down_proj|c_fc)"])
+def test_planned_adapter_size_is_the_trainable_count_of_the_real_wrap(arch, targets):
+    """The planner's LoRA parameters (a meta-device wrap) equal what peft trains on a real model."""
+    pytest.importorskip("peft")
+    from distill.families.llm.config import LMLoraConfig
+    from distill.families.llm.lora import wrap_lora
+    from distill.families.llm.models import build_student
+    from distill.families.llm.plan import _meta, lora_params
+
+    if arch == "gpt2" and isinstance(targets, list):
+        targets = ["c_attn", "c_proj"]
+    lc = LMLoraConfig(r=4, target_modules=targets)
+    make = lambda: build_student(arch, 64, 1, 2, hidden_size=32, num_layers=2, num_heads=4, max_positions=64)  # noqa: E731
+    real = wrap_lora(make(), lc)
+    trained = sum(p.numel() for p in real.parameters() if p.requires_grad)
+    with _meta():
+        meta = make()
+    assert lora_params(meta, lc) == trained > 0
+
+
+def test_the_activation_probe_is_kept_per_architecture(tmp_path, teacher_dir, monkeypatch):
+    """A second plan of the same student architecture reads the probe from cache_dir; another
+    depth of the same architecture too (the probe runs at 1 and 2 layers); another width probes."""
+    import distill.families.llm.plan as P
+
+    cfg = load_config(_recipe(tmp_path, teacher_dir))
+    first = plan(cfg, devices=1)[0][0].parts["activations"]
+    assert (tmp_path / "cache" / "plan_probes.json").is_file()
+    calls = []
+    real = P._measure
+    monkeypatch.setattr(P, "_measure", lambda *a: calls.append(a) or real(*a))
+    assert plan(cfg, devices=1)[0][0].parts["activations"] == first and not calls
+    deeper = plan(load_config(_recipe(tmp_path, teacher_dir, student={"num_layers": 6})), devices=1)[0][0]
+    assert not calls and deeper.parts["activations"] > first
+    plan(load_config(_recipe(tmp_path, teacher_dir, student={"hidden_size": 128, "intermediate_size": 512})), devices=1)
+    assert len(calls) == 1

@@ -167,48 +167,24 @@ def student_shape(cfg, vocab: int | None) -> ModelShape:
 
 
 def lora_params(model: nn.Module, lora) -> int:
-    """Parameters of the adapter `student.lora` would add (r x (in + out) per targeted linear)."""
-    import re
+    """Parameters of the adapter `student.lora` adds: the meta-device model wrapped by peft itself
+    (`wrap_lora`), so its defaults and matching of target_modules decide, as in the run."""
+    from distill.families.llm.lora import adapter_parameters, wrap_lora
 
-    targets = lora.target_modules
-    if targets is None:  # peft's defaults for the common architectures
-        targets = ["q_proj", "v_proj", "c_attn"]
-    n = 0
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear) and type(m).__name__ != "Conv1D":
-            continue
-        hit = (re.fullmatch(targets, name) is not None) if isinstance(targets, str) else \
-            any(name == t or name.endswith("." + t) for t in targets)
-        if hit:
-            w = m.weight
-            n += lora.r * (w.shape[0] + w.shape[1])
-    return n
+    with _meta():
+        return adapter_parameters(wrap_lora(model, lora))
 
 
-def activation_bytes(shape: ModelShape, batch: int, seq: int, lora=None) -> float:
+def activation_bytes(shape: ModelShape, batch: int, seq: int, lora=None, cache_dir: Path | None = None) -> float:
     """Bytes the student's forward saves for its backward at (batch, seq), measured on the
-    architecture at 1 and 2 layers and two lengths (see the module's docstring)."""
+    architecture at 1 and 2 layers and two lengths (see the module's docstring). With `cache_dir`,
+    the measurements are kept per architecture (its config without the layer count, dtype and
+    adapter) in `cache_dir/plan_probes.json`, so a recipe run again does not probe again."""
     cfg = shape.config
     if cfg is None:
         raise ConfigError("plan: the student has no transformers config to measure its activations")
     short = [16, 32]
-    got = {}
-    for layers in (1, 2):
-        small = cfg.__class__.from_dict({**cfg.to_dict(), "vocab_size": 256,
-                                         _layers_key(cfg): layers})
-        from transformers import AutoModelForCausalLM
-
-        with _meta():
-            model = AutoModelForCausalLM.from_config(small)
-        model = model.to_empty(device="cpu")
-        if shape.dtype_bytes != 4:
-            model = model.to(torch.bfloat16)
-        if lora is not None:  # the frozen base saves only what the adapter's gradients need
-            from distill.families.llm.lora import wrap_lora
-
-            model = wrap_lora(model, lora)
-        for t in short:
-            got[(layers, t)] = _saved_bytes(model, t)
+    got = _probe(cfg, shape.dtype_bytes, lora, short, cache_dir)
     per_layer = {t: got[(2, t)] - got[(1, t)] for t in short}
     base = {t: got[(1, t)] - per_layer[t] for t in short}
 
@@ -218,6 +194,54 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, lora=None) -> floa
         return max(a + slope * (seq - short[0]), 0.0)
 
     return batch * seq * (shape.layers * at(per_layer) + at(base))
+
+
+def _probe(cfg, dtype_bytes: int, lora, short: list[int], cache_dir: Path | None) -> dict[tuple[int, int], int]:
+    """Saved bytes of the architecture at (layers, length) for layers 1, 2 and each short length."""
+    import json
+
+    from distill.utils import atomic_write_text, hash_json
+
+    conf = {k: v for k, v in cfg.to_dict().items() if k not in (_layers_key(cfg), "transformers_version")}
+    key = hash_json({"config": conf, "dtype_bytes": dtype_bytes, "short": short, "torch": torch.__version__,
+                     "lora": lora.model_dump(mode="json") if lora is not None else None})
+    store = Path(cache_dir) / "plan_probes.json" if cache_dir is not None else None
+    known: dict[str, Any] = {}
+    if store is not None and store.is_file():
+        try:
+            known = json.loads(store.read_text())
+        except ValueError:  # a damaged file: probe again and rewrite it
+            known = {}
+        if key in known:
+            return {(int(a), int(b)): int(v) for a, b, v in known[key]}
+    got = _measure(cfg, dtype_bytes, lora, short)
+    if store is not None:
+        known[key] = [[a, b, v] for (a, b), v in got.items()]
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(store, json.dumps(known))
+    return got
+
+
+def _measure(cfg, dtype_bytes: int, lora, short: list[int]) -> dict[tuple[int, int], int]:
+    got = {}
+    for layers in (1, 2):
+        small = cfg.__class__.from_dict({**cfg.to_dict(), "vocab_size": 256,
+                                         _layers_key(cfg): layers})
+        from transformers import AutoModelForCausalLM
+
+        with _meta():
+            model = AutoModelForCausalLM.from_config(small)
+        model = model.to_empty(device="cpu")
+        if dtype_bytes != 4:
+            model = model.to(torch.bfloat16)
+        if lora is not None:  # the frozen base saves only what the adapter's gradients need
+            from distill.families.llm.lora import wrap_lora
+
+            model = wrap_lora(model, lora)
+        for t in short:
+            got[(layers, t)] = _saved_bytes(model, t)
+        del model
+    return got
 
 
 def _layers_key(cfg) -> str:
@@ -261,7 +285,7 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
         t = ModelShape("teacher", 0, 0, 0, s.hidden, s.vocab, s.layers, s.dtype_bytes)
     d = cfg.data
     rows = max(d.batch_size // max(devices, 1), 1)
-    act = activation_bytes(s, rows, d.seq_len, cfg.student.lora)
+    act = activation_bytes(s, rows, d.seq_len, cfg.student.lora, cache_dir=cfg.cache_dir)
     grads, state = _optimizer_bytes(cfg, s.trainable)
     w_s = float(s.params * s.dtype_bytes)
     chunk = min(max(int((m.params or {}).get("chunk_size", 1024)) for m in cfg.methods), rows * d.seq_len)
