@@ -99,3 +99,26 @@ def test_streaming_refuses_what_needs_the_whole_set_in_memory(tmp_path, chat_tea
             r["methods"] = [{"name": "alm"}]
         with pytest.raises(ConfigError, match=pattern):
             load_config(r)
+
+
+def _text_example(rec, where):
+    """One stand-in example per line (no tokenizer): its text, and ids for the index's lengths."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(ids=[1, 2], text=rec["text"])]
+
+
+def test_streamed_examples_read_through_one_handle_and_pickle_without_it(tmp_path):
+    import pickle
+
+    from distill.families.llm.data import StreamedExamples
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(5)))
+    ex = StreamedExamples(path, _text_example)
+    assert [ex[i].text for i in (3, 0, 4, 4)] == ["line 3", "line 0", "line 4", "line 4"]
+    handle = ex._fh
+    assert handle is not None and ex[1].text == "line 1" and ex._fh is handle
+    ex._line = None
+    copy = pickle.loads(pickle.dumps(ex))
+    assert copy._fh is None and [copy[i].text for i in range(5)] == [f"line {i}" for i in range(5)]

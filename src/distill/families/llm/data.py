@@ -12,6 +12,7 @@ per-token losses as its examples run one by one.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -539,6 +540,23 @@ class StreamedExamples(Sequence[Example]):
         self._index = _index
         self._keep = array("q", range(len(_index[0])) if keep is None else keep)
         self._line: tuple[int, list[Example]] | None = None  # the last line read (its examples)
+        self._fh: Any = None  # one read handle per process (opened on first use, again after a fork)
+        self._fh_pid = -1
+
+    def _file(self):
+        if self._fh is None or self._fh_pid != os.getpid():
+            self._fh, self._fh_pid = open(self.path, "rb"), os.getpid()
+        return self._fh
+
+    def __getstate__(self) -> dict:  # a pickled copy (a loader worker) opens its own handle
+        state = dict(self.__dict__)
+        state["_fh"], state["_fh_pid"] = None, -1
+        return state
+
+    def __del__(self) -> None:
+        fh = getattr(self, "_fh", None)
+        if fh is not None and self._fh_pid == os.getpid():
+            fh.close()
 
     def _parse(self, raw: bytes, n: int) -> list[Example]:
         return self.make(parse_line(raw, self.path, n), f"{self.path}:{n}")
@@ -559,9 +577,9 @@ class StreamedExamples(Sequence[Example]):
         k = self._keep[i]
         offset, sub = self._index[0][k], self._index[1][k]
         if self._line is None or self._line[0] != offset:
-            with open(self.path, "rb") as f:
-                f.seek(offset)
-                self._line = (offset, self._parse(f.readline(), -1))
+            f = self._file()
+            f.seek(offset)
+            self._line = (offset, self._parse(f.readline(), -1))
         return self._line[1][sub]
 
 
