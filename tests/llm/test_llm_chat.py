@@ -111,6 +111,22 @@ def test_rewriting_template_gives_one_example_per_reply(chat_tok):
     assert "assistant: The\n" in chat_tok.decode(exs[1].ids)
 
 
+# the generation prompt ("assistant: ") is not the header the template writes before a reply ("[A] ")
+UNSTABLE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}[A] {{ m['content'] }} [END]{{ '\n' }}"
+            "{% else %}{{ m['role'] }}: {{ m['content'] }}{{ '\n' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+def test_unstable_generation_prompt_keeps_the_end_of_turn_as_target(chat_tok):
+    chat_tok.chat_template = UNSTABLE
+    exs = chat_examples([CONV], chat_tok, 512)
+    assert len(exs) == 2
+    for ex, reply in zip(exs, ("The cat liked to play in the sun.", "The dog ran to the park with a ball.")):
+        got = "".join(chat_tok.decode([t for t, m in zip(ex.ids, ex.mask) if m]).split())
+        assert got == "".join((reply + " [END]").split())  # the reply and the template's end of turn
+        assert "".join(chat_tok.decode(ex.ids[:ex.start]).split()).endswith("[A]")  # the header is read
+
+
 def test_bad_chat_data_names_the_line_and_the_fix(tmp_path, tiny_tok):
     p = tmp_path / "c.jsonl"
     cases = [('{"messages": [{"role": "user", "content": "hi"}]}', r"c.jsonl:1: the conversation has no assistant"),

@@ -257,7 +257,9 @@ def chat_examples(convs: Sequence[list[dict]], tok, seq_len: int, loss_on: str =
     learns to stop; the headers a template writes before a reply are read, never predicted. A fast
     tokenizer tokenizes the rendered text whole (the ids apply_chat_template gives) and a token
     counts with the piece of its last character; a slow one tokenizes piece by piece. A template that is not
-    prefix-stable gives one example per reply, its history rendered as the prompt. Conversations
+    prefix-stable gives one example per reply, its history rendered as the prompt (where even the
+generation prompt is not how the template writes the reply, the reply's own rendering is split at
+its content, so the end-of-turn markup stays a target). Conversations
     cut by `seq_len` keep the replies that fit; one with no target left is dropped."""
     out = []
     for msgs in convs:
@@ -267,7 +269,10 @@ def chat_examples(convs: Sequence[list[dict]], tok, seq_len: int, loss_on: str =
             for i in (replies[-1:] if loss_on == "last" else replies):
                 head = _render(tok, msgs[:i], True) if i else ""
                 full = _render(tok, msgs[:i + 1], False)
-                tail = full[len(head):] if full.startswith(head) else str(msgs[i]["content"])
+                if not full.startswith(head):  # the generation prompt is not how the template writes a reply:
+                    at = full.rfind(str(msgs[i]["content"]))  # split the full rendering at the reply instead
+                    head, full = (full[:at], full) if at >= 0 else (head, head + str(msgs[i]["content"]))
+                tail = full[len(head):]
                 ex = _chat_example(tok, [(head, -1), (tail, i)], msgs[:i + 1], seq_len, "last")
                 if ex is not None:
                     out.append(ex)
