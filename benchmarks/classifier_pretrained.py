@@ -154,18 +154,26 @@ def loader_throughput(tier: dict, out: Path) -> dict:
     return {k: round(v, 1) for k, v in res.items()}
 
 
-def cache_timing(tier: dict, out: Path, teacher_dir: Path, students: list) -> list:
+def cache_timing(tier: dict, out: Path, teacher_dir: Path, students: list, size: int | None = None,
+                 subset: int | None = None, epochs: int | None = None) -> list:
     """Live and cached kd (seed 0, first teacher) run back to back under new names, so that their
-    epoch times are measured under the same load; the views cache recorded by the grid is reused."""
+    epoch times are measured under the same load; the views cache recorded by the grid is reused.
+    With `size` (and `subset`, `epochs`), at that view size instead: a first cached run records the
+    views and soft labels (the teacher runs live), then the live and the replaying runs are timed.
+    The teacher is the one fine-tuned at the tier's size, so only the times mean anything there."""
     rows = []
+    t = dict(tier)
+    if size:
+        t.update(size=size, train_subset=subset or t["train_subset"], epochs=epochs or t["epochs"])
     for student in students:
-        for cache in (False, True):
-            r = recipe(tier, out, student=student, seed=0, teacher_dir=teacher_dir, methods=[KD], cache=cache)
-            r["name"] += "-timing"
+        for cache, what in ([(True, "record")] if size else []) + [(False, "live"), (True, "cached")]:
+            r = recipe(t, out, student=student, seed=0, teacher_dir=teacher_dir, methods=[KD], cache=cache)
+            r["name"] += "-timing" + (f"{size}-{what}" if size else "")
             r["engine"]["progress"] = False
             k = distill.run(r, overwrite=True, show_table=False, log=lambda m: None)["students"]["kd"]
-            rows.append((student, "cached" if cache else "live", k["accuracy"], k["train_seconds"] / k["epochs"]))
-            print(rows[-1], flush=True)
+            if what != "record":
+                rows.append((student, what, k["accuracy"], k["train_seconds"] / k["epochs"]))
+            print((student, what, k["accuracy"], k["train_seconds"] / k["epochs"]), flush=True)
     return rows
 
 
@@ -184,6 +192,11 @@ def main() -> None:
     ap.add_argument("--output-dir", default="runs/bench/pretrained")
     ap.add_argument("--cache-timing", action="store_true",
                     help="only time live vs cached kd back to back (after the grid's seed 0), into cache_timing.json")
+    ap.add_argument("--timing-size", type=int, default=None,
+                    help="with --cache-timing: views of this size (the tier's teacher; times only), into "
+                         "cache_timing_<size>.json")
+    ap.add_argument("--timing-subset", type=int, default=2000, help="with --timing-size: training images")
+    ap.add_argument("--timing-epochs", type=int, default=2, help="with --timing-size: epochs")
     args = ap.parse_args()
     tier = TIERS[args.tier]
     out = Path(args.output_dir) / args.tier
@@ -209,8 +222,10 @@ def main() -> None:
         results["teachers"][tk] = {"fit_seconds": fit, "dir": str(dirs[tk])}
 
     if args.cache_timing:
-        rows = cache_timing(tier, out, dirs[args.teachers[0]], args.students)
-        (out / "cache_timing.json").write_text(json.dumps(rows, indent=1))
+        rows = cache_timing(tier, out, dirs[args.teachers[0]], args.students, args.timing_size, args.timing_subset,
+                            args.timing_epochs)
+        name = f"cache_timing_{args.timing_size}.json" if args.timing_size else "cache_timing.json"
+        (out / name).write_text(json.dumps(rows, indent=1))
         return
 
     # 2.-4. seed by seed (a report after each, so that an interrupted benchmark still reports the
