@@ -170,6 +170,9 @@ def cache_timing(tier: dict, out: Path, teacher_dir: Path, students: list, size:
             r = recipe(t, out, student=student, seed=0, teacher_dir=teacher_dir, methods=[KD], cache=cache)
             r["name"] += "-timing" + (f"{size}-{what}" if size else "")
             r["engine"]["progress"] = False
+            if size:  # times only: a small test set keeps the evaluations short
+                r["data"]["params"]["test_subset"] = 1000
+                r["eval"]["latency_runs"] = 5
             k = distill.run(r, overwrite=True, show_table=False, log=lambda m: None)["students"]["kd"]
             if what != "record":
                 rows.append((student, what, k["accuracy"], k["train_seconds"] / k["epochs"]))

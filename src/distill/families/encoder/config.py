@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import check_methods, Component, MethodConfig, register_config, RunConfig, Strict, TrainConfig
+from distill.config import check_methods, MethodConfig, register_config, RunConfig, Strict, TrainConfig
 from distill.errors import ConfigError
 from distill.utils import expand
 
@@ -102,7 +102,7 @@ class EncoderTaskConfig(Strict):
     labels_per_class: int | None = Field(None, ge=1, description="labelled training texts per class; the rest "
                                          "stay unlabeled (-1): KD methods use them through the teacher, CE does not")
     split_seed: int = 0
-    teacher_checkpoint: str | None = Field(None, description=f"folder holding a fine-tuned teacher "
+    teacher_checkpoint: str | None = Field(None, description="folder holding a fine-tuned teacher "
                                            "(teacher_classifier.safetensors, as written to the cache); skips fine-tuning")
     teacher_finetune: Literal["head", "all"] = Field("all", description="fine-tune the teacher's head only, or all weights")
     teacher_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3), description="the teacher's fine-tuning")
