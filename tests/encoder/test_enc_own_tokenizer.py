@@ -196,3 +196,19 @@ def test_the_shipped_xlmr_recipe_runs_with_local_stand_ins(folders, tmp_path):
     assert s["students"]["parallel_mse"]["steps"] == 3
     saved = load_tokenizer(str(tmp_path / "runs" / "parallel_xlmr" / "student"))
     assert saved("the cat sat.")["input_ids"] == load_tokenizer(str(folders["xlmr"]))("the cat sat.")["input_ids"]
+
+
+def test_a_stage_with_its_own_data_cuts_both_tokenizations_at_its_max_length(folders, tmp_path):
+    from distill.config import load_config
+    from distill.families.encoder.runner import Context
+
+    data = tmp_path / "text.txt"
+    data.write_text("\n\n".join(corpus(80)))
+    cfg = load_config(_recipe(tmp_path, folders, data, [{"name": "embedding_kd"}]))
+    ctx = Context(cfg, lambda m: None)
+    method = ctx.build_method(cfg.methods[0], ctx.new_student(cfg.methods[0]))
+    short = cfg.data.model_copy(update={"max_length": 6})
+    for b in ctx.loader(method, short):
+        assert b["input_ids"].shape[1] <= 6 and b["student_input_ids"].shape[1] <= 6
+    full = next(iter(ctx.loader(method)))
+    assert full["student_input_ids"].shape[1] > 6  # the recipe's own length is longer

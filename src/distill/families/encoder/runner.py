@@ -139,9 +139,10 @@ class Context:
                                                 queries=expand(d.queries) if d.queries else None)
         return self._examples[key]
 
-    def rows(self, texts: list[str], tok=None) -> list[list[int]]:
-        """Token ids of `texts` (the teacher's tokenizer unless `tok`), cut at data.max_length."""
-        return tokenize(tok or self.tok, texts, self.cfg.data.max_length)
+    def rows(self, texts: list[str], tok=None, max_length: int | None = None) -> list[list[int]]:
+        """Token ids of `texts` (the teacher's tokenizer unless `tok`), cut at `max_length` (default
+        data.max_length)."""
+        return tokenize(tok or self.tok, texts, max_length or self.cfg.data.max_length)
 
     def texts(self, d: EncoderDataConfig) -> tuple[list[str], list[str]]:
         """(train, held-out) texts of `d`: the rows' texts of tabular data, else its sentences."""
@@ -198,8 +199,8 @@ class Context:
             rows, own = self.train_rows, self.s_train_rows
         else:
             train = self.texts(data)[0]
-            rows = self.rows(train)
-            own = rows if self.s_tok is None else self.rows(train, self.s_tok)
+            rows = self.rows(train, max_length=data.max_length)
+            own = rows if self.s_tok is None else self.rows(train, self.s_tok, data.max_length)
         return SentenceLoader(rows, (data or self.cfg.data).batch_size, self.pad_id, seed=self.cfg.seed,
                               student_rows=None if self.s_tok is None else own, student_pad_id=self.s_pad_id)
 
