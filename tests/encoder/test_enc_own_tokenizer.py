@@ -212,3 +212,34 @@ def test_a_stage_with_its_own_data_cuts_both_tokenizations_at_its_max_length(fol
         assert b["input_ids"].shape[1] <= 6 and b["student_input_ids"].shape[1] <= 6
     full = next(iter(ctx.loader(method)))
     assert full["student_input_ids"].shape[1] > 6  # the recipe's own length is longer
+
+
+def test_margin_mse_with_its_own_tokenizer_equals_sentence_transformers(folders, tmp_path):
+    import random
+
+    from enc_helpers import WORDS
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(30):
+        q = [rng.choice(WORDS) for _ in range(3)]
+        rows.append({"query": " ".join(q), "positive": " ".join(q + [rng.choice(WORDS)]),
+                     "negative": " ".join(rng.choice(WORDS) for _ in range(5)), "label": rng.uniform(-2, 2)})
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ex = read_examples([path], "auto", {}, "ranking", n_eval=10, seed=0)
+    m = methods.get("margin_mse", "encoder").builder(
+        load_encoder_source(str(folders["xlmr"]), "student.path"), Teacher(load_encoder_source(str(folders["teacher"]))),
+        tokenizer=load_tokenizer(str(folders["teacher"])),
+        student_tokenizer=load_tokenizer(str(folders["xlmr"]), "student.path"), max_length=64)
+    m.check_examples(ex)
+    batch = m.collate(ex.train[:8])
+    assert int(batch["student_passage_ids"][0, 0]) == 0  # XLM-R's <s>
+    ours = m(batch)["margin"]
+
+    student = st.SentenceTransformer(str(folders["xlmr"]), device="cpu")
+    loss = st.sentence_transformer.losses.MarginMSELoss(student)
+    b = ex.train[:8]
+    cols = [[e["query"] for e in b]] + [[e["passages"][j] for e in b] for j in range(2)]
+    ref = loss([student.tokenize(c) for c in cols], torch.tensor([e["label"] for e in b]))
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)

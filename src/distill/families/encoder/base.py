@@ -30,6 +30,8 @@ class EncoderMethod(nn.Module):
     needs_layers: bool = False
     needs_attention: bool = False
     cache_teacher: bool = False  # keep each sentence's teacher embedding (`teacher_embedding`)
+    tokenizer = None  # methods that tokenize their own rows (`collate`): the teacher's tokenizer
+    student_tokenizer = None  # ... and the student's where it has its own (None: it reads the teacher's ids)
 
     def __init__(self, student: nn.Module, teacher: Teacher | None):
         super().__init__()
@@ -55,6 +57,17 @@ class EncoderMethod(nn.Module):
         if f"student_{ids}" in batch:
             return batch[f"student_{ids}"], batch[f"student_{mask}"]
         return batch[ids], batch[mask]
+
+    def own_tokens(self, texts: list[str], max_length: int, ids: str = "input_ids", mask: str = "attention_mask"
+                   ) -> dict[str, torch.Tensor]:
+        """`texts` in the student's own ids as `student_<ids>`, `student_<mask>` (what `student_inputs`
+        reads), or nothing where the student reads the teacher's ids."""
+        if self.student_tokenizer is None or self.student_tokenizer is self.tokenizer:
+            return {}
+        from distill.families.encoder.examples import tokenize_texts
+
+        t = tokenize_texts(self.student_tokenizer, texts, max_length)
+        return {f"student_{ids}": t["input_ids"], f"student_{mask}": t["attention_mask"]}
 
     def run_student(self, batch: dict[str, torch.Tensor], taps: list[str] = (), hidden: bool = False
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -77,11 +77,8 @@ class MarginMSE(EncoderMethod):
         batch = tokenize_texts(self.tokenizer, queries, self.max_length)
         p = tokenize_texts(self.tokenizer, passages, self.max_length)
         batch.update(passage_ids=p["input_ids"], passage_mask=p["attention_mask"])
-        s_tok = self.student_tokenizer or self.tokenizer
-        if s_tok is not self.tokenizer:
-            q, p = tokenize_texts(s_tok, queries, self.max_length), tokenize_texts(s_tok, passages, self.max_length)
-            batch.update(student_input_ids=q["input_ids"], student_attention_mask=q["attention_mask"],
-                         student_passage_ids=p["input_ids"], student_passage_mask=p["attention_mask"])
+        batch.update(self.own_tokens(queries, self.max_length))
+        batch.update(self.own_tokens(passages, self.max_length, "passage_ids", "passage_mask"))
         if self.mode == "data":
             batch["target_margins"] = target_margins([e["label"] for e in examples], k)
         elif self.mode == "cross_encoder":

@@ -47,11 +47,9 @@ class ParallelMSE(EncoderMethod):
         (in the student's ids; its sources too as student_input_ids where its tokenizer differs)."""
         sources = [e["source"] for e in examples]
         batch = tokenize_texts(self.tokenizer, sources, self.max_length)
-        s_tok = self.student_tokenizer or self.tokenizer
-        if s_tok is not self.tokenizer:
-            own = tokenize_texts(s_tok, sources, self.max_length)
-            batch.update(student_input_ids=own["input_ids"], student_attention_mask=own["attention_mask"])
-        tr = tokenize_texts(s_tok, [t for e in examples for t in e["translations"]], self.max_length)
+        batch.update(self.own_tokens(sources, self.max_length))
+        tr = tokenize_texts(self.student_tokenizer or self.tokenizer, [t for e in examples for t in e["translations"]],
+                            self.max_length)  # only the student reads them
         batch.update(translation_ids=tr["input_ids"], translation_mask=tr["attention_mask"])
         return batch
 

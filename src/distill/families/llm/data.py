@@ -258,8 +258,8 @@ def chat_examples(convs: Sequence[list[dict]], tok, seq_len: int, loss_on: str =
     tokenizer tokenizes the rendered text whole (the ids apply_chat_template gives) and a token
     counts with the piece of its last character; a slow one tokenizes piece by piece. A template that is not
     prefix-stable gives one example per reply, its history rendered as the prompt (where even the
-generation prompt is not how the template writes the reply, the reply's own rendering is split at
-its content, so the end-of-turn markup stays a target). Conversations
+    generation prompt is not how the template writes the reply, the reply's own rendering is split
+    at its content, so the end-of-turn markup stays a target). Conversations
     cut by `seq_len` keep the replies that fit; one with no target left is dropped."""
     out = []
     for msgs in convs:
