@@ -9,8 +9,8 @@ per token, in nats, and bytes per token.
 Schemes:
   distill exact        the llm cache's `exact` format: top-k int32 ids, fp16 log-probs, fp32 log tail
   distill compressed   `distill.families.llm.compress` (the `compressed` format): tokens with p >= min_prob
-                       among the top k, sqrt-domain codes of `bits` bits, exact fp16 log tail, deflated
-                       per example; bytes are the stored bytes
+                       among the top k, sqrt-domain codes of `bits` bits, exact fp32 log tail, packed
+                       per example (deflate, or lzma: `teacher.cache_coder`); bytes are the stored bytes
   DistillKit           the two configurations DistillKit's README publishes (recommended: k 128,
                        16 exact bf16 log-probs, a polynomial [0,1,2,3,4,sqrt] in float32 fitted by least
                        squares to the other 112 sorted log-probs; budget: k 50, 1 exact, [0,1,sqrt]) and
@@ -106,7 +106,7 @@ WIDE = 128256  # a Llama-3-size vocabulary, for the bytes an id would cost there
 def compressed(lp: torch.Tensor, row_lengths: list[int], codec: Codec):
     top = lp.topk(min(codec.k, lp.shape[1]), -1)
     tail = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1).clamp(min=-1e4)
-    wide = Codec(codec.k, WIDE, codec.min_prob, codec.bits)
+    wide = Codec(codec.k, WIDE, codec.min_prob, codec.bits, codec.coder)
     relabel = torch.randperm(WIDE, generator=torch.Generator().manual_seed(0))[: lp.shape[1]]
     total, total_wide, recs, s = 0, 0, [], 0
     for n in row_lengths:
@@ -148,11 +148,12 @@ def main() -> None:
                ("DistillKit budget (k 50, 1 exact, [0,1,sqrt])", lambda lp, L: distillkit(lp, 50, 1, [0, 1, "sqrt"])),
                ("DistillKit recommended (k 128, 16 exact, [0..4,sqrt])",
                 lambda lp, L: distillkit(lp, 128, 16, [0, 1, 2, 3, 4, "sqrt"]))]
-    for k, mp, bits in [(32, 1e-3, 6), (64, 1e-4, 6), (64, 1e-4, 8), (128, 1e-4, 7), (128, 3e-5, 7), (128, 1e-5, 8),
-                        (128, 1e-5, 10),
-                        (256, 1e-6, 10), (512, 0.0, 12)]:
-        schemes.append((f"distill compressed, k {k}, min_prob {mp:g}, {bits} bits",
-                        lambda lp, L, c=Codec(k, V, mp, bits): compressed(lp, L, c)))
+    for k, mp, bits, coder in [(32, 1e-3, 6, "deflate"), (64, 1e-4, 6, "deflate"), (64, 1e-4, 8, "deflate"),
+                               (64, 1e-4, 8, "lzma"), (128, 1e-4, 7, "deflate"), (128, 3e-5, 7, "deflate"),
+                               (128, 1e-5, 8, "deflate"), (128, 1e-5, 8, "lzma"), (128, 1e-5, 10, "deflate"),
+                               (256, 1e-6, 10, "deflate"), (256, 1e-6, 10, "lzma"), (512, 0.0, 12, "deflate")]:
+        schemes.append((f"distill compressed, k {k}, min_prob {mp:g}, {bits} bits, {coder}",
+                        lambda lp, L, c=Codec(k, V, mp, bits, coder): compressed(lp, L, c)))
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     lines = [f"stories260K teacher (V = {V}), temperature 1, code {commit}", ""]

@@ -121,6 +121,57 @@ def test_loss_from_the_compressed_cache(tmp_path, cache_setup, tiny_tok, kind):
     student.zero_grad()
 
 
+def test_lzma_coder_packs_the_same_columns():
+    """coder=lzma: the record's columns, unpacked by the standard library's lzma reader (raw LZMA2),
+    are byte for byte those deflate packs (unpacked by zlib), and both decode to the same tokens."""
+    import lzma
+    import zlib
+
+    V = 300
+    rec = _record(_distributions(V=V), 64)
+    blobs = {c: encode(Codec(48, V, 2e-3, 8, c), *rec) for c in ("deflate", "lzma")}
+    assert blobs["deflate"][:4] == blobs["lzma"][:4]  # the position count
+    body_z = zlib.decompress(blobs["deflate"][4:], -15)
+    body_x = lzma.decompress(blobs["lzma"][4:], format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+    assert body_z == body_x and len(body_z) > 100
+    a, b = (decode(Codec(48, V, 2e-3, 8, c), blobs[c]) for c in ("deflate", "lzma"))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="coder"):
+        Codec(48, V, coder="zstd")
+
+
+def test_lzma_cache_reads_like_the_deflated_one(tmp_path, cache_setup, tiny_tok):
+    """A cache packed with lzma: its lookups equal the deflated cache's; the coder is kept in its
+    metadata (a cache written without one is deflated), so it is read back right whichever coder the
+    reader names."""
+    teacher, _, exs, batch = cache_setup
+    ok = dict(temperature=T, k=16, seq_len=32, min_prob=1e-4, bits=8)
+    z = CompressedLMTeacherCache.load_or_build(tmp_path / "z", teacher, tiny_tok, exs, **ok)
+    x = CompressedLMTeacherCache.load_or_build(tmp_path / "x", teacher, tiny_tok, exs, coder="lzma", **ok)
+    assert x.meta["coder"] == "lzma" and z.meta["coder"] == "deflate"
+    stamp = (tmp_path / "x" / CompressedLMTeacherCache.FILE).stat().st_mtime_ns
+    again = CompressedLMTeacherCache.load_or_build(tmp_path / "x", teacher, tiny_tok, exs, **ok)  # deflate named
+    assert (tmp_path / "x" / CompressedLMTeacherCache.FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert again.codec.coder == "lzma"
+    for c in (x, again):
+        for u, v in zip(z.lookup(batch), c.lookup(batch)):
+            assert torch.equal(u, v)
+
+
+def test_compressed_cache_settings_need_the_compressed_format(tmp_path, tiny_tok):
+    from distill.config import load_config
+    from distill.errors import ConfigError
+
+    tdir, text = teacher_and_text(tmp_path, tiny_tok)
+    recipe = cache_run_recipe(tmp_path, tdir, text, cache_top_k=32)
+    recipe["teacher"]["cache_coder"] = "lzma"
+    with pytest.raises(ConfigError, match="teacher.cache_coder: a setting of the compressed cache"):
+        load_config(recipe)
+    recipe["teacher"]["cache_format"] = "compressed"
+    assert load_config(recipe).teacher.cache_coder == "lzma"
+
+
 def test_compressed_cache_is_refused_when_the_code_differs(tmp_path, cache_setup, tiny_tok):
     teacher, _, exs, _ = cache_setup
     folder = tmp_path / "c"
@@ -147,4 +198,5 @@ def test_run_with_the_compressed_cache(tmp_path, tiny_tok):
     assert any("compressed" in x and "bytes/token" in x for x in lines), lines
     folders = list((tmp_path / "cache" / "llm_teacher_outputs").iterdir())
     assert len(folders) == 1 and folders[0].name.endswith("-compressed-p1e-05-b8")
+    assert CompressedLMTeacherCache.load(folders[0], {}).codec.coder == "deflate"  # the default
     assert s["students"]["token_kd"]["bits_per_byte"] > 0  # trained and evaluated

@@ -9,8 +9,9 @@ one cache serves packed and unpacked rows alike.
 
 With `teacher.cache_format: compressed` the records are those of `distill.families.llm.compress`
 instead (`CompressedLMTeacherCache`): the tokens with p >= cache_min_prob among the top k,
-sqrt-domain codes of cache_bits bits and the exact tail mass, deflated per example; its metadata
-also holds the storage format and the codec's parameters, so a cache made with others is refused.
+sqrt-domain codes of cache_bits bits and the exact tail mass, packed per example (deflate, or lzma
+with `cache_coder: lzma`); its metadata also holds the storage format and the codec's parameters,
+so a cache made with others is refused.
 
 Files: `outputs.safetensors` (tensors) and `meta.json` (teacher fingerprint, tokenizer hash, data
 hash, temperature, k, seq_len, vocab size, token count, sha256 of the tensor file). A cache whose
@@ -133,16 +134,18 @@ class LMTeacherCache(CheckedCache):
         """Run the teacher once over every distinct example (one per row, unpacked) and write the cache."""
         folder = Path(folder)
         codec = cls._codec(**codec)
+        coder = codec.pop("coder", None)  # how the records are packed: read back from the metadata, not matched
         exs = _unique(examples)
         vocab = int(output_head(teacher.module)[0].shape[0])
         tensors, counts = cls._encode(_teacher_topk(teacher, exs, temperature=temperature, k=k, batch_size=batch_size,
-                                                    device=device), vocab, k, **codec)
+                                                    device=device), vocab, k, **codec,
+                                    **({"coder": coder} if coder else {}))
         offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
         keys = torch.tensor([list(key_of(e)) for e in exs], dtype=torch.uint8)
         tensors.update(offsets=offsets, keys=keys.reshape(-1, 16))
         meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **codec)
         meta.update(vocab_size=vocab, tokens=int(offsets[-1]), examples=len(exs),
-                    packing="per example: valid for packed and unpacked rows")
+                    packing="per example: valid for packed and unpacked rows", **({"coder": coder} if coder else {}))
         meta = write_checked(folder, cls.FILE, cls.META, tensors, meta)
         return cls(folder, meta, tensors)
 
@@ -165,10 +168,11 @@ class LMTeacherCache(CheckedCache):
     @classmethod
     def load_or_build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
                       temperature: float, k: int, seq_len: int, **kw) -> LMTeacherCache:
-        codec = cls._codec(**{key: kw.pop(key) for key in ("min_prob", "bits") if key in kw})
+        codec = cls._codec(**{key: kw.pop(key) for key in ("min_prob", "bits", "coder") if key in kw})
+        matched = {key: v for key, v in codec.items() if key != "coder"}  # any coder reads back the same records
         return cls.open_or_build(
             folder, lambda: cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len,
-                                              **codec),
+                                              **matched),
             lambda: cls.build(Path(folder), teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len,
                               **codec, **kw))
 
@@ -227,7 +231,8 @@ class CompressedLMTeacherCache(LMTeacherCache):
         from distill.families.llm.compress import Codec
 
         self.folder, self.meta = folder, meta
-        self.codec = Codec(int(meta["k"]), int(meta["vocab_size"]), float(meta["min_prob"]), int(meta["bits"]))
+        self.codec = Codec(int(meta["k"]), int(meta["vocab_size"]), float(meta["min_prob"]), int(meta["bits"]),
+                           meta.get("coder", "deflate"))  # caches written before `coder` existed are deflated
         self.blob = tensors["blob"].numpy()            # (bytes,) uint8: the records, one after another
         self.blob_offsets = tensors["blob_offsets"].tolist()  # (E + 1,)
         offsets = tensors["offsets"].tolist()
@@ -235,15 +240,15 @@ class CompressedLMTeacherCache(LMTeacherCache):
         self._where = {bytes(keys[e]): (e, offsets[e + 1] - offsets[e]) for e in range(len(keys))}
 
     @staticmethod
-    def _codec(min_prob: float = 1e-5, bits: int = 8) -> dict[str, Any]:
-        return {"min_prob": float(min_prob), "bits": int(bits)}
+    def _codec(min_prob: float = 1e-5, bits: int = 8, coder: str = "deflate") -> dict[str, Any]:
+        return {"min_prob": float(min_prob), "bits": int(bits), "coder": str(coder)}
 
     @staticmethod
-    def _encode(records, vocab_size: int, k: int, *, min_prob: float, bits: int
+    def _encode(records, vocab_size: int, k: int, *, min_prob: float, bits: int, coder: str = "deflate"
                 ) -> tuple[dict[str, Tensor], list[int]]:
         from distill.families.llm.compress import Codec, encode
 
-        codec = Codec(k, vocab_size, min_prob, bits)
+        codec = Codec(k, vocab_size, min_prob, bits, coder)  # type: ignore[arg-type]
         blobs, counts = [], []
         for _, idx, lp, tail in records:
             blobs.append(encode(codec, idx, lp, tail))
@@ -319,9 +324,10 @@ def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example]
     name = f"{teacher.fingerprint()}-{data_hash(examples)}-T{t}-k{k}"
     cls, codec = LMTeacherCache, {}
     if kind == "compressed":
+        coder = getattr(cfg.teacher, "cache_coder", "deflate")
         cls, codec = CompressedLMTeacherCache, {"min_prob": float(cfg.teacher.cache_min_prob),
-                                                "bits": int(cfg.teacher.cache_bits)}
-        name += f"-compressed-p{codec['min_prob']:g}-b{codec['bits']}"
+                                                "bits": int(cfg.teacher.cache_bits), "coder": coder}
+        name += f"-compressed-p{codec['min_prob']:g}-b{codec['bits']}" + ("" if coder == "deflate" else f"-{coder}")
     folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / name
     for turn in ("main", "others"):
         if (turn == "main") == is_main():

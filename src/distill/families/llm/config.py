@@ -35,10 +35,13 @@ class LMTeacherConfig(Strict):
     cache_format: Literal["exact", "compressed"] = Field(
         "exact", description="exact: int32 ids, fp16 log-probs (6 k + 4 bytes/token); compressed: the tokens with "
                              "p >= cache_min_prob among the top cache_top_k, sqrt-domain codes of cache_bits bits, "
-                             "deflated (docs/benchmarks/llm_cache_codecs.md)")
+                             "packed by cache_coder (docs/benchmarks/llm_cache_codecs.md)")
     cache_min_prob: float = Field(1e-5, ge=0, lt=1, description="compressed cache: the least probability kept "
                                                                "(the rest join the exact tail mass)")
     cache_bits: int = Field(8, ge=2, le=16, description="compressed cache: bits per kept probability")
+    cache_coder: Literal["deflate", "lzma"] = Field(
+        "deflate", description="compressed cache: how each example's record is packed; lzma takes about a tenth "
+                               "fewer bytes and reads about five times slower (docs/benchmarks/llm_cache_codecs.md)")
     url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd) take "
                                               "their targets from it instead of running the teacher here; without "
                                               "`path`, the tokenizer comes from it too")
@@ -196,6 +199,10 @@ class LLMRunConfig(RunConfig):
         if s.lora is not None and strategy == "fsdp":
             raise ConfigError("student.lora: not supported with engine.strategy=fsdp yet; use engine.strategy=ddp "
                               "(the adapter's gradients are all that is reduced).")
+        for key in ("cache_min_prob", "cache_bits", "cache_coder"):
+            if key in t.model_fields_set and t.cache_format != "compressed":
+                raise ConfigError(f"teacher.{key}: a setting of the compressed cache, but teacher.cache_format is "
+                                  f"{t.cache_format!r}; set teacher.cache_format: compressed, or remove {key}.")
         if t.offload_folder and t.device_map is None:
             raise ConfigError("teacher.offload_folder: only used with teacher.device_map (e.g. `auto`); set it or "
                               "remove offload_folder.")
