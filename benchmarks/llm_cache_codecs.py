@@ -22,14 +22,16 @@ Schemes:
 Texts: 24 stories sampled from the teacher (in-domain, 256 tokens each, seed 0) and the first 12,000
 characters of tinyshakespeare (out of domain: flatter distributions).
 
-    .venv/bin/python benchmarks/llm_cache_codecs.py [--out docs/benchmarks/llm_cache_codecs.md]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/llm_cache_codecs.py [--out docs/benchmarks/llm_cache_codecs.md]
 
 Index widths depend on the vocabulary: at V = 512 an id costs 9 bits in DistillKit's layout, at
 V = 128,256 it costs 17. Only V = 512 is measured with a real teacher (the one pretrained LM this
 machine has); the last column gives the bytes the same records take when the 512 ids are relabelled
 at random into a 128,256-token vocabulary (seed 0): a stand-in for a large vocabulary that spreads
 the kept ids evenly, which is the worst case for gap coding (a real BPE vocabulary's frequent
-tokens cluster at low ids). The KL does not depend on the relabelling.
+tokens cluster at low ids). The KL does not depend on the relabelling. `read us/token`: the time
+`decode` takes per token of the relabelled records, one process, one thread (the loss reads the cache
+through it); shared machines make it noisy.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import argparse
 import math
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -108,16 +111,20 @@ def compressed(lp: torch.Tensor, row_lengths: list[int], codec: Codec):
     tail = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1).clamp(min=-1e4)
     wide = Codec(codec.k, WIDE, codec.min_prob, codec.bits, codec.coder)
     relabel = torch.randperm(WIDE, generator=torch.Generator().manual_seed(0))[: lp.shape[1]]
-    total, total_wide, recs, s = 0, 0, [], 0
+    total, total_wide, recs, s, read = 0, 0, [], 0, 0.0
     for n in row_lengths:
         idx, vals, tl = top.indices[s:s + n], top.values[s:s + n], tail[s:s + n]
         blob = encode(codec, idx, vals, tl)
         total += len(blob)
-        total_wide += len(encode(wide, relabel[idx], vals, tl))
+        blob_wide = encode(wide, relabel[idx], vals, tl)
+        total_wide += len(blob_wide)
+        t0 = time.perf_counter()
+        decode(wide, blob_wide)
+        read += time.perf_counter() - t0
         i, lpr, t, v = decode(codec, blob)
         recs.append(dense_logprobs(i, lpr.double(), t.double(), lp.shape[1], v))
         s += n
-    return total / lp.shape[0], torch.cat(recs), total_wide / lp.shape[0]
+    return total / lp.shape[0], torch.cat(recs), total_wide / lp.shape[0], read / lp.shape[0] * 1e6
 
 
 def main() -> None:
@@ -162,12 +169,13 @@ def main() -> None:
         lengths = [len(r) - 1 for r in rows]
         lines += [f"**{name}**: {lp.shape[0]:,} positions, mean teacher entropy "
                   f"{-(lp.exp() * lp).sum(-1).mean():.3f} nats", "",
-                  f"| scheme | bytes/token | mean KL(p or p_rec) nats | p99 KL | bytes/token, ids in V = {WIDE:,} |",
-                  "|---|---|---|---|---|"]
+                  f"| scheme | bytes/token | mean KL(p or p_rec) nats | p99 KL | bytes/token, ids in V = {WIDE:,} "
+                  "| read us/token, V = 128,256 |", "|---|---|---|---|---|---|"]
         for label, fn in schemes:
-            nbytes, rec, wide = fn(lp, lengths)
+            nbytes, rec, wide, *read = fn(lp, lengths)
             kl = kl_per_token(lp, rec).clamp(min=0)
-            lines.append(f"| {label} | {nbytes:.1f} | {kl.mean():.2e} | {kl.quantile(0.99):.2e} | {wide:.1f} |")
+            lines.append(f"| {label} | {nbytes:.1f} | {kl.mean():.2e} | {kl.quantile(0.99):.2e} | {wide:.1f} | "
+                         + (f"{read[0]:.1f} |" if read else "- |"))
             print(lines[-1], flush=True)
         lines.append("")
     table = "\n".join(lines).replace("KL(p or p_rec)", "KL(p \\|\\| p_rec)")
