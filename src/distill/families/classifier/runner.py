@@ -21,9 +21,9 @@ from distill.config import EngineConfig, TrainConfig
 from distill.data.base import ArrayDataset, DataBundle
 from distill.data.stream import ViewDataset
 from distill.data.streamed import SourceBundle
-from distill.dist import barrier, is_main
+from distill.dist import barrier, is_main, world_size
 from distill.engine import Engine
-from distill.errors import ConfigError
+from distill.errors import CacheMismatchError, ConfigError
 from distill.eval.efficiency import cpu_latency_ms, size_on_disk
 from distill.eval.metrics import classification_metrics
 from distill.methods.base import ClassifierMethod, labels_complete
@@ -33,7 +33,7 @@ from distill.families.classifier.data import (OrderedInputs, example_inputs, hol
 from distill.models.io import build_from_config, copy_model_folder, count_parameters, load_model, read_spec, save_model
 from distill.families.classifier.stages import StagePhases, run_stages
 from distill.registry import datasets, methods, register_runner
-from distill.teacher import FeatureCache, Teacher, TeacherCache
+from distill.teacher import CheckedCache, FeatureCache, Teacher, TeacherCache, write_checked
 from distill.utils import atomic_write_bytes, atomic_write_text, hash_json, seed_everything
 
 
@@ -128,18 +128,74 @@ class _BestWeights:
 
 
 def evaluate(model: nn.Module, bundle: DataBundle, folder: Path | None, cfg: ClassifierRunConfig,
-             device: torch.device | str) -> tuple[dict[str, Any], torch.Tensor]:
-    """Quality on the test split plus size and CPU latency. Returns (metrics, test logits)."""
+             device: torch.device | str, val_logits: dict[str, torch.Tensor] | None = None
+             ) -> tuple[dict[str, Any], torch.Tensor]:
+    """Quality on the test split plus size and CPU latency. Returns (metrics, test logits); the
+    validation logits go into `val_logits["val"]` when it is given."""
     logits = predict_split(model, bundle.test, device=device, num_workers=cfg.data.num_workers)
     m = classification_metrics(logits, bundle.test.y, cfg.eval.ece_bins)
     if bundle.val is not None:  # what chooses the best student: never the test set
         vl = predict_split(model, bundle.val, device=device, num_workers=cfg.data.num_workers)
         m["val_accuracy"] = classification_metrics(vl, bundle.val.y)["accuracy"]
+        if val_logits is not None:
+            val_logits["val"] = vl
     m["params"] = count_parameters(model)
     if folder is not None and (folder / "model.safetensors").is_file():
         m["size_bytes"] = size_on_disk(folder / "model.safetensors")
     if is_main():  # the other processes of a multi-process run skip the timing
         m["latency_ms"] = cpu_latency_ms(model, example_inputs(bundle.test, 1), runs=cfg.eval.latency_runs)
+    return m, logits
+
+
+class TeacherEvalCache(CheckedCache):
+    """The teacher's logits on the test (and validation) split, so that a later run with the same
+    teacher weights, data and view does not predict them again (benchmark seeds, added methods)."""
+    FILE, WHAT = "logits.safetensors", "teacher evaluation cache"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        self.folder, self.meta, self.tensors = folder, meta, tensors
+
+
+def split_key(split) -> str | None:
+    """What identifies a split's evaluation inputs: its content fingerprint, and for streamed
+    images the eval view (size, resize, normalisation)."""
+    if split is None:
+        return None
+    from distill.families.classifier.view_cache import transform_key
+
+    return split.fingerprint() + (f"-{transform_key(split)}" if isinstance(split, ViewDataset) else "")
+
+
+def evaluate_teacher(teacher: Teacher, bundle: DataBundle, folder: Path | None, cfg: ClassifierRunConfig,
+                     device: torch.device | str, log: Callable[[str], None]) -> tuple[dict[str, Any], torch.Tensor]:
+    """`evaluate` for the teacher, its logits read from `cache_dir/teacher_eval/` when an earlier run
+    predicted the same splits with the same weights (one process only; the metrics are always
+    recomputed from the logits, the latency is always measured)."""
+    if world_size() > 1:
+        return evaluate(teacher.module, bundle, folder, cfg, device)
+    key = {"teacher": teacher.fingerprint(), "test": split_key(bundle.test), "val": split_key(bundle.val),
+           "device": torch.device(device).type, "precision": cfg.engine.precision}
+    cache = Path(cfg.cache_dir) / "teacher_eval" / hash_json(key)
+    try:
+        hit = TeacherEvalCache.open_or_build(cache, lambda: key, lambda: None)
+    except CacheMismatchError as e:
+        log(f"teacher evaluation: {e}; predicting again")
+        hit = None
+    if hit is None:
+        val: dict[str, torch.Tensor] = {}
+        m, logits = evaluate(teacher.module, bundle, folder, cfg, device, val)
+        tensors = {name: t.float().contiguous() for name, t in (("test", logits), *val.items())}
+        write_checked(cache, TeacherEvalCache.FILE, TeacherEvalCache.META, tensors, key)
+        return m, logits
+    log(f"teacher evaluation: logits read from {cache}")
+    logits = hit.tensors["test"]
+    m = classification_metrics(logits, bundle.test.y, cfg.eval.ece_bins)
+    if bundle.val is not None:
+        m["val_accuracy"] = classification_metrics(hit.tensors["val"], bundle.val.y)["accuracy"]
+    m["params"] = count_parameters(teacher.module)
+    if folder is not None and (folder / "model.safetensors").is_file():
+        m["size_bytes"] = size_on_disk(folder / "model.safetensors")
+    m["latency_ms"] = cpu_latency_ms(teacher.module, example_inputs(bundle.test, 1), runs=cfg.eval.latency_runs)
     return m, logits
 
 
@@ -386,7 +442,7 @@ def run_classifier(cfg: ClassifierRunConfig, *, run_dir: Path, log: Callable[[st
     device = Engine(cfg.engine, None, seed=cfg.seed).device
     teacher = Teacher(teacher_model.to(device))
     results: dict[str, Any] = {"family": "classifier", "primary_metric": "accuracy", "teacher": None, "students": {}}
-    t_metrics, t_logits = evaluate(teacher.module, bundle, teacher_dir, cfg, device)
+    t_metrics, t_logits = evaluate_teacher(teacher, bundle, teacher_dir, cfg, device, log)
     t_metrics["model"] = cfg.teacher.model.name
     results["teacher"] = t_metrics
     logits = {"teacher": t_logits}

@@ -17,8 +17,8 @@ zeros and the deflate coder's Huffman stage takes each plane close to its entrop
 spent on a fixed index width. Decoding is `zlib.decompress` plus a few vectorised numpy operations.
 
 `coder="lzma"` packs the same columns with LZMA2 (raw stream, no literal context bits) instead: its
-adaptive range coder and repeat matches take about a tenth fewer bytes than deflate on the
-measured caches, and it reads about five times slower (docs/benchmarks/llm_cache_codecs.md).
+adaptive range coder and repeat matches take 9-13% fewer bytes than deflate on the measured
+caches, and a record takes 1.4-2.6x as long to decode (docs/benchmarks/llm_cache_codecs.md).
 """
 from __future__ import annotations
 

@@ -40,8 +40,8 @@ class LMTeacherConfig(Strict):
                                                                "(the rest join the exact tail mass)")
     cache_bits: int = Field(8, ge=2, le=16, description="compressed cache: bits per kept probability")
     cache_coder: Literal["deflate", "lzma"] = Field(
-        "deflate", description="compressed cache: how each example's record is packed; lzma takes about a tenth "
-                               "fewer bytes and reads about five times slower (docs/benchmarks/llm_cache_codecs.md)")
+        "deflate", description="compressed cache: how each example's record is packed; lzma takes 9-13% fewer "
+                               "bytes and 1.4-2.6x as long to decode (docs/benchmarks/llm_cache_codecs.md)")
     url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd) take "
                                               "their targets from it instead of running the teacher here; without "
                                               "`path`, the tokenizer comes from it too")
