@@ -235,14 +235,15 @@ def st_train(loss_name: str, task: Path, out: Path, seed: int, steps: int, lr: f
     return seconds
 
 
-def ours_train(task: Path, out: Path, seed: int, steps: int, lr: float, warmup: int, overrides: list[str]) -> float:
+def ours_train(task: Path, out: Path, seed: int, steps: int, lr: float, warmup: int, overrides: list[str],
+               recipe: Path = RECIPE) -> float:
     from distill.config import load_config
     from distill.families.encoder.runner import run_encoder
 
     ov = [f"seed={seed}", f"data.paths=[{task / 'train.jsonl'}]", f"train.max_steps={steps}",
           f"train.optimizer.lr={lr}", f"train.schedule.warmup_steps={warmup}", *overrides]
     t0 = time.perf_counter()
-    run_encoder(load_config(RECIPE, ov), run_dir=out, log=lambda m: print(f"    {m}", flush=True))
+    run_encoder(load_config(recipe, ov), run_dir=out, log=lambda m: print(f"    {m}", flush=True))
     return time.perf_counter() - t0
 
 
@@ -397,18 +398,6 @@ def st_ce_train(loss_name: str, task: Path, init: Path, teacher: Path, out: Path
     return time.perf_counter() - t0
 
 
-def ours_cross_train(task: Path, teacher: Path, out: Path, seed: int, steps: int, lr: float, warmup: int,
-                     overrides: list[str]) -> float:
-    from distill.config import load_config
-    from distill.families.encoder.runner import run_encoder
-
-    ov = [f"seed={seed}", f"data.paths=[{task / 'train.jsonl'}]", f"teacher.cross_encoder={teacher}",
-          f"train.max_steps={steps}", f"train.optimizer.lr={lr}", f"train.schedule.warmup_steps={warmup}", *overrides]
-    t0 = time.perf_counter()
-    run_encoder(load_config(CROSS, ov), run_dir=out, log=lambda m: print(f"    {m}", flush=True))
-    return time.perf_counter() - t0
-
-
 def ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} +- {(statistics.stdev(xs) if len(xs) > 1 else 0.0):.2f}"
 
@@ -420,6 +409,21 @@ CROSS_ROWS = {"st_ce_bce": "sentence-transformers BinaryCrossEntropyLoss (no tea
               "st_ce_mse": "sentence-transformers MSELoss on the teacher's logits",
               "cross_encoder_kd": "distill cross_encoder_kd",
               "cross_encoder_kd_margin": "distill cross_encoder_kd, margin_weight 1"}
+
+
+def run_rows(res: dict, rows: list[str], seeds: int, root: Path, train, score, save) -> None:
+    """Train and score each row at each seed not yet in `res` (a rerun resumes): `train(row, out, seed)`
+    -> (seconds, saved folder), `score(folder)` -> metrics; `save()` after each."""
+    for seed in range(seeds):
+        for row in rows:
+            key = f"{row}/seed{seed}"
+            if key in res:
+                continue
+            print(f"[{key}] training", flush=True)
+            secs, folder = train(row, root / row / f"seed{seed}", seed)
+            res[key] = {**score(folder), "seconds": secs}
+            print(f"[{key}] nDCG@10 {res[key]['ndcg@10']:.2f} ({secs:.0f} s)", flush=True)
+            save()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -451,7 +455,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"task: {json.dumps(info)}", flush=True)
     results_f = a.out / "results.json"
     res = json.loads(results_f.read_text()) if results_f.is_file() else {}
-    save = lambda: atomic_json(results_f, res)  # noqa: E731
+    from distill.utils import atomic_write_text
+
+    save = lambda: atomic_write_text(results_f, json.dumps(res, indent=1))  # noqa: E731
     if a.rows and "teacher" not in res:
         from distill.families.encoder.sources import package_folder
 
@@ -460,22 +466,13 @@ def main(argv: list[str] | None = None) -> dict:
         st_student(0).save(str(init))
         res["init"] = ndcg(init, beir)
         save()
-    for seed in range(a.seeds):
-        for row in a.rows:
-            key = f"{row}/seed{seed}"
-            if key in res:
-                continue
-            out = a.out / row / f"seed{seed}"
-            print(f"[{key}] training", flush=True)
-            if row == "margin_mse":
-                secs = ours_train(task, out, seed, a.steps, a.lr, a.warmup, a.overrides)
-                folder = out / "students" / "margin_mse"
-            else:
-                secs = st_train(row[3:], task, out, seed, a.steps, a.lr, a.warmup)
-                folder = out
-            res[key] = {**ndcg(folder, beir), "seconds": secs}
-            print(f"[{key}] nDCG@10 {res[key]['ndcg@10']:.2f} ({secs:.0f} s)", flush=True)
-            save()
+
+    def bi_row(row, out, seed):
+        if row == "margin_mse":
+            return ours_train(task, out, seed, a.steps, a.lr, a.warmup, a.overrides), out / "students" / "margin_mse"
+        return st_train(row[3:], task, out, seed, a.steps, a.lr, a.warmup), out
+
+    run_rows(res, a.rows, a.seeds, a.out, bi_row, lambda folder: ndcg(folder, beir), save)
     if a.cross_rows:
         teacher, res["ce_teacher_training"] = ce_teacher(task)
         samples = rerank_samples(task)
@@ -483,34 +480,21 @@ def main(argv: list[str] | None = None) -> dict:
         if "ce_teacher" not in res:
             res["ce_teacher"], res["ce_init"] = rerank(teacher, samples), rerank(init, samples)
             save()
-        for seed in range(a.seeds):
-            for row in a.cross_rows:
-                key = f"{row}/seed{seed}"
-                if key in res:
-                    continue
-                out = a.out / row / f"seed{seed}"
-                print(f"[{key}] training", flush=True)
-                if row.startswith("cross_encoder_kd"):
-                    extra = ["methods.0.params.margin_weight=1.0"] if row.endswith("_margin") else []
-                    secs = ours_cross_train(task, teacher, out, seed, a.cross_steps, a.lr, a.cross_warmup, extra + a.overrides)
-                    folder = out / "students" / "cross_encoder_kd"
-                else:
-                    secs = st_ce_train(row[6:], task, init, teacher, out, seed, a.cross_steps, a.lr, a.cross_warmup)
-                    folder = out
-                res[key] = {**rerank(folder, samples), "seconds": secs}
-                print(f"[{key}] rerank nDCG@10 {res[key]['ndcg@10']:.2f} ({secs:.0f} s)", flush=True)
-                save()
+
+        def cross_row(row, out, seed):
+            if row.startswith("cross_encoder_kd"):
+                extra = ["methods.0.params.margin_weight=1.0"] if row.endswith("_margin") else []
+                secs = ours_train(task, out, seed, a.cross_steps, a.lr, a.cross_warmup,
+                                  [f"teacher.cross_encoder={teacher}", *extra, *a.overrides], CROSS)
+                return secs, out / "students" / "cross_encoder_kd"
+            return st_ce_train(row[6:], task, init, teacher, out, seed, a.cross_steps, a.lr, a.cross_warmup), out
+
+        run_rows(res, a.cross_rows, a.seeds, a.out, cross_row, lambda folder: rerank(folder, samples), save)
     lines = table(res, a.rows, a.cross_rows, a.seeds)
     print("\n".join(lines))
     if a.json:
         a.json.write_text(json.dumps({"task": info, "results": res, "table": lines}, indent=1))
     return res
-
-
-def atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 def table(res: dict, rows: list[str], cross_rows: list[str], seeds: int) -> list[str]:
