@@ -260,13 +260,14 @@ def memory(args) -> None:
         Path(args.out_file).write_text(text)
 
 
-PEERS = ["trl_dense", "ours_chunked_hidden", "liger_fused"]
+PEERS = ["trl_dense", "ours_chunked_hidden", "ours_recompute", "liger_fused"]
 
 
 def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: int, repeats: int, device: str) -> dict:
     """Generalized JSD (beta 0.5) forward + backward from the same hidden states and heads: TRL's
-    `generalized_jsd_loss` on the logits, ours from the hidden states (`hidden_divergence`, chunked),
-    or Liger-Kernel's fused linear JSD (CUDA). Peak bytes above the inputs (first call), the median
+    `generalized_jsd_loss` on the logits, ours from the hidden states (`hidden_divergence`, chunked:
+    the default fused gradients, or `fused=False`, checkpointed chunks), or Liger-Kernel's fused
+    linear JSD (CUDA). Peak bytes above the inputs (first call), the median
     seconds of `repeats` more calls, and the loss (mean per token)."""
     import statistics
 
@@ -279,13 +280,15 @@ def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: in
 
         def step():
             return GKDTrainer.generalized_jsd_loss(hs @ ws.T, ht @ wt.T, labels=labels, beta=0.5)
-    elif variant == "ours_chunked_hidden":
+    elif variant in ("ours_chunked_hidden", "ours_recompute"):
         from distill.losses.lm import hidden_divergence
 
         mask = labels != -100
+        fused = variant == "ours_chunked_hidden"
 
         def step():
-            return hidden_divergence(hs, ws, ht, wt, "jsd", beta=0.5, mask=mask, chunk_size=chunk, reduction="mean")
+            return hidden_divergence(hs, ws, ht, wt, "jsd", beta=0.5, mask=mask, chunk_size=chunk, reduction="mean",
+                                     fused=fused)
     else:
         from liger_kernel.transformers import LigerFusedLinearJSD
 

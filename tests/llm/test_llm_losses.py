@@ -104,3 +104,88 @@ def test_all_masked_is_zero_not_nan():
     assert float(hidden_divergence(hs, ws, ht, wt, mask=none, reduction="mean")) == 0.0
     y = torch.full((B, T), -100)
     assert float(token_mean(hidden_cross_entropy(hs, ws, y), 0)) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "jsd", "tvd"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_fused_gradients_equal_dense_autograd_with_bias_map_and_scaled_output(kind, reduction, top_k):
+    """The fused path takes its gradients in the forward pass: they must be autograd's of the dense
+    loss on `logit_map(h @ W.T + b)`, also when the loss is scaled after it and accumulated twice."""
+    from distill.losses.lm import LogitMap
+
+    hs, ws, ht, wt, mask = _setup(8, vs=V + 3)
+    bs = torch.randn(V + 3, requires_grad=True)
+    f = LogitMap(scale=0.8, softcap=4.0)
+    kw = dict(temperature=1.5, mask=mask, top_k=top_k, reduction=reduction)
+    dense = divergence(f(F.linear(hs, ws, bs)), ht @ wt.T, kind, **kw)
+    ref = torch.autograd.grad(-3.0 * dense, (hs, ws, bs))
+    got = hidden_divergence(hs, ws, ht, wt, kind, student_bias=bs, student_logit_map=f, chunk_size=4, **kw)
+    torch.testing.assert_close(got, dense, rtol=1e-5, atol=1e-6)
+    (-3.0 * got).backward()
+    for p, r in zip((hs, ws, bs), ref):
+        torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-6)
+    # a second accumulation adds, as autograd's does
+    (-3.0 * hidden_divergence(hs, ws, ht, wt, kind, student_bias=bs, student_logit_map=f, chunk_size=4,
+                              **kw)).backward()
+    torch.testing.assert_close(ws.grad, 2 * ref[1], rtol=1e-4, atol=1e-6)
+    assert torch.all(ws.grad[V:] == 0) and torch.all(bs.grad[V:] == 0)  # padded rows take no gradient
+
+
+def test_fused_and_recompute_agree_and_none_reduction_recomputes():
+    hs, ws, ht, wt, mask = _setup(9)
+    a = hidden_divergence(hs, ws, ht, wt, "jsd", mask=mask, chunk_size=3, fused=True)
+    ga = torch.autograd.grad(a, (hs, ws))
+    b = hidden_divergence(hs, ws, ht, wt, "jsd", mask=mask, chunk_size=3, fused=False)
+    gb = torch.autograd.grad(b, (hs, ws))
+    torch.testing.assert_close(a, b)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    # reduction="none": every position has its own incoming gradient, which the fused path cannot take
+    w = torch.randn(B, T)
+    per = hidden_divergence(hs, ws, ht, wt, "jsd", mask=mask, chunk_size=3, reduction="none")
+    dense = divergence(hs @ ws.T, ht @ wt.T, "jsd", mask=mask, reduction="none")
+    torch.testing.assert_close(torch.autograd.grad((per * w).sum(), hs)[0],
+                               torch.autograd.grad((dense * w).sum(), hs)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_frozen_head_and_double_backward():
+    hs, ws, ht, wt, mask = _setup(10)
+    frozen = ws.detach()
+    loss = hidden_divergence(hs, frozen, ht, wt, mask=mask, chunk_size=4)
+    (g,) = torch.autograd.grad(loss, hs)
+    (ref,) = torch.autograd.grad(divergence(hs @ frozen.T, ht @ wt.T, mask=mask, reduction="sum"), hs)
+    torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
+    loss = hidden_divergence(hs, ws, ht, wt, mask=mask, chunk_size=4)
+    (g,) = torch.autograd.grad(loss, hs, create_graph=True)
+    with pytest.raises(RuntimeError):  # the fused gradients are not themselves differentiable
+        g.sum().backward()
+
+
+def test_fused_bf16_close_to_fp32():
+    hs, ws, ht, wt, mask = _setup(11)
+    h16, w16 = hs.detach().bfloat16().requires_grad_(), ws.detach().bfloat16().requires_grad_()
+    lo = hidden_divergence(h16, w16, ht.bfloat16(), wt.bfloat16(), mask=mask, chunk_size=4, reduction="mean")
+    hi = hidden_divergence(hs, ws, ht, wt, mask=mask, chunk_size=4, reduction="mean")
+    assert lo.dtype == torch.float32
+    torch.testing.assert_close(lo, hi, rtol=5e-2, atol=5e-3)
+    lo.backward()
+    hi.backward()
+    assert w16.grad.dtype == torch.bfloat16
+    cos = F.cosine_similarity(w16.grad.float().flatten(), ws.grad.flatten(), dim=0)
+    assert cos > 0.98
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_fused_cross_entropy_with_bias_and_map(reduction):
+    from distill.losses.lm import LogitMap
+
+    hs, ws, _, _, mask = _setup(12)
+    bs = torch.randn(V, requires_grad=True)
+    f = LogitMap(softcap=5.0)
+    y = torch.randint(0, V, (B, T)).masked_fill(~mask, -100)
+    ref = F.cross_entropy(f(F.linear(hs, ws, bs)).reshape(-1, V), y.reshape(-1), reduction=reduction)
+    got = hidden_cross_entropy(hs, ws, y, bias=bs, logit_map=f, chunk_size=3, reduction=reduction)
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(torch.autograd.grad(2 * got, (hs, ws, bs)), torch.autograd.grad(2 * ref, (hs, ws, bs))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

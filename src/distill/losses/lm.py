@@ -1,9 +1,19 @@
 """Language-model losses that never build the full (batch, seq, vocab) logits.
 
 `hidden_divergence` takes the final hidden states and output-head weights of both models and
-computes the logits one chunk of positions at a time inside activation checkpointing: forward
-and backward each hold (chunk, V) logits in fp32 at most, not (B*T, V). The divergence per
-position is the one of `distill.losses.divergences` (same kinds, top-k, vocab-padding handling).
+computes the logits one chunk of positions at a time: at most a few (chunk, V) blocks in fp32 are
+alive, never (B*T, V). The divergence per position is the one of `distill.losses.divergences`
+(same kinds, top-k, vocab-padding handling).
+
+Two ways to get the gradients. By default ("fused"), for a summed or averaged loss, each chunk's
+gradient with respect to the student's logits is taken right where the chunk is computed, in the
+forward pass, and folded at once into the gradients of the hidden states (N, D) and of the head
+(V, D); the backward pass only scales them by the incoming gradient. Each logits block is then
+computed once: two head matmuls forward and two for the gradients, as many as the dense loss, so
+it costs no more time than the dense loss and holds one chunk of logits instead of all of them.
+The other way ("recompute", and always for reduction="none", where each position gets its own
+incoming gradient) wraps each chunk in activation checkpointing, which computes the logits of
+both models twice. The fused path cannot be differentiated twice.
 
 A model whose logits are not just `head(hidden)` gives its output transform as a `LogitMap`
 (Gemma-2/3 soft-capping, Cohere's `logit_scale`, Granite's `logits_scaling`); it is applied to
@@ -54,12 +64,69 @@ def head_logits(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitM
     return z if logit_map is None or logit_map.identity else logit_map(z)
 
 
+class _FusedHeadLoss(torch.autograd.Function):
+    """sum_n row_loss(logit_map(hs @ ws.T + bs), rows)[n], its gradients computed chunk by chunk in
+    the forward pass (see the module docstring). `row_loss(z, start, stop) -> (stop - start,)`
+    gets the chunk's student logits (grad-tracked) and the row range, and brings what else it needs
+    (the teacher's logits of those rows, labels) itself. The gradients accumulate in the dtype of
+    the tensors they belong to, as autograd's own accumulation over chunks would."""
+
+    @staticmethod
+    def forward(ctx, hs, ws, bs, row_loss, logit_map, chunk_size):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        n = hs.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=hs.device)
+        grad_h = torch.zeros_like(hs) if need_h else None
+        grad_w = torch.zeros_like(ws) if need_w else None
+        grad_b = torch.zeros_like(bs) if need_b else None
+        for i in range(0, n, chunk_size):
+            h = hs[i:i + chunk_size]
+            z = F.linear(h, ws, bs).requires_grad_()
+            with torch.enable_grad():
+                per = row_loss(z if logit_map is None or logit_map.identity else logit_map(z), i, i + h.shape[0])
+                loss = per.float().sum()
+                (g,) = torch.autograd.grad(loss, z)
+            total += loss.detach()
+            del per, loss, z
+            if grad_h is not None:
+                grad_h[i:i + chunk_size] = g @ ws
+            if grad_w is not None:
+                grad_w.addmm_(g.t(), h)
+            if grad_b is not None:
+                grad_b += g.sum(0)
+            del g
+        ctx.grads = (grad_h, grad_w, grad_b)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grads = ctx.grads
+        del ctx.grads
+        scale = None if bool(grad_out == 1) else grad_out
+        out = tuple(None if g is None else (g if scale is None else g.mul_(scale.to(g.dtype))) for g in grads)
+        return (*out, None, None, None)
+
+
+def _fused_sum(hs: Tensor, ws: Tensor, bs: Tensor | None, row_loss, logit_map: LogitMap | None,
+               chunk_size: int) -> Tensor:
+    return _FusedHeadLoss.apply(hs, ws, bs, row_loss, logit_map, chunk_size)
+
+
+def _count_reduce(total: Tensor, n_rows: int, reduction: Reduction) -> Tensor:
+    """The fused path's "sum" or "mean" over the counted rows (as `_reduce` over the masked positions)."""
+    return total if reduction == "sum" else total / max(n_rows, 1)
+
+
+def _teacher_logits(ht: Tensor, wt: Tensor, bt: Tensor | None, ft: LogitMap | None, device) -> Tensor:
+    with torch.no_grad():  # a teacher placed by a device_map may hold its head on another device
+        return head_logits(ht.to(wt.device), wt, bt, ft).to(device)
+
+
 def _div_chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None,
                kind: Kind, temperature: float, beta: float, alpha: float, top_k: int | None,
                fs: LogitMap | None, ft: LogitMap | None) -> Tensor:
-    with torch.no_grad():  # a teacher placed by a device_map may hold its head on another device
-        zt = head_logits(ht.to(wt.device), wt, bt, ft).to(hs.device)
-    zs, zt = _align_vocab(head_logits(hs, ws, bs, fs), zt)
+    zs, zt = _align_vocab(head_logits(hs, ws, bs, fs), _teacher_logits(ht, wt, bt, ft, hs.device))
     return _per_position(zs, zt, kind, temperature, beta, alpha, top_k)
 
 
@@ -90,12 +157,15 @@ def hidden_divergence(
     reduction: Reduction = "sum",
     student_logit_map: LogitMap | None = None,
     teacher_logit_map: LogitMap | None = None,
+    fused: bool = True,
 ) -> Tensor:
     """Divergence between teacher and student next-token distributions from hidden states.
 
     student_hidden: (..., Ds); student_head: (Vs, Ds); teacher_hidden: (..., Dt); teacher_head:
     (Vt, Dt) (Vs != Vt: the extra padded rows are dropped). mask: (...) bool. Masked positions are
     skipped before any logits are computed. `*_logit_map`: each model's output transform.
+    fused: the gradients in the forward pass (the default; "sum"/"mean" only), else per-chunk
+    activation checkpointing (see the module docstring).
     Returns a scalar, or (...) for reduction="none".
     """
     if temperature <= 0:
@@ -108,11 +178,20 @@ def hidden_divergence(
     hs, ht = _flat_selected(student_hidden, keep), _flat_selected(teacher_hidden.detach(), keep)
     wt = teacher_head.detach()
     bt = teacher_bias.detach() if teacher_bias is not None else None
+    grad = torch.is_grad_enabled() and (hs.requires_grad or student_head.requires_grad
+                                        or (student_bias is not None and student_bias.requires_grad))
+    if grad and fused and reduction != "none":
+        def row_loss(zs: Tensor, i: int, j: int) -> Tensor:
+            a, b = _align_vocab(zs, _teacher_logits(ht[i:j], wt, bt, teacher_logit_map, zs.device))
+            return _per_position(a, b, kind, temperature, beta, alpha, top_k)
+
+        total = _fused_sum(hs, student_head, student_bias, row_loss, student_logit_map, chunk_size)
+        return _count_reduce(total, hs.shape[0], reduction)
     parts = []
     for i in range(0, hs.shape[0], chunk_size):
         args = (hs[i:i + chunk_size], student_head, student_bias, ht[i:i + chunk_size], wt, bt,
                 kind, temperature, beta, alpha, top_k, student_logit_map, teacher_logit_map)
-        if torch.is_grad_enabled() and (hs.requires_grad or student_head.requires_grad):
+        if grad:
             parts.append(checkpoint(_div_chunk, *args, use_reentrant=False))
         else:
             parts.append(_div_chunk(*args))
@@ -129,19 +208,27 @@ def hidden_cross_entropy(
     chunk_size: int = 1024,
     reduction: Reduction = "sum",
     logit_map: LogitMap | None = None,
+    fused: bool = True,
 ) -> Tensor:
     """Next-token cross-entropy from hidden states (..., D), head (V, D) and labels (...) already
     aligned with positions (labels[t] is the token after position t; `ignore_index` = not counted).
-    `logit_map`: the model's output transform.
+    `logit_map`: the model's output transform. `fused`: as for `hidden_divergence`.
     """
     mask = labels != ignore_index
     keep = mask.reshape(-1)
     h = _flat_selected(hidden, keep)
     y = labels.reshape(-1)[keep]
+    grad = torch.is_grad_enabled() and (h.requires_grad or head.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    if grad and fused and reduction != "none":
+        def row_loss(z: Tensor, i: int, j: int) -> Tensor:
+            return F.cross_entropy(z.float(), y[i:j], reduction="none")
+
+        return _count_reduce(_fused_sum(h, head, bias, row_loss, logit_map, chunk_size), h.shape[0], reduction)
     parts = []
     for i in range(0, h.shape[0], chunk_size):
         args = (h[i:i + chunk_size], head, bias, y[i:i + chunk_size], logit_map)
-        if torch.is_grad_enabled() and (h.requires_grad or head.requires_grad):
+        if grad:
             parts.append(checkpoint(_ce_chunk, *args, use_reentrant=False))
         else:
             parts.append(_ce_chunk(*args))
