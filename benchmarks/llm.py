@@ -320,7 +320,7 @@ def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: in
         step().backward()
         sync()
         times.append(time.perf_counter() - t0)
-    return {"peak": peak, "seconds": statistics.median(times), "loss": float(loss)}
+    return {"peak": peak, "seconds": statistics.median(times), "loss": float(loss.detach())}
 
 
 def peers(args) -> None:

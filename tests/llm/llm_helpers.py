@@ -40,7 +40,7 @@ def assert_same_token_kd_runs(runs_dir, a: str = "local", b: str = "served") -> 
 
     la, lb = kd_losses(runs_dir / a), kd_losses(runs_dir / b)
     assert len(la) == 3 and la[0] > 0
-    assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
+    assert la == pytest.approx(lb, rel=1e-5, abs=1.5e-6)  # the log rounds to 6 decimals: one unit apart at most
     wa = load_file(str(runs_dir / a / "students" / "token_kd" / "model.safetensors"))
     wb = load_file(str(runs_dir / b / "students" / "token_kd" / "model.safetensors"))
     for k in wa:

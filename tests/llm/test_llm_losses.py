@@ -109,7 +109,8 @@ def test_all_masked_is_zero_not_nan():
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd", "tvd"])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("top_k", [None, 5])
-def test_fused_gradients_equal_dense_autograd_with_bias_map_and_scaled_output(kind, reduction, top_k):
+@pytest.mark.parametrize("temperature", [1.0, 1.5])
+def test_fused_gradients_equal_dense_autograd_with_bias_map_and_scaled_output(kind, reduction, top_k, temperature):
     """The fused path takes its gradients in the forward pass: they must be autograd's of the dense
     loss on `logit_map(h @ W.T + b)`, also when the loss is scaled after it and accumulated twice."""
     from distill.losses.lm import LogitMap
@@ -117,7 +118,7 @@ def test_fused_gradients_equal_dense_autograd_with_bias_map_and_scaled_output(ki
     hs, ws, ht, wt, mask = _setup(8, vs=V + 3)
     bs = torch.randn(V + 3, requires_grad=True)
     f = LogitMap(scale=0.8, softcap=4.0)
-    kw = dict(temperature=1.5, mask=mask, top_k=top_k, reduction=reduction)
+    kw = dict(temperature=temperature, mask=mask, top_k=top_k, reduction=reduction)
     dense = divergence(f(F.linear(hs, ws, bs)), ht @ wt.T, kind, **kw)
     ref = torch.autograd.grad(-3.0 * dense, (hs, ws, bs))
     got = hidden_divergence(hs, ws, ht, wt, kind, student_bias=bs, student_logit_map=f, chunk_size=4, **kw)
@@ -140,7 +141,7 @@ def test_fused_and_recompute_agree_and_none_reduction_recomputes():
     gb = torch.autograd.grad(b, (hs, ws))
     torch.testing.assert_close(a, b)
     for x, y in zip(ga, gb):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
     # reduction="none": every position has its own incoming gradient, which the fused path cannot take
     w = torch.randn(B, T)
     per = hidden_divergence(hs, ws, ht, wt, "jsd", mask=mask, chunk_size=3, reduction="none")

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,6 +56,12 @@ class LogitMap:
             z = torch.tanh(z / self.softcap) * self.softcap
         return z
 
+    def backward(self, mapped: Tensor, grad: Tensor) -> Tensor:
+        """grad * d map / d z, given `mapped` = map(z) (in place on `grad`): scale * (1 - (mapped / c)^2)."""
+        if self.softcap is not None:
+            grad = grad.mul_(1.0 - (mapped.to(grad.dtype) / self.softcap) ** 2)
+        return grad.mul_(self.scale) if self.scale != 1.0 else grad
+
 
 IDENTITY = LogitMap()
 
@@ -65,29 +73,25 @@ def head_logits(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitM
 
 
 class _FusedHeadLoss(torch.autograd.Function):
-    """sum_n row_loss(logit_map(hs @ ws.T + bs), rows)[n], its gradients computed chunk by chunk in
-    the forward pass (see the module docstring). `row_loss(z, start, stop) -> (stop - start,)`
-    gets the chunk's student logits (grad-tracked) and the row range, and brings what else it needs
-    (the teacher's logits of those rows, labels) itself. The gradients accumulate in the dtype of
-    the tensors they belong to, as autograd's own accumulation over chunks would."""
+    """The sum over rows of a per-row loss of the student logits `hs @ ws.T + bs`, its gradients
+    computed chunk by chunk in the forward pass (see the module docstring).
+    `chunk_grad(h, ws, bs, start, stop) -> (loss summed over the chunk's rows, d loss / d logits)`
+    computes the chunk's logits itself and brings what else it needs (the teacher's logits of those
+    rows, labels). The gradients accumulate in the dtype of the tensors they belong to, as
+    autograd's own accumulation over chunks would."""
 
     @staticmethod
-    def forward(ctx, hs, ws, bs, row_loss, logit_map, chunk_size):
+    def forward(ctx, hs, ws, bs, chunk_grad, chunk_size):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        n = hs.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hs.device)
         grad_h = torch.zeros_like(hs) if need_h else None
         grad_w = torch.zeros_like(ws) if need_w else None
         grad_b = torch.zeros_like(bs) if need_b else None
-        for i in range(0, n, chunk_size):
+        for i in range(0, hs.shape[0], chunk_size):
             h = hs[i:i + chunk_size]
-            z = F.linear(h, ws, bs).requires_grad_()
-            with torch.enable_grad():
-                per = row_loss(z if logit_map is None or logit_map.identity else logit_map(z), i, i + h.shape[0])
-                loss = per.float().sum()
-                (g,) = torch.autograd.grad(loss, z)
-            total += loss.detach()
-            del per, loss, z
+            loss, g = chunk_grad(h, ws, bs, i, i + h.shape[0])
+            total += loss
+            g = g.to(ws.dtype)
             if grad_h is not None:
                 grad_h[i:i + chunk_size] = g @ ws
             if grad_w is not None:
@@ -105,12 +109,105 @@ class _FusedHeadLoss(torch.autograd.Function):
         del ctx.grads
         scale = None if bool(grad_out == 1) else grad_out
         out = tuple(None if g is None else (g if scale is None else g.mul_(scale.to(g.dtype))) for g in grads)
-        return (*out, None, None, None)
+        return (*out, None, None)
 
 
-def _fused_sum(hs: Tensor, ws: Tensor, bs: Tensor | None, row_loss, logit_map: LogitMap | None,
-               chunk_size: int) -> Tensor:
-    return _FusedHeadLoss.apply(hs, ws, bs, row_loss, logit_map, chunk_size)
+def _fused_sum(hs: Tensor, ws: Tensor, bs: Tensor | None, chunk_grad, chunk_size: int) -> Tensor:
+    return _FusedHeadLoss.apply(hs, ws, bs, chunk_grad, chunk_size)
+
+
+def _autograd_chunk(row_loss, logit_map: LogitMap | None):
+    """A `chunk_grad` for any per-row loss `row_loss(logits, start, stop) -> (stop - start,)` of the
+    mapped logits: the chunk's gradient by autograd on that chunk alone."""
+    def chunk_grad(h: Tensor, ws: Tensor, bs: Tensor | None, i: int, j: int) -> tuple[Tensor, Tensor]:
+        z = F.linear(h, ws, bs).requires_grad_()
+        with torch.enable_grad():
+            loss = row_loss(z if logit_map is None or logit_map.identity else logit_map(z), i, j).float().sum()
+            (g,) = torch.autograd.grad(loss, z)
+        return loss.detach(), g
+    return chunk_grad
+
+
+def _log_softmax_(x: Tensor, temperature: float) -> Tensor:
+    """log_softmax(x / temperature) in fp32, in place where `x` is already an fp32 temporary."""
+    x = x.float() if x.dtype != torch.float32 else x
+    if temperature != 1.0:
+        x = x / temperature
+    return x.sub_(x.logsumexp(-1, keepdim=True))
+
+
+def _closed_form_div_grad(zs: Tensor, zt: Tensor, kind: Kind, temperature: float, beta: float,
+                          logit_map: LogitMap | None) -> tuple[Tensor, Tensor]:
+    """Forward KL, reverse KL and generalized JSD of (n, V) student logits (before their map) and
+    teacher logits, summed over rows, and their gradient with respect to `zs`, in closed form.
+    With p = softmax(z / T), the gradient of a function of log p with respect to z is
+    (g - p * sum(g)) / T for g its gradient with respect to log p, which gives:
+    forward KL (p_s - p_t) / T; reverse KL p_s * (log p_s - log p_t - KL(s||t)) / T; JSD with
+    m = beta p_t + (1 - beta) p_s: (1 - beta) p_s * (log p_s - log m - KL(s||m)) / T, since
+    d JSD / d p_s = (1 - beta) log(p_s / m). Each row's log-probs are floored as in
+    `divergence_from_logprobs`. A handful of (n, V) fp32 blocks, where autograd through the same
+    expression keeps a dozen."""
+    from distill.losses.divergences import _LOG_FLOOR
+
+    v = min(zs.shape[-1], zt.shape[-1])
+    z = zs[:, :v]
+    mapped = z if logit_map is None or logit_map.identity else logit_map(z)
+    if mapped is z:  # `zs` is this chunk's own temporary: its log-probs may take its place
+        lp_s, mapped = _log_softmax_(z, temperature), None
+    else:  # the mapped logits are kept for the map's derivative
+        lp_s = _log_softmax_(mapped.clone() if mapped.dtype == torch.float32 and temperature == 1.0 else mapped,
+                             temperature)
+    lp_t = _log_softmax_(zt[:, :v], temperature)
+    del zt
+    lp_s.clamp_(min=_LOG_FLOOR)
+    lp_t.clamp_(min=_LOG_FLOOR)
+    if kind == "jsd" and beta == 0.0:
+        kind = "forward_kl"
+    elif kind == "jsd" and beta == 1.0:
+        kind = "reverse_kl"
+    if kind == "forward_kl":
+        p_t = lp_t.exp()
+        per = (lp_t.sub_(lp_s).mul_(p_t)).sum(-1)
+        g = lp_s.exp_().sub_(p_t)
+    elif kind == "reverse_kl":
+        p_s = lp_s.exp()
+        d = lp_s.sub_(lp_t)
+        per = (p_s * d).sum(-1)
+        g = d.sub_(per[:, None]).mul_(p_s)
+    else:
+        lp_m = torch.logaddexp(lp_t + math.log(beta), lp_s + math.log1p(-beta))
+        kl_t = (lp_t.exp() * lp_t.sub_(lp_m)).sum(-1)
+        del lp_t
+        p_s = lp_s.exp()
+        d = lp_s.sub_(lp_m)
+        del lp_m
+        kl_s = (p_s * d).sum(-1)
+        per = beta * kl_t + (1.0 - beta) * kl_s
+        g = d.sub_(kl_s[:, None]).mul_(p_s).mul_(1.0 - beta)
+    if temperature != 1.0:
+        g.div_(temperature)
+    if mapped is not None:
+        g = logit_map.backward(mapped, g)
+    if v < zs.shape[-1]:  # padded student rows: no gradient
+        g = F.pad(g, (0, zs.shape[-1] - v))
+    return per.sum(), g
+
+
+CLOSED_FORM_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _closed_form_ce_grad(z: Tensor, y: Tensor, logit_map: LogitMap | None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of (n, V) logits (before their map) against labels (n,), summed, and its
+    gradient with respect to `z`: softmax(map(z)) - onehot(y), through the map's derivative."""
+    mapped = None if logit_map is None or logit_map.identity else logit_map(z)
+    lp = _log_softmax_(z if mapped is None else mapped.float() if mapped.dtype != torch.float32 else mapped.clone(), 1.0)
+    rows = torch.arange(y.shape[0], device=y.device)
+    loss = -lp[rows, y].sum()
+    g = lp.exp_()
+    g[rows, y] -= 1.0
+    if mapped is not None:
+        g = logit_map.backward(mapped, g)
+    return loss, g
 
 
 def _count_reduce(total: Tensor, n_rows: int, reduction: Reduction) -> Tensor:
@@ -181,11 +278,19 @@ def hidden_divergence(
     grad = torch.is_grad_enabled() and (hs.requires_grad or student_head.requires_grad
                                         or (student_bias is not None and student_bias.requires_grad))
     if grad and fused and reduction != "none":
-        def row_loss(zs: Tensor, i: int, j: int) -> Tensor:
-            a, b = _align_vocab(zs, _teacher_logits(ht[i:j], wt, bt, teacher_logit_map, zs.device))
-            return _per_position(a, b, kind, temperature, beta, alpha, top_k)
+        if kind in CLOSED_FORM_KINDS and top_k is None:
+            def chunk_grad(h: Tensor, ws: Tensor, bs: Tensor | None, i: int, j: int) -> tuple[Tensor, Tensor]:
+                with torch.no_grad():
+                    return _closed_form_div_grad(F.linear(h, ws, bs),
+                                                 _teacher_logits(ht[i:j], wt, bt, teacher_logit_map, h.device),
+                                                 kind, temperature, beta, student_logit_map)
+        else:
+            def row_loss(zs: Tensor, i: int, j: int) -> Tensor:
+                a, b = _align_vocab(zs, _teacher_logits(ht[i:j], wt, bt, teacher_logit_map, zs.device))
+                return _per_position(a, b, kind, temperature, beta, alpha, top_k)
 
-        total = _fused_sum(hs, student_head, student_bias, row_loss, student_logit_map, chunk_size)
+            chunk_grad = _autograd_chunk(row_loss, student_logit_map)
+        total = _fused_sum(hs, student_head, student_bias, chunk_grad, chunk_size)
         return _count_reduce(total, hs.shape[0], reduction)
     parts = []
     for i in range(0, hs.shape[0], chunk_size):
@@ -221,10 +326,12 @@ def hidden_cross_entropy(
     grad = torch.is_grad_enabled() and (h.requires_grad or head.requires_grad
                                         or (bias is not None and bias.requires_grad))
     if grad and fused and reduction != "none":
-        def row_loss(z: Tensor, i: int, j: int) -> Tensor:
-            return F.cross_entropy(z.float(), y[i:j], reduction="none")
+        def chunk_grad(hc: Tensor, w: Tensor, b: Tensor | None, i: int, j: int) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                return _closed_form_ce_grad(F.linear(hc, w, b), y[i:j], logit_map)
 
-        return _count_reduce(_fused_sum(h, head, bias, row_loss, logit_map, chunk_size), h.shape[0], reduction)
+        total = _fused_sum(h, head, bias, chunk_grad, chunk_size)
+        return _count_reduce(total, h.shape[0], reduction)
     parts = []
     for i in range(0, h.shape[0], chunk_size):
         args = (h[i:i + chunk_size], head, bias, y[i:i + chunk_size], logit_map)
