@@ -11,6 +11,9 @@ forward pass, and folded at once into the gradients of the hidden states (N, D) 
 (V, D); the backward pass only scales them by the incoming gradient. Each logits block is then
 computed once: two head matmuls forward and two for the gradients, as many as the dense loss, so
 it costs no more time than the dense loss and holds one chunk of logits instead of all of them.
+For forward KL, reverse KL, generalized JSD and cross-entropy the chunk's gradient is written in
+closed form (`_closed_form_div_grad`, `_closed_form_ce_grad`), in place on a few fp32 blocks;
+the other kinds and top-k take it by autograd on the chunk alone.
 The other way ("recompute", and always for reduction="none", where each position gets its own
 incoming gradient) wraps each chunk in activation checkpointing, which computes the logits of
 both models twice. The fused path cannot be differentiated twice.
@@ -126,6 +129,23 @@ def _autograd_chunk(row_loss, logit_map: LogitMap | None):
             (g,) = torch.autograd.grad(loss, z)
         return loss.detach(), g
     return chunk_grad
+
+
+def chunked_rows_sum(hidden: Tensor, head: Tensor, bias: Tensor | None, row_loss, *,
+                     logit_map: LogitMap | None = None, chunk_size: int = 1024) -> Tensor:
+    """sum_n row_loss(logit_map(hidden @ head.T + bias)[rows], start, stop)[n] over rows of hidden
+    states (N, D), `chunk_size` rows' logits at a time; `row_loss(logits, start, stop)` returns the
+    (stop - start,) losses of those rows and fetches what else it needs (teacher targets of the
+    rows) itself. With gradients, the fused path: each chunk's gradient by autograd on the chunk,
+    in the forward pass (see the module docstring)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or head.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _fused_sum(hidden, head, bias, _autograd_chunk(row_loss, logit_map), chunk_size)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for i in range(0, hidden.shape[0], chunk_size):
+        h = hidden[i:i + chunk_size]
+        total = total + row_loss(head_logits(h, head, bias, logit_map), i, i + h.shape[0]).float().sum()
+    return total
 
 
 def _log_softmax_(x: Tensor, temperature: float) -> Tensor:

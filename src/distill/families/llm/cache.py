@@ -29,13 +29,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from distill.errors import CacheMismatchError
 from distill.families.llm.data import IGNORE, Example, collate
 from distill.families.llm.models import hidden_states, output_head
 from distill.losses.divergences import Kind, sparse_divergence
-from distill.losses.lm import LogitMap, head_logits
+from distill.losses.lm import LogitMap, chunked_rows_sum, head_logits
 from distill.teacher import CheckedCache, Teacher, write_checked
 from distill.utils import hash_json
 
@@ -280,14 +279,6 @@ class CompressedLMTeacherCache(LMTeacherCache):
                 torch.cat([p[2] for p in parts]), torch.cat([pad(p[3], False) for p in parts]))
 
 
-def _sparse_chunk(h: Tensor, w: Tensor, b: Tensor | None, idx: Tensor, lp: Tensor, tail: Tensor, kind: Kind,
-                  temperature: float, beta: float, alpha: float, f: LogitMap | None, valid: Tensor | None = None
-                  ) -> Tensor:
-    z = head_logits(h, w, b, f)
-    return sparse_divergence(z, idx, lp, kind, temperature=temperature, beta=beta, alpha=alpha,
-                             teacher_log_tail=tail, teacher_valid=valid, reduction="none")
-
-
 def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_bias: Tensor | None,
                           cached: tuple[Tensor, Tensor, Tensor], mask: Tensor, kind: Kind, *, vocab_size: int,
                           temperature: float, beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024,
@@ -301,15 +292,12 @@ def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_
     h = student_hidden[mask]  # (n, D)
     v = min(vocab_size, student_head.shape[0])
     w, b = student_head[:v], (student_bias[:v] if student_bias is not None else None)
-    total = h.new_zeros((), dtype=torch.float32)
-    for i in range(0, h.shape[0], chunk_size):
-        args = (h[i:i + chunk_size], w, b, idx[i:i + chunk_size], lp[i:i + chunk_size], tail[i:i + chunk_size],
-                kind, temperature, beta, alpha, logit_map, valid[i:i + chunk_size] if valid is not None else None)
-        if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(_sparse_chunk, *args, use_reentrant=False).sum()
-        else:
-            total = total + _sparse_chunk(*args).sum()
-    return total
+
+    def row_loss(z: Tensor, i: int, j: int) -> Tensor:
+        return sparse_divergence(z, idx[i:j], lp[i:j], kind, temperature=temperature, beta=beta, alpha=alpha,
+                                 teacher_log_tail=tail[i:j], teacher_valid=valid[i:j] if valid is not None else None,
+                                 reduction="none")
+    return chunked_rows_sum(h, w, b, row_loss, logit_map=logit_map, chunk_size=chunk_size)
 
 
 def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example], device, log) -> None:

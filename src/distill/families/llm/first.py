@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 from typing_extensions import Annotated
 
 from distill.families.llm.base import LMMethod
 from distill.families.llm.data import IGNORE
 from distill.families.llm.models import output_head
-from distill.losses.lm import LogitMap, head_logits
+from distill.losses.lm import chunked_rows_sum, head_logits
 from distill.registry import register_method
 
 
@@ -36,13 +35,6 @@ def first_loss(student_logits: Tensor, teacher_logits: Tensor, k: int, tau: floa
     lp_t = F.log_softmax(top.values / tau, dim=-1)                # calibrated, renormalised on the top-k
     lp_s = F.log_softmax(zs, dim=-1).gather(-1, top.indices)      # student log-probs at those tokens
     return (lp_t.exp() * (lp_t - lp_s)).sum(-1)
-
-
-def _chunk(hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None, k: int,
-           tau: float, fs: LogitMap, ft: LogitMap) -> Tensor:
-    with torch.no_grad():
-        zt = head_logits(ht, wt, bt, ft)
-    return first_loss(head_logits(hs, ws, bs, fs), zt, k, tau)
 
 
 @register_method("first", family="llm", description="FIRST: calibrated top-k teacher knowledge (Shum et al. 2024)",
@@ -65,12 +57,13 @@ class FIRST(LMMethod):
         hs, ht = h_s[mask], self.teacher_hidden(batch)[mask]  # (n, D), (n, Dt)
         ws, bs, fs = output_head(self.student)
         wt, bt, ft = output_head(self.teacher.module)
-        kd = h_s.new_zeros((), dtype=torch.float32)
-        for i in range(0, hs.shape[0], self.chunk_size):
-            args = (hs[i:i + self.chunk_size], ws, bs, ht[i:i + self.chunk_size], wt.detach(),
-                    bt.detach() if bt is not None else None, self.top_k, self.tau, fs, ft)
-            part = checkpoint(_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk(*args)
-            kd = kd + part.sum()
+        wt, bt = wt.detach(), (bt.detach() if bt is not None else None)
+
+        def row_loss(z: Tensor, i: int, j: int) -> Tensor:
+            with torch.no_grad():
+                zt = head_logits(ht[i:j], wt, bt, ft)
+            return first_loss(z, zt, self.top_k, self.tau)
+        kd = chunked_rows_sum(hs, ws, bs, row_loss, logit_map=fs, chunk_size=self.chunk_size)
         terms = {"kd": kd / batch["norm"]}
         if self.weights["ce"] > 0:
             terms["ce"] = self.ce_sum(h_s, batch["labels"]) / batch["norm"]
