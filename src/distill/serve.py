@@ -37,6 +37,7 @@ import math
 import os
 import sys
 import threading
+import time
 import traceback
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -402,6 +403,7 @@ def _handler(teacher: Teacher, max_k: int, batcher: Batcher, tokenizer: dict[str
 
 class TeacherServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: many clients connecting at once (socketserver's default is 5)
     batcher: Batcher
 
     def server_close(self) -> None:
@@ -469,8 +471,16 @@ class RemoteTeacher:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read())
+            for attempt in range(3):  # every call is a read: a connection reset under load is tried again
+                try:
+                    with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                        return json.loads(r.read())
+                except (ConnectionResetError, urllib.error.URLError) as e:
+                    reset = isinstance(e, ConnectionResetError) or isinstance(
+                        getattr(e, "reason", None), ConnectionResetError)
+                    if isinstance(e, urllib.error.HTTPError) or not reset or attempt == 2:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
         except urllib.error.HTTPError as e:
             try:
                 message = json.loads(e.read()).get("error", "")
