@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def teacher_dir(tmp_path_factory, tiny_tok):
 
 def _recipe(tmp_path: Path, teacher_dir: Path, **over) -> dict:
     text = tmp_path / "train.txt"
-    text.write_text("\n\n".join(corpus(120)))
+    text.write_text("\n\n".join(corpus(900)))  # enough tokens that every micro-batch is full
     r = {"name": "plan", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
          "teacher": {"path": str(teacher_dir)},
          "student": {"arch": "llama", "hidden_size": 192, "num_layers": 4, "num_heads": 4, "intermediate_size": 768},
@@ -99,11 +100,29 @@ def _measured_peak(recipe: dict) -> float:
     return peak
 
 
-@pytest.mark.parametrize("student", [{}, {"lora": {"r": 8}}], ids=["full", "lora"])
-def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_dir, student):
-    if student:
+@pytest.fixture(scope="module")
+def wide_teacher_dir(tmp_path_factory, tiny_tok):
+    """The same teacher with its vocabulary padded to 32768 rows: the chunked loss's workspace dominates."""
+    d = tmp_path_factory.mktemp("plan_wide_teacher")
+    tiny_lm("llama", len(tiny_tok), hidden=256, layers=4, seed=1, pad_vocab_to=32768).save_pretrained(d)
+    tiny_tok.save_pretrained(d)
+    return d
+
+
+WIDE = {"student": {"pad_vocab_to": 32768}, "data": {"eval_batch_size": 1}}
+
+
+@pytest.mark.parametrize("case", [
+    {},
+    {"student": {"lora": {"r": 8}}},
+    {**WIDE, "methods": [{"name": "token_kd", "params": {"chunk_size": 1024}}]},
+    {**WIDE, "methods": [{"name": "token_kd", "params": {"chunk_size": 1024, "divergence": "tvd"}}]},
+    {**WIDE, "methods": [{"name": "sft", "params": {"chunk_size": 1024}}]},
+], ids=["full", "lora", "vocab32k-forward_kl", "vocab32k-tvd", "vocab32k-sft"])
+def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_dir, wide_teacher_dir, case):
+    if "lora" in case.get("student", {}):
         pytest.importorskip("peft")
-    recipe = _recipe(tmp_path, teacher_dir, student=student)
+    recipe = _recipe(tmp_path, wide_teacher_dir if "methods" in case else teacher_dir, **case)
     placements, s, t = plan(load_config(recipe), devices=1)
     est = next(p for p in placements if p.name == "colocated")
     measured = _measured_peak(recipe)
@@ -182,3 +201,32 @@ def test_the_activation_probe_is_kept_per_architecture(tmp_path, teacher_dir, mo
     assert not calls and deeper.parts["activations"] > first
     plan(load_config(_recipe(tmp_path, teacher_dir, student={"hidden_size": 128, "intermediate_size": 512})), devices=1)
     assert len(calls) == 1
+
+
+def test_loss_workspace_follows_the_method(tmp_path, teacher_dir):
+    """Each method is priced by what its chunked loss computes: the labels' cross-entropy and a
+    cached or served teacher's top-k read the student's logits only; autograd kinds (tvd) cost more
+    blocks than the closed-form ones; a method the planner has not measured gets the default."""
+    from distill.families.llm.plan import DEFAULT_LOSS_BLOCKS, LOSS_BLOCKS, loss_bytes, loss_kind
+
+    def kind(name, served=False, **params):
+        cfg = load_config(_recipe(tmp_path, teacher_dir, methods=[{"name": name, "params": params}]))
+        return loss_kind(cfg, cfg.methods[0], served), cfg
+
+    assert kind("token_kd")[0] == "forward_kl" and kind("token_kd", divergence="jsd")[0] == "jsd"
+    assert kind("token_kd", top_k=32)[0] == "top_k" and kind("token_kd", served=True)[0] == "sparse"
+    assert kind("sft")[0] == "ce" and kind("first")[0] == "top_k"
+    assert set(LOSS_BLOCKS) >= {"forward_kl", "reverse_kl", "jsd", "tvd", "top_k", "sparse", "ce"}
+    k, cfg = kind("token_kd", chunk_size=64)
+    (col, _, served), s, t = plan(cfg, devices=1)
+    tokens = 16 * 256
+    fused = 4 * (s.vocab * s.hidden + tokens * s.hidden)
+    assert loss_bytes(cfg, cfg.methods[0], s, t, tokens) == 4 * 64 * (s.vocab + t.vocab + 1 * min(s.vocab, t.vocab)) + fused
+    assert col.parts["loss"] == loss_bytes(cfg, cfg.methods[0], s, t, tokens)
+    assert served.parts["loss"] == 4 * LOSS_BLOCKS["sparse"] * 64 * s.vocab + fused
+    tvd = load_config(_recipe(tmp_path, teacher_dir, methods=[{"name": "token_kd", "params": {"chunk_size": 64, "divergence": "tvd"}}]))
+    assert loss_bytes(tvd, tvd.methods[0], s, t, tokens) > col.parts["loss"]
+    unknown = SimpleNamespace(name="no_such_method", params={})  # e.g. a cross-tokenizer method, unmeasured
+    assert loss_kind(cfg, unknown) is None
+    assert loss_bytes(cfg, unknown, s, t, tokens) == \
+        4 * 1024 * (s.vocab + t.vocab + (DEFAULT_LOSS_BLOCKS - 2) * min(s.vocab, t.vocab)) + fused

@@ -13,8 +13,9 @@ What is counted, per device, for one optimiser step of the student:
   recipe's layers, batch and sequence length (linear in the layers, and per token linear in the
   sequence length, which covers attention implementations that keep the T x T scores);
 - the teacher's forward, which runs while the student's activations are alive: its final hidden
-  states (the loss reads them) and one block's temporaries; the chunked loss's workspace (a
-  `chunk x vocab` block of logits of each model and their softmax and gradient);
+  states (the loss reads them) and one block's temporaries; the chunked loss's workspace: a few
+  `chunk x vocab` fp32 blocks (each model's logits, softmaxes, the gradient), how many depending on
+  the divergence (LOSS_BLOCKS, measured), and the fused path's gradient accumulators;
 - evaluation, a phase of its own: the full (batch, T, vocab) logits of the student (and the
   teacher's, for top-1 agreement) at `data.eval_batch_size`.
 
@@ -40,7 +41,20 @@ from distill.errors import ConfigError
 
 GiB = 2 ** 30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-LOSS_BLOCKS = 6  # chunk x vocab fp32 blocks live at once in the chunked loss (both models' logits, softmaxes, grad)
+# (chunk x vocab) fp32 blocks alive at once in the chunked loss's forward (which, fused, also takes
+# the gradient), by what the loss computes; measured on CPU (resident-set peak of forward + backward
+# of `hidden_divergence` / `hidden_cross_entropy` / `cached_divergence_sum`, N=4096 V=32k, chunk
+# 512 and 1024) and rounded up. Two-model kinds count a logits block of each model's vocabulary and
+# the rest in the vocabulary they share. Methods not listed get DEFAULT_LOSS_BLOCKS.
+LOSS_BLOCKS = {
+    "forward_kl": 3, "reverse_kl": 4, "jsd": 5,          # closed-form gradient
+    "skew_kl": 12, "skew_reverse_kl": 12, "tvd": 10,     # autograd on each chunk
+    "top_k": 5,                                          # the union of both models' top-k (token_kd top_k, first)
+    "sparse": 4,                                         # a cached or served teacher's top-k: student logits only
+    "ce": 2,                                             # cross-entropy on the labels: student logits only
+}
+DEFAULT_LOSS_BLOCKS = 6
+STUDENT_ONLY_LOSSES = ("sparse", "ce")
 
 
 @dataclass
@@ -277,6 +291,44 @@ def _optimizer_bytes(cfg, trainable: int) -> tuple[float, float]:
     return 4.0 * trainable, float(state * trainable)
 
 
+def loss_kind(cfg, method, served: bool = False) -> str | None:
+    """What the chunked loss of `method` (a recipe's method entry) computes: a key of LOSS_BLOCKS,
+    or None for a method the planner has no measurement of. served: the teacher answers over HTTP."""
+    from distill.registry import methods
+
+    try:
+        params = methods.get(method.name, "llm").validate(dict(method.params or {}), f"methods.{method.name}")
+    except Exception:
+        return None
+    if method.name in ("sft", "redi"):
+        return "ce"
+    if method.name == "first":
+        return "top_k"
+    if method.name == "seq_kd":
+        return "forward_kl"
+    if method.name in ("token_kd", "on_policy"):
+        if method.name == "token_kd" and (served or cfg.teacher.cache_top_k or cfg.teacher.url):
+            return "sparse"
+        if params.get("top_k") is not None:
+            return "top_k"
+        return str(params.get("divergence", "forward_kl"))
+    return None
+
+
+def loss_bytes(cfg, method, s: ModelShape, t: ModelShape | None, tokens: int, served: bool = False) -> float:
+    """The chunked loss's workspace for one method: LOSS_BLOCKS blocks of (chunk x vocab) fp32,
+    the fused path's accumulators of the head's gradient (V x D) and of the hidden states' (tokens x
+    D) in fp32."""
+    chunk = min(int((method.params or {}).get("chunk_size", 1024)), tokens)
+    kind = loss_kind(cfg, method, served)
+    blocks = LOSS_BLOCKS.get(kind, DEFAULT_LOSS_BLOCKS) if kind is not None else DEFAULT_LOSS_BLOCKS
+    if t is None or kind in STUDENT_ONLY_LOSSES:
+        work = blocks * chunk * s.vocab
+    else:
+        work = chunk * (s.vocab + t.vocab + (blocks - 2) * min(s.vocab, t.vocab))
+    return float(4 * (work + s.vocab * s.hidden + tokens * s.hidden))
+
+
 def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape | None]:
     """Every placement's estimate for the recipe `cfg` (an LLMRunConfig) on `devices` devices."""
     t = teacher_shape(cfg)
@@ -288,9 +340,8 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     act = activation_bytes(s, rows, d.seq_len, cfg.student.lora, cache_dir=cfg.cache_dir)
     grads, state = _optimizer_bytes(cfg, s.trainable)
     w_s = float(s.params * s.dtype_bytes)
-    chunk = min(max(int((m.params or {}).get("chunk_size", 1024)) for m in cfg.methods), rows * d.seq_len)
-    vocab = s.vocab + (t.vocab if t is not None else 0)
-    loss = float(LOSS_BLOCKS / 2 * chunk * vocab * 4)
+    loss = max(loss_bytes(cfg, m, s, t, rows * d.seq_len) for m in cfg.methods)
+    loss_served = max(loss_bytes(cfg, m, s, t, rows * d.seq_len, served=True) for m in cfg.methods)
     eval_rows = d.eval_batch_size
     eval_logits = float(eval_rows * d.seq_len * (s.vocab + (t.vocab if t is not None else 0)) * 4)
     # the teacher runs after the student's forward (whose activations are then alive): its final
@@ -302,9 +353,9 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
         inter = int(getattr(tcfg, "intermediate_size", None) or getattr(tcfg, "n_inner", None) or 4 * t.hidden)
         hidden_t = float(rows * d.seq_len * (t.hidden * 4 + (3 * inter + 3 * t.hidden) * t.dtype_bytes))
 
-    def student_parts(div: int = 1) -> dict[str, float]:
+    def student_parts(div: int = 1, served: bool = False) -> dict[str, float]:
         return {"student weights": w_s / div, "gradients": grads / div, "optimiser state": state / div,
-                "activations": act, "loss": loss}
+                "activations": act, "loss": loss_served if served else loss}
 
     out = []
     if t is not None:
@@ -325,7 +376,7 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
             parts = {**student_parts(devices), "teacher weights": w_t_shard, "teacher forward": hidden_t,
                      "gathered block": w_s_gather, "eval logits": eval_logits}
             out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
-    out.append(Placement("served", {**student_parts(), "teacher weights": 0.0, "teacher forward": 0.0,
+    out.append(Placement("served", {**student_parts(served=True), "teacher weights": 0.0, "teacher forward": 0.0,
                                     "eval logits": float(eval_rows * d.seq_len * s.vocab * 4)},
                          note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k"))
     return out, s, t
