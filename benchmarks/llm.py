@@ -20,6 +20,15 @@ states (logits never materialised), and top-k from hidden states. CUDA peak allo
 when a GPU is there, else the CPU process's peak RSS growth (one subprocess per variant).
 
     python benchmarks/llm.py memory
+
+generation: tokens per second of the generation that `seq_kd`, `redi`, `data.source: teacher`
+(the teacher) and `on_policy` (the student) use: transformers' `generate` one prompt at a time,
+on left-padded batches with its KV cache (`teacher.generation: hf`, what `sample` does), the same
+batches without the cache, and vLLM's offline engine (`teacher.generation: vllm`) where vllm and a
+GPU are there. Greedy, every continuation exactly `--new-tokens` long (EOS switched off), the
+median of `--repeats` timed calls after a warm-up call.
+
+    python benchmarks/llm.py generation
 """
 from __future__ import annotations
 
@@ -362,6 +371,118 @@ def peers(args) -> None:
         Path(args.out_file).write_text(text)
 
 
+GEN_MODELS = {  # name -> how it is made: the real teacher, the quality benchmark's student, a 32k-vocabulary Llama
+    "stories260K": None,
+    "student-48x2": {"vocab": 512, "hidden_size": 48, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                     "intermediate_size": 128},
+    "llama-512x8-v32k": {"vocab": 32000, "hidden_size": 512, "num_layers": 8, "num_heads": 8,
+                         "intermediate_size": 1408},
+}
+
+
+def _gen_model(name: str, folder: Path):
+    """The model `name`, written to `folder` (vLLM loads a folder) and returned in eval mode."""
+    import torch
+
+    from distill.families.llm.convert import convert_llama2c
+    from distill.families.llm.models import build_student
+    from distill.utils import assets_dir
+
+    spec = GEN_MODELS[name]
+    if spec is None:
+        model = convert_llama2c(assets_dir() / "stories260K" / "stories260K.bin", folder)
+    else:
+        torch.manual_seed(0)
+        spec = dict(spec)
+        model = build_student("llama", spec.pop("vocab"), 1, 2, max_positions=1024, **spec)
+        model.save_pretrained(folder)
+    model.generation_config.eos_token_id = None  # every continuation is --new-tokens long (vLLM reads the folder's)
+    model.generation_config.save_pretrained(folder)
+    return model.eval()
+
+
+def generation(args) -> None:
+    import tempfile
+
+    import torch
+
+    from distill.families.llm.base import sample
+    from distill.families.llm.generation import vllm_available, vllm_generate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_vllm = vllm_available() and not args.no_vllm
+    rows = []
+    for name in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = _gen_model(name, Path(tmp)).to(device)
+            vocab = model.get_output_embeddings().weight.shape[0]
+            g = torch.Generator().manual_seed(0)
+            prompts = torch.randint(3, vocab, (args.prompts, args.prompt_tokens), generator=g)
+            n_params = sum(p.numel() for p in model.parameters())
+
+            def hf(batch: int, cache: bool = True):
+                def call():
+                    made = 0
+                    for i in range(0, args.prompts, batch):
+                        ids = prompts[i:i + batch].to(device)
+                        mask = torch.ones_like(ids)
+                        if cache:
+                            conts = sample(model, ids, mask, max_new_tokens=args.new_tokens, temperature=0.0,
+                                           eos_id=None, pad_id=0)
+                            made += sum(len(c) for c in conts)
+                        else:
+                            with torch.no_grad():
+                                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                                     max_new_tokens=args.new_tokens, pad_token_id=0, use_cache=False)
+                            made += (out.shape[1] - ids.shape[1]) * out.shape[0]
+                    return made
+                return call
+
+            variants = [("hf, one prompt at a time", 1, hf(1))]
+            variants += [(f"hf, batches of {b}", b, hf(b)) for b in args.batches if b > 1]
+            variants += [(f"hf, batches of {b}, no KV cache", b, hf(b, cache=False)) for b in args.batches[-1:] if b > 1]
+            if use_vllm:
+                plist = prompts.tolist()
+
+                def vcall():
+                    conts = vllm_generate(tmp, plist, max_new_tokens=args.new_tokens, temperature=0.0, eos_id=None)
+                    return sum(len(c) for c in conts)
+                variants.append(("vllm, engine start included", args.prompts, vcall))
+            base = None
+            for label, batch, call in variants:
+                call()  # warm-up
+                times, made = [], 0
+                for _ in range(args.repeats):
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    made = call()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                if made != args.prompts * args.new_tokens and not label.startswith("vllm"):
+                    raise SystemExit(f"{name} {label}: {made} tokens, expected {args.prompts * args.new_tokens}")
+                tps = [made / t for t in times]
+                med = statistics.median(tps)
+                base = base or med
+                rows.append((name, n_params, label, med, min(tps), max(tps), med / base))
+                print(f"{name} {label}: {med:,.0f} tokens/s", file=sys.stderr)
+            del model
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    lines = [f"device: {where}; {args.prompts} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens "
+             f"each, greedy, fp32; tokens/s: median (min-max) of {args.repeats} calls after a warm-up; vllm: "
+             + ("measured" if use_vllm else "not measured (needs vllm and a GPU)"), "",
+             "| model | parameters | generation | tokens/s | vs one prompt at a time |", "|---|---|---|---|---|"]
+    for name, n, label, med, lo, hi, rel in rows:
+        lines.append(f"| {name} | {n / 1e6:.2f}M | {label} | {med:,.0f} ({lo:,.0f}-{hi:,.0f}) | {rel:.1f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out_file:
+        Path(args.out_file).write_text(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -395,6 +516,16 @@ def main() -> None:
     pe.add_argument("--chunk", type=int, default=256)
     pe.add_argument("--repeats", type=int, default=3)
     pe.add_argument("--out-file", default=None)
+    ge = sub.add_parser("generation", help="tokens/s of hf (per prompt, batched, no cache) and vllm generation")
+    ge.add_argument("--models", nargs="+", default=list(GEN_MODELS), choices=list(GEN_MODELS))
+    ge.add_argument("--prompts", type=int, default=32)
+    ge.add_argument("--prompt-tokens", type=int, default=16)
+    ge.add_argument("--new-tokens", type=int, default=64)
+    ge.add_argument("--batches", type=int, nargs="+", default=[8, 32], help="batch sizes of the batched rows")
+    ge.add_argument("--repeats", type=int, default=3)
+    ge.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default: torch's)")
+    ge.add_argument("--no-vllm", action="store_true", help="leave vllm out even where it would run")
+    ge.add_argument("--out-file", default=None)
     po = sub.add_parser("peer-one")
     for a in ("variant", "vocab", "batch", "seq", "dim", "chunk", "repeats", "device"):
         po.add_argument(a)
@@ -410,6 +541,8 @@ def main() -> None:
         memory(args)
     elif args.cmd == "peers":
         peers(args)
+    elif args.cmd == "generation":
+        generation(args)
     elif args.cmd == "peer-one":
         print(json.dumps(peer_one(args.variant, int(args.vocab), int(args.batch), int(args.seq), int(args.dim),
                                   int(args.chunk), int(args.repeats), args.device)))

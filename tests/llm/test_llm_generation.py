@@ -127,3 +127,27 @@ def test_seq_kd_through_vllm_equals_hf_at_temperature_0(tmp_path, tiny_tok, fake
     kw = gen_call[2]
     assert kw["max_tokens"] == 12 and kw["stop_token_ids"] == [tiny_tok.eos_token_id]
     assert kw["allowed_token_ids"] == list(range(len(tiny_tok)))  # the rows both models have (student padded to 64)
+
+
+def test_generation_benchmark_times_every_backend(fake_vllm, monkeypatch, tmp_path):
+    """benchmarks/llm.py generation: a row per backend, each continuation the asked length, and the
+    vLLM row when vllm is there (the stand-in here)."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    import distill.families.llm.generation as G
+
+    spec = importlib.util.spec_from_file_location("bench_llm", Path(__file__).resolve().parents[2] / "benchmarks" / "llm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(G, "vllm_available", lambda: True)
+    out = tmp_path / "gen.md"
+    bench.generation(argparse.Namespace(models=["student-48x2"], prompts=4, prompt_tokens=5, new_tokens=6, batches=[4],
+                                        repeats=1, threads=0, no_vllm=False, out_file=str(out)))
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| student-48x2")]
+    assert [r.split(" | ")[2] for r in rows] == ["hf, one prompt at a time", "hf, batches of 4",
+                                                 "hf, batches of 4, no KV cache", "vllm, engine start included"]
+    assert rows[0].endswith("| 1.0x |") and "vllm: measured" in out.read_text()
+    llm_calls = [c for c in fake_vllm.CALLS if c[0] == "generate"]
+    assert len(llm_calls) == 2 and llm_calls[0][1] == 4 and llm_calls[0][2]["max_tokens"] == 6  # warm-up + 1 timed
