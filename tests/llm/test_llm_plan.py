@@ -230,3 +230,37 @@ def test_loss_workspace_follows_the_method(tmp_path, teacher_dir):
     assert loss_kind(cfg, unknown) is None
     assert loss_bytes(cfg, unknown, s, t, tokens) == \
         4 * 1024 * (s.vocab + t.vocab + (DEFAULT_LOSS_BLOCKS - 2) * min(s.vocab, t.vocab)) + fused
+
+
+def _write_llama2c(path: Path, dim=32, hidden=64, layers=2, heads=4, kv=2, vocab=96, seq_len=64, tied=True):
+    """A llama2.c version-0 checkpoint of random weights, laid out as llama2.c's export writes it."""
+    import struct
+
+    import numpy as np
+
+    head, kv_dim = dim // heads, kv * (dim // heads)
+    n = (vocab * dim + layers * (dim + 2 * dim * dim + 2 * kv_dim * dim + dim + 3 * hidden * dim) + dim
+         + seq_len * head + (0 if tied else vocab * dim))
+    rng = np.random.default_rng(0)
+    path.write_bytes(struct.pack("7i", dim, hidden, layers, heads, kv, vocab if tied else -vocab, seq_len)
+                     + rng.standard_normal(n).astype(np.float32).tobytes())
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_llama2c_student_is_planned_from_its_header(tmp_path, teacher_dir, tied):
+    """student.path may be a llama2.c .bin (the run converts it): the plan reads its header, and its
+    parameter count is that of the converted model."""
+    pytest.importorskip("peft")
+    from distill.families.llm.convert import convert_llama2c
+
+    ckpt = tmp_path / "small.bin"
+    _write_llama2c(ckpt, tied=tied)
+    converted = convert_llama2c(ckpt, tmp_path / "converted")
+    recipe = _recipe(tmp_path, teacher_dir, student={"path": str(ckpt), "lora": {"r": 4}})
+    recipe["teacher"] = {"student_base": True, "tokenizer": str(tmp_path / "unused.model")}
+    cfg = load_config(recipe)
+    (col, off, served), s, t = plan(cfg, devices=1)
+    assert s.params == sum(p.numel() for p in converted.parameters())
+    assert s.vocab == 96 and s.hidden == 32 and 0 < s.trainable < s.params
+    assert col.parts["teacher weights"] == 0 and col.parts["teacher forward"] > 0  # the base, no second copy
+    assert not off.available and not served.available

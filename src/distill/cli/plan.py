@@ -36,7 +36,9 @@ def plan(
         if not con.is_terminal:  # a pipe or a file: room for every column
             con = Console(width=140)
         con.print(f"student: {s.params:,} parameters ({s.trainable:,} trained), teacher: "
-                  + (f"{t.params:,} parameters" if t is not None and t.params else "not held here")
+                  + (f"{t.params:,} parameters" if t is not None and t.params
+                     else "the student's base, adapter off (no second copy)" if cfg.teacher.student_base
+                     else "served, not held here")
                   + f"; batch {cfg.data.batch_size} x {cfg.data.seq_len} tokens on {devices} device(s)")
         con.print(table(placements, mem, what, picked, asked))
         if picked is None:

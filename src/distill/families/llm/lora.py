@@ -15,6 +15,7 @@ fingerprint is the base's, so caches keyed on it stay valid: the base never chan
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def wrap_lora(model: nn.Module, cfg) -> nn.Module:
                     task_type="CAUSAL_LM", fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
     head = model.get_output_embeddings()
     try:
-        peft_model = get_peft_model(model, lc)
+        with warnings.catch_warnings():  # peft reads a property transformers has renamed; nothing to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, lc)
     except ValueError as e:
         raise ConfigError(f"student.lora.target_modules: {targets!r}: {str(e).splitlines()[0]}") from None
     if model.get_output_embeddings() is not head:

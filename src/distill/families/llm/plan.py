@@ -118,6 +118,32 @@ def _shape(name: str, model: nn.Module, dtype_bytes: int) -> ModelShape:
                       dtype_bytes, cfg, trainable=total)
 
 
+def _meta_model(path: str, what: str) -> nn.Module:
+    """The causal LM at `path` built on the meta device from its config: a transformers folder or hub
+    id, or a llama2.c `.bin` (its header is the config, as the run's conversion reads it)."""
+    if Path(path).is_file() and Path(path).suffix == ".bin":
+        import struct
+
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        with Path(path).open("rb") as f:
+            raw = f.read(28)
+        if len(raw) < 28:
+            raise ConfigError(f"{what}: {path!r} is too short to be a llama2.c checkpoint.")
+        dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", raw)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=abs(vocab), hidden_size=dim, intermediate_size=hidden,
+                                            num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                                            num_key_value_heads=n_kv, max_position_embeddings=seq_len,
+                                            tie_word_embeddings=vocab > 0))
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        mcfg = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
+    except Exception as e:
+        raise ConfigError(f"{what}: cannot read the config of {path!r}: {e}") from None
+    return AutoModelForCausalLM.from_config(mcfg)
+
+
 def teacher_shape(cfg) -> ModelShape | None:
     """The teacher's sizes from its config (a transformers folder or hub id, or a llama2.c .bin),
     None for a served teacher."""
@@ -126,27 +152,8 @@ def teacher_shape(cfg) -> ModelShape | None:
         return None
     from distill.utils import expand
 
-    path = expand(t.path)
     with _meta():
-        if Path(path).is_file() and Path(path).suffix == ".bin":  # llama2.c: the header is the config
-            import struct
-
-            from transformers import LlamaConfig, LlamaForCausalLM
-
-            raw = Path(path).open("rb").read(28)
-            dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", raw)
-            model = LlamaForCausalLM(LlamaConfig(vocab_size=abs(vocab), hidden_size=dim, intermediate_size=hidden,
-                                                 num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                                                 num_key_value_heads=n_kv, max_position_embeddings=seq_len,
-                                                 tie_word_embeddings=vocab > 0))
-        else:
-            from transformers import AutoConfig, AutoModelForCausalLM
-
-            try:
-                mcfg = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
-            except Exception as e:
-                raise ConfigError(f"teacher.path: cannot read the config of {path!r}: {e}") from None
-            model = AutoModelForCausalLM.from_config(mcfg)
+        model = _meta_model(expand(t.path), "teacher.path")
     return _shape("teacher", model, DTYPE_BYTES[t.dtype])
 
 
@@ -156,14 +163,7 @@ def student_shape(cfg, vocab: int | None) -> ModelShape:
 
     with _meta():
         if s.path:
-            from transformers import AutoConfig, AutoModelForCausalLM
-
-            path = expand(s.path)
-            try:
-                mcfg = AutoConfig.from_pretrained(path, local_files_only=Path(path).is_dir())
-            except Exception as e:
-                raise ConfigError(f"student.path: cannot read the config of {path!r}: {e}") from None
-            model = AutoModelForCausalLM.from_config(mcfg)
+            model = _meta_model(expand(s.path), "student.path")
         else:
             from distill.families.llm.models import build_student
 
@@ -366,7 +366,7 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
         out.append(Placement("offloaded", {**student_parts(), "teacher weights": 0.0, "teacher forward": hidden_t,
                                            "eval logits": eval_logits}, host=w_t,
                              note="teacher.device_map: cpu (weights in host memory, slower teacher)",
-                             available=devices == 1))
+                             available=devices == 1 and not cfg.teacher.student_base))
         if devices > 1:
             rest = t.params - t.block_params
             w_t_shard = float((t.block_params / devices + rest + 2 * t.largest_block) * t.dtype_bytes)
@@ -378,7 +378,8 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
             out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
     out.append(Placement("served", {**student_parts(served=True), "teacher weights": 0.0, "teacher forward": 0.0,
                                     "eval logits": float(eval_rows * d.seq_len * s.vocab * 4)},
-                         note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k"))
+                         note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k",
+                         available=not cfg.teacher.student_base))
     return out, s, t
 
 
