@@ -3,13 +3,8 @@ fresh process (CPU, resident-set peak; glibc told to return every freed block ov
 the peak is that of the live tensors), and the refusal of a recipe that cannot fit."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,49 +15,17 @@ from distill.config import load_config  # noqa: E402
 from distill.errors import ConfigError  # noqa: E402
 from distill.families.llm.plan import check, choose, plan  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "llm_plan.py"
 
-MEASURE = textwrap.dedent('''
-    import json, sys
-    import torch
-    import distill
-    from distill.families.llm.models import build_student, hidden_states, head_of
-    from distill.losses.lm import hidden_divergence
 
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
+def _bench():
+    """benchmarks/llm_plan.py: the measurement in a fresh process and the architecture builder."""
+    import importlib.util
 
-    # warm up every code path (imports, kernels, the optimiser) on a model too small to matter
-    m = build_student("llama", 64, 1, 2, hidden_size=16, num_layers=1, num_heads=4, max_positions=64)
-    ids = torch.randint(0, 64, (2, 8))
-    b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(8).expand(2, 8)}
-    opt = torch.optim.AdamW(m.parameters())
-    h = hidden_states(m, b)
-    w, _ = head_of(m)
-    hidden_divergence(h, w, h.detach(), w.detach(), mask=b["attention_mask"].bool(), chunk_size=4).backward()
-    opt.step()
-    try:  # the adapter library's import and a wrap, for LoRA students
-        from distill.families.llm.config import LMLoraConfig
-        from distill.families.llm.lora import wrap_lora
-        wrap_lora(build_student("llama", 64, 1, 2, hidden_size=16, num_layers=1, num_heads=4, max_positions=64),
-                  LMLoraConfig(r=2))
-    except ImportError:
-        pass
-    del m, opt, h, w
-    recipe = json.loads(sys.argv[1])
-    try:  # reset the peak resident size to the current one (Linux >= 4.0), so that the warm-up's peak is gone
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        print(json.dumps({"peak": None}))
-        sys.exit(0)
-    base = status("VmRSS")
-    distill.run(recipe, log=lambda s: None)
-    print(json.dumps({"peak": status("VmHWM") - base}))
-''')
+    spec = importlib.util.spec_from_file_location("bench_llm_plan", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +52,10 @@ def _recipe(tmp_path: Path, teacher_dir: Path, **over) -> dict:
 
 
 def _measured_peak(recipe: dict) -> float:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0",
-           "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(recipe)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+    try:
+        peak = _bench().measured_peak(recipe)
+    except RuntimeError as e:
+        pytest.fail(str(e))
     if peak is None:
         pytest.skip("this system does not let a process reset its peak resident size (/proc/self/clear_refs)")
     return peak
@@ -264,3 +225,25 @@ def test_a_llama2c_student_is_planned_from_its_header(tmp_path, teacher_dir, tie
     assert s.vocab == 96 and s.hidden == 32 and 0 < s.trainable < s.params
     assert col.parts["teacher weights"] == 0 and col.parts["teacher forward"] > 0  # the base, no second copy
     assert not off.available and not served.available
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "gemma2", "smollm3"])
+def test_other_architectures_are_planned_within_20_percent(tmp_path, tiny_tok, model_type):
+    """Pretrained-style students and teachers of other transformers classes (student.path): Qwen3;
+    Gemma2, whose layers alternate sliding and full attention (`layer_types`) and whose logits are
+    soft-capped; SmolLM3, which leaves rotary embeddings out of every fourth layer (`no_rope_layers`).
+    The activation probe builds 1- and 2-layer copies of each kind of layer."""
+    from distill.families.llm.plan import _layer_kinds, teacher_shape
+
+    _bench().hf_lm(model_type, tmp_path / "t", tiny_tok, 256, 1)
+    _bench().hf_lm(model_type, tmp_path / "s", tiny_tok, 192, 2)
+    recipe = _recipe(tmp_path, tmp_path / "t", data={"eval_batch_size": 1})
+    recipe["student"] = {"path": str(tmp_path / "s")}
+    cfg = load_config(recipe)
+    kinds = _layer_kinds(teacher_shape(cfg).config)
+    assert sum(kinds.values()) == 4 and len(kinds) == {"qwen3": 1, "gemma2": 2, "smollm3": 2}[model_type]
+    est = next(p for p in plan(cfg, devices=1)[0] if p.name == "colocated")
+    measured = _measured_peak(recipe)
+    ratio = est.peak / measured
+    assert 0.8 <= ratio <= 1.2, (f"{model_type}: estimate {est.peak / 2**20:.1f} MiB vs measured "
+                                 f"{measured / 2**20:.1f} MiB ({ratio:.2f})")

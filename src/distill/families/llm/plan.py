@@ -198,16 +198,60 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, lora=None, cache_d
     if cfg is None:
         raise ConfigError("plan: the student has no transformers config to measure its activations")
     short = [16, 32]
-    got = _probe(cfg, shape.dtype_bytes, lora, short, cache_dir)
-    per_layer = {t: got[(2, t)] - got[(1, t)] for t in short}
-    base = {t: got[(1, t)] - per_layer[t] for t in short}
 
     def at(d: dict[int, float]) -> float:  # per-token cost linear in the length, evaluated at `seq`
         a, b = d[short[0]] / short[0], d[short[1]] / short[1]
         slope = (b - a) / (short[1] - short[0])
         return max(a + slope * (seq - short[0]), 0.0)
 
-    return batch * seq * (shape.layers * at(per_layer) + at(base))
+    # configs with per-layer settings (`layer_types`: sliding or full attention, linear attention,
+    # ...) are probed once per kind of layer, each kind at 1 and 2 layers of that kind
+    kinds = _layer_kinds(cfg)
+    total, base = 0.0, None
+    for kind, count in kinds.items():
+        got = _probe(_of_kind(cfg, kind), shape.dtype_bytes, lora, short, cache_dir)
+        per_layer = {t: got[(2, t)] - got[(1, t)] for t in short}
+        if base is None:
+            base = {t: got[(1, t)] - per_layer[t] for t in short}
+        total += count * at(per_layer)
+    assert base is not None
+    return batch * seq * (total * shape.layers / max(sum(kinds.values()), 1) + at(base))
+
+
+def _per_layer_keys(cfg) -> list[str]:
+    """The config's per-layer settings: its lists with one entry per layer (e.g. `layer_types`)."""
+    n = getattr(cfg, _layers_key(cfg))
+    if not isinstance(n, int) or n < 2:
+        return []
+    return [k for k, v in cfg.to_dict().items() if isinstance(v, list) and len(v) == n and k != "architectures"]
+
+
+def _layer_kinds(cfg) -> dict[tuple, int]:
+    """How many layers have each combination of the per-layer settings (one kind without any)."""
+    keys = _per_layer_keys(cfg)
+    if not keys:
+        return {(): getattr(cfg, _layers_key(cfg))}
+    d = cfg.to_dict()
+    kinds: dict[tuple, int] = {}
+    for i in range(getattr(cfg, _layers_key(cfg))):
+        k = tuple(_hashable(d[key][i]) for key in keys)
+        kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _of_kind(cfg, kind: tuple):
+    """A copy of `cfg` whose every layer is of `kind` (per-layer settings set to kind's values)."""
+    keys = _per_layer_keys(cfg)
+    if not keys:
+        return cfg
+    d = cfg.to_dict()
+    n = getattr(cfg, _layers_key(cfg))
+    d.update({key: [list(v) if isinstance(v, tuple) else v for v in [val] * n] for key, val in zip(keys, kind)})
+    return cfg.__class__.from_dict(d)
 
 
 def _probe(cfg, dtype_bytes: int, lora, short: list[int], cache_dir: Path | None) -> dict[tuple[int, int], int]:
@@ -238,9 +282,11 @@ def _probe(cfg, dtype_bytes: int, lora, short: list[int], cache_dir: Path | None
 
 def _measure(cfg, dtype_bytes: int, lora, short: list[int]) -> dict[tuple[int, int], int]:
     got = {}
+    per_layer = _per_layer_keys(cfg)
     for layers in (1, 2):
-        small = cfg.__class__.from_dict({**cfg.to_dict(), "vocab_size": 256,
-                                         _layers_key(cfg): layers})
+        d = cfg.to_dict()
+        small = cfg.__class__.from_dict({**d, "vocab_size": 256, _layers_key(cfg): layers,
+                                         **{k: d[k][:layers] for k in per_layer}})
         from transformers import AutoModelForCausalLM
 
         with _meta():
