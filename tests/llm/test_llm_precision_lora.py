@@ -277,3 +277,32 @@ def test_student_base_run_and_a_fresh_lora_base(tmp_path, lm_tok_dir):
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(out))
+
+
+@pytest.mark.parametrize("model_type,expected", [
+    ("llama", {"q_proj", "v_proj"}),      # peft's own default
+    ("granite", {"q_proj", "v_proj"}),    # no peft default: the query and value projections
+    ("phi3", {"qkv_proj"}),               # no peft default, a fused query-key-value projection
+])
+def test_lora_default_targets_cover_architectures_peft_has_no_default_for(model_type, expected):
+    """student.lora without target_modules works on every architecture: peft's default where it has
+    one, else the attention projections; the adapter merges to the adapted model's outputs."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert (model_type in DEFAULTS) == (model_type == "llama")  # the case this covers, in this peft
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = wrap_lora(AutoModelForCausalLM.from_config(cfg), LMLoraConfig(r=2))
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if "lora_A" in n}
+    assert adapted == expected
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    b = _batch()
+    ref = _logits(model, b)
+    assert torch.allclose(_logits(model.merge_and_unload(), b), ref, atol=1e-5)

@@ -25,9 +25,23 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.teacher import Teacher
 
-def _target_modules(cfg) -> Any:
+def _target_modules(cfg, model: nn.Module | None = None) -> Any:
+    """`student.lora.target_modules`, or for None peft's default for the architecture; where peft has
+    none (e.g. Phi-3, Granite, Cohere, OLMo2, SmolLM3), the attention's query and value projections
+    (`q_proj`, `v_proj`, as peft's defaults for Llama-like models), else its fused query-key-value
+    projection, else every linear layer but the output layer (peft's `all-linear`)."""
     t = cfg.target_modules
-    return list(t) if isinstance(t, list) else t
+    if t is not None or model is None:
+        return list(t) if isinstance(t, list) else t
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    if getattr(getattr(model, "config", None), "model_type", None) in DEFAULTS:
+        return None
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if {"q_proj", "v_proj"} <= leaves:
+        return ["q_proj", "v_proj"]
+    fused = [n for n in ("qkv_proj", "query_key_value", "c_attn", "Wqkv") if n in leaves]
+    return fused[:1] or "all-linear"
 
 
 def wrap_lora(model: nn.Module, cfg) -> nn.Module:
@@ -37,7 +51,7 @@ def wrap_lora(model: nn.Module, cfg) -> nn.Module:
 
     from transformers.pytorch_utils import Conv1D  # GPT-2's fused projections store W transposed
 
-    targets = _target_modules(cfg)
+    targets = _target_modules(cfg, model)
     lc = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                     task_type="CAUSAL_LM", fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
     head = model.get_output_embeddings()
