@@ -190,15 +190,16 @@ def table(args) -> None:
 VARIANTS = ["dense", "chunked_logits", "chunked_hidden", "topk_hidden"]
 
 
-def _inputs(vocab: int, batch: int, seq: int, dim: int, device: str):
-    """The student's hidden states and head (requiring grad) and the teacher's, seeded."""
+def _inputs(vocab: int, batch: int, seq: int, dim: int, device: str, dtype: str = "fp32"):
+    """The student's hidden states and head (requiring grad) and the teacher's, seeded, in `dtype`."""
     import torch
 
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     torch.manual_seed(0)
-    hs = torch.randn(batch, seq, dim, device=device, requires_grad=True)
-    ws = (torch.randn(vocab, dim, device=device) * 0.05).requires_grad_(True)
-    ht = torch.randn(batch, seq, dim, device=device)
-    wt = torch.randn(vocab, dim, device=device) * 0.05
+    hs = torch.randn(batch, seq, dim, device=device).to(dt).requires_grad_(True)
+    ws = (torch.randn(vocab, dim, device=device) * 0.05).to(dt).requires_grad_(True)
+    ht = torch.randn(batch, seq, dim, device=device).to(dt)
+    wt = (torch.randn(vocab, dim, device=device) * 0.05).to(dt)
     return hs, ws, ht, wt
 
 
@@ -272,7 +273,8 @@ def memory(args) -> None:
 PEERS = ["trl_dense", "ours_chunked_hidden", "ours_recompute", "liger_fused"]
 
 
-def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: int, repeats: int, device: str) -> dict:
+def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: int, repeats: int, device: str,
+             dtype: str = "fp32") -> dict:
     """Generalized JSD (beta 0.5) forward + backward from the same hidden states and heads: TRL's
     `generalized_jsd_loss` on the logits, ours from the hidden states (`hidden_divergence`, chunked:
     the default fused gradients, or `fused=False`, checkpointed chunks), or Liger-Kernel's fused
@@ -282,7 +284,7 @@ def peer_one(variant: str, vocab: int, batch: int, seq: int, dim: int, chunk: in
 
     import torch
 
-    hs, ws, ht, wt = _inputs(vocab, batch, seq, dim, device)
+    hs, ws, ht, wt = _inputs(vocab, batch, seq, dim, device, dtype)
     labels = torch.zeros(batch, seq, dtype=torch.long, device=device)
     if variant == "trl_dense":
         from trl.experimental.gkd.gkd_trainer import GKDTrainer
@@ -344,7 +346,7 @@ def peers(args) -> None:
         res = {}
         for v in variants:
             cmd = [sys.executable, __file__, "peer-one", v, str(vocab), str(batch), str(args.seq), str(args.dim),
-                   str(args.chunk), str(args.repeats), device]
+                   str(args.chunk), str(args.repeats), device, args.dtype]
             env = {**os.environ, "PYTHONPATH": str(ROOT / "src")
                    + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
             if device == "cpu":  # glibc: every block over 128 KiB mmapped and returned when freed, so that the
@@ -356,7 +358,7 @@ def peers(args) -> None:
         rows.append((vocab, batch, res))
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (peak RSS growth)"
     lines = [f"device: {name}; generalized JSD beta 0.5, forward + backward from hidden states, seq {args.seq}, hidden "
-             f"{args.dim}, fp32, ours {args.chunk} positions per chunk; time: median of {args.repeats}", "",
+             f"{args.dim}, {args.dtype}, ours {args.chunk} positions per chunk; time: median of {args.repeats}", "",
              "| vocab | batch | " + " | ".join(f"{v} GiB / s" for v in variants) + " | ours / TRL memory | ours / TRL time | loss (ours, TRL) |",
              "|---|---|" + "---|" * (len(variants) + 3)]
     for vocab, batch, res in rows:
@@ -515,6 +517,7 @@ def main() -> None:
     pe.add_argument("--dim", type=int, default=512)
     pe.add_argument("--chunk", type=int, default=256)
     pe.add_argument("--repeats", type=int, default=3)
+    pe.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="hidden states and heads")
     pe.add_argument("--out-file", default=None)
     ge = sub.add_parser("generation", help="tokens/s of hf (per prompt, batched, no cache) and vllm generation")
     ge.add_argument("--models", nargs="+", default=list(GEN_MODELS), choices=list(GEN_MODELS))
@@ -527,7 +530,7 @@ def main() -> None:
     ge.add_argument("--no-vllm", action="store_true", help="leave vllm out even where it would run")
     ge.add_argument("--out-file", default=None)
     po = sub.add_parser("peer-one")
-    for a in ("variant", "vocab", "batch", "seq", "dim", "chunk", "repeats", "device"):
+    for a in ("variant", "vocab", "batch", "seq", "dim", "chunk", "repeats", "device", "dtype"):
         po.add_argument(a)
     one = sub.add_parser("memory-one")
     for a in ("variant", "vocab", "batch", "seq", "dim", "chunk", "k", "device"):
@@ -545,7 +548,7 @@ def main() -> None:
         generation(args)
     elif args.cmd == "peer-one":
         print(json.dumps(peer_one(args.variant, int(args.vocab), int(args.batch), int(args.seq), int(args.dim),
-                                  int(args.chunk), int(args.repeats), args.device)))
+                                  int(args.chunk), int(args.repeats), args.device, args.dtype)))
     else:
         print(memory_one(args.variant, int(args.vocab), int(args.batch), int(args.seq), int(args.dim), int(args.chunk),
                          int(args.k), args.device))

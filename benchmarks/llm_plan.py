@@ -9,6 +9,7 @@ the resident-set peak of `distill.run` in a fresh process, reset after imports a
 glibc told to return every freed block over 128 KiB (so that the peak is that of the live tensors).
 
     OMP_NUM_THREADS=1 python benchmarks/llm_plan.py [--types llama gemma2 ...] [--out-file F]
+    python benchmarks/llm_plan.py --device cuda --hidden 1024 768 --layers 8 --vocab 32768 --seq 1024
 """
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ MEASURE = textwrap.dedent('''
         pass
     del m, opt, h, w
     recipe = json.loads(sys.argv[1])
+    if recipe["engine"].get("device") == "cuda":  # the CUDA allocator's peak above what is allocated now
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        distill.run(recipe, log=lambda s: None)
+        torch.cuda.synchronize()
+        print(json.dumps({"peak": torch.cuda.max_memory_allocated() - base}))
+        sys.exit(0)
     try:  # reset the peak resident size to the current one (Linux >= 4.0), so that the warm-up's peak is gone
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -68,7 +77,8 @@ MEASURE = textwrap.dedent('''
 
 def measured_peak(recipe: dict) -> float | None:
     """Bytes of the resident-set peak of `distill.run(recipe)` in a fresh process, above what it held
-    before; None where the system does not let a process reset its peak (/proc/self/clear_refs)."""
+    before (with `engine.device: cuda`, the CUDA allocator's peak allocation above what was allocated
+    before); None where the system does not let a process reset its peak (/proc/self/clear_refs)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + (os.pathsep + os.environ["PYTHONPATH"]
                                                            if os.environ.get("PYTHONPATH") else ""),
            "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
@@ -126,6 +136,14 @@ def _tokenizer(text: str, vocab: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--types", nargs="+", default=TYPES)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: the run on the GPU, measured by the CUDA allocator's peak (the CUDA context and the "
+                        "allocator's cached blocks are not counted, as in the estimate)")
+    p.add_argument("--hidden", type=int, nargs=2, default=[256, 192], metavar=("TEACHER", "STUDENT"))
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=256)
     p.add_argument("--out-file", default=None)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -133,7 +151,7 @@ def main() -> None:
     from distill.families.llm.plan import _layer_kinds, plan, teacher_shape
     from distill.utils import assets_dir
 
-    text = (assets_dir() / "text" / "tinyshakespeare.txt").read_text()[:300_000]
+    text = (assets_dir() / "text" / "tinyshakespeare.txt").read_text()[:600_000]
     tok = _tokenizer(text, 2048)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,13 +159,15 @@ def main() -> None:
         (tmp / "train.txt").write_text(text)
         for mt in args.types:
             d = tmp / mt
-            hf_lm(mt, d / "t", tok, 256, 1)
-            hf_lm(mt, d / "s", tok, 192, 2)
+            hf_lm(mt, d / "t", tok, args.hidden[0], 1, layers=args.layers, vocab=args.vocab)
+            hf_lm(mt, d / "s", tok, args.hidden[1], 2, layers=args.layers, vocab=args.vocab)
             recipe = {"name": "plan", "family": "llm", "output_dir": str(d / "runs"), "cache_dir": str(d / "cache"),
                       "teacher": {"path": str(d / "t")}, "student": {"path": str(d / "s")},
-                      "data": {"source": "text", "path": str(tmp / "train.txt"), "seq_len": 256, "batch_size": 16,
-                               "eval_batch_size": 1, "pack": True, "max_docs": 400},
-                      "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": "cpu", "progress": False},
+                      "data": {"source": "text", "path": str(tmp / "train.txt"), "seq_len": args.seq,
+                               "batch_size": args.batch, "eval_batch_size": 1, "pack": True,
+                               # about 2.3x the tokens of the 2 steps (400 documents are 18.8k tokens)
+                               "max_docs": max(400, 400 * args.batch * args.seq // 4096)},
+                      "train": {"epochs": 1, "max_steps": 2}, "engine": {"device": args.device, "progress": False},
                       "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"chunk_size": 256}}]}
             cfg = load_config(recipe)
             kinds = len(_layer_kinds(teacher_shape(cfg).config))
@@ -160,7 +180,12 @@ def main() -> None:
                   file=sys.stderr)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     ratios = [e / g for _, _, e, g in rows]
-    lines = [f"code {rev}; CPU, resident-set peak of `distill.run`; token_kd forward KL, 16 x 256 tokens, 2 steps", "",
+    import torch
+
+    where = (f"{torch.cuda.get_device_name()}, the CUDA allocator's peak" if args.device == "cuda"
+             else "CPU, resident-set peak")
+    lines = [f"code {rev}; {where} of `distill.run`; token_kd forward KL, {args.batch} x {args.seq} tokens, 2 steps; "
+             f"hidden {args.hidden[0]} / {args.hidden[1]}, {args.layers} layers, vocabulary {args.vocab}", "",
              "| model type | kinds of layer | estimate MiB | measured MiB | estimate / measured |", "|---|---|---|---|---|"]
     lines += [f"| {mt} | {k} | {e / 2**20:.1f} | {g / 2**20:.1f} | {e / g:.2f} |" for mt, k, e, g in rows]
     lines += ["", f"estimate / measured over {len(rows)} types: {min(ratios):.2f}-{max(ratios):.2f}"]
