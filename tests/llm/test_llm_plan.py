@@ -187,7 +187,10 @@ def test_loss_workspace_follows_the_method(tmp_path, teacher_dir):
     assert served.parts["loss"] == 4 * LOSS_BLOCKS["sparse"] * 64 * s.vocab + fused
     tvd = load_config(_recipe(tmp_path, teacher_dir, methods=[{"name": "token_kd", "params": {"chunk_size": 64, "divergence": "tvd"}}]))
     assert loss_bytes(tvd, tvd.methods[0], s, t, tokens) > col.parts["loss"]
-    unknown = SimpleNamespace(name="no_such_method", params={})  # e.g. a cross-tokenizer method, unmeasured
+    uld = SimpleNamespace(name="uld", params={"chunk_size": 64})  # cross-tokenizer: blocks of the larger vocabulary
+    assert loss_kind(cfg, uld) == "uld"
+    assert loss_bytes(cfg, uld, s, t, tokens) == 4 * LOSS_BLOCKS["uld"] * 64 * max(s.vocab, t.vocab) + fused
+    unknown = SimpleNamespace(name="no_such_method", params={})  # a method the planner has no measurement of
     assert loss_kind(cfg, unknown) is None
     assert loss_bytes(cfg, unknown, s, t, tokens) == \
         4 * 1024 * (s.vocab + t.vocab + (DEFAULT_LOSS_BLOCKS - 2) * min(s.vocab, t.vocab)) + fused

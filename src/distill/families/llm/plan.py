@@ -52,9 +52,14 @@ LOSS_BLOCKS = {
     "top_k": 5,                                          # the union of both models' top-k (token_kd top_k, first)
     "sparse": 4,                                         # a cached or served teacher's top-k: student logits only
     "ce": 2,                                             # cross-entropy on the labels: student logits only
+    # cross-tokenizer methods, in blocks of the larger vocabulary (benchmarks/xtok_memory.py, teacher
+    # vocabulary 128,000, chunks 64 and 256): ALM gathers one log-prob per token, ULD sorts whole
+    # distributions, the hybrid does both
+    "alm": 2, "uld": 6, "hybrid": 7,
 }
 DEFAULT_LOSS_BLOCKS = 6
 STUDENT_ONLY_LOSSES = ("sparse", "ce")
+CROSS_TOKENIZER_LOSSES = ("alm", "uld", "hybrid")
 
 
 @dataclass
@@ -352,6 +357,8 @@ def loss_kind(cfg, method, served: bool = False) -> str | None:
         return "top_k"
     if method.name == "seq_kd":
         return "forward_kl"
+    if method.name in CROSS_TOKENIZER_LOSSES:
+        return method.name
     if method.name in ("token_kd", "on_policy"):
         if method.name == "token_kd" and (served or cfg.teacher.cache_top_k or cfg.teacher.url):
             return "sparse"
@@ -370,6 +377,8 @@ def loss_bytes(cfg, method, s: ModelShape, t: ModelShape | None, tokens: int, se
     blocks = LOSS_BLOCKS.get(kind, DEFAULT_LOSS_BLOCKS) if kind is not None else DEFAULT_LOSS_BLOCKS
     if t is None or kind in STUDENT_ONLY_LOSSES:
         work = blocks * chunk * s.vocab
+    elif kind in CROSS_TOKENIZER_LOSSES:
+        work = blocks * chunk * max(s.vocab, t.vocab)
     else:
         work = chunk * (s.vocab + t.vocab + (blocks - 2) * min(s.vocab, t.vocab))
     return float(4 * (work + s.vocab * s.hidden + tokens * s.hidden))
