@@ -48,6 +48,13 @@ def test_text_run_with_every_method(tmp_path, teacher_dir):
         assert m["bits_per_byte"] > 0 and m["perplexity"] > 1 and "ood_bits_per_byte" in m
     assert 0 <= summary["students"]["token_kd"]["teacher_agreement"] <= 1
     assert (run / "report.md").is_file() and (run / "students" / "sft" / "config.json").is_file()
+    # generation speed where a method generated: the student's own samples (on_policy, lambda 1:
+    # every batch), the teacher's continuations (seq_kd); none for the others
+    st = summary["students"]
+    assert st["on_policy"]["student_tokens_per_s"] > 0 and "teacher_tokens_per_s" not in st["on_policy"]
+    assert st["seq_kd"]["teacher_tokens_per_s"] > 0 and "student_tokens_per_s" not in st["seq_kd"]
+    assert not {"student_tokens_per_s", "teacher_tokens_per_s"} & (set(st["sft"]) | set(st["token_kd"]))
+    assert "on_policy: the student " in (run / "report.md").read_text()
 
 
 def test_bench_ranks_bits_per_byte_lower_first(tmp_path, teacher_dir):

@@ -8,6 +8,8 @@ on the continuation tokens. Student-sampled batches are normalised by their own 
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from pydantic import Field
 from typing_extensions import Annotated
@@ -32,6 +34,7 @@ class OnPolicy(LMMethod):
         self.lmbda, self.divergence, self.beta, self.alpha = lmbda, divergence, beta, alpha
         self.temperature, self.max_new_tokens, self.top_k = temperature, max_new_tokens, top_k
         self.weights = {"kd": 1.0}
+        self.generated = (0, 0.0)  # tokens the student sampled and the seconds it took (this process, this run)
 
     def hparams(self):
         return {"lmbda": self.lmbda, "divergence": self.divergence, "beta": self.beta}
@@ -39,9 +42,12 @@ class OnPolicy(LMMethod):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if torch.rand(()).item() < self.lmbda:  # torch RNG: restored exactly on resume
             prompts = prompts_of(batch)
+            t0 = time.perf_counter()
             conts = sample(self.student, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
                            temperature=self.temperature, eos_id=self.eos_id, pad_id=self.pad_id,
                            vocab_limit=self.shared_vocab())
+            n, secs = self.generated
+            self.generated = (n + sum(len(c) for c in conts), secs + time.perf_counter() - t0)
             batch = continuation_batch(prompts, conts, self.pad_id, batch["input_ids"].device)
         h_s, h_t = self.student_hidden(batch), self.teacher_hidden(batch)
         mask = batch["labels"] != IGNORE

@@ -287,6 +287,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                               f"{cfg.student.tokenizer!r}; use a cross-tokenizer method (alm, uld, hybrid).")
         barrier()
         lora = cfg.student.lora
+        speeds: dict[str, float] = {}  # generation tokens/s measured while this student trained
         if done.is_file():
             log(f"student {label}: already trained (resumed run), reusing {out}")
             student = (make_student(cfg, s_tok, device, teacher, out) if lora is not None
@@ -310,6 +311,8 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 secs = time.perf_counter() - t_gen
                 log(f"student {label}: the teacher wrote {n_new:,} tokens with {method.generation} in {secs:.1f} s "
                     f"({n_new / max(secs, 1e-9):,.0f} tokens/s)")
+                if n_new:
+                    speeds["teacher_tokens_per_s"] = n_new / max(secs, 1e-9)
             if cfg.teacher.url and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.served import ServedTargets
 
@@ -327,6 +330,11 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
 
                 attach_cache(method, cfg, teacher, tok, examples, device, log)
             engine = train_student(method, examples, cfg, mcfg, s_tok.pad_token_id, out, metrics_path, label)
+            n_gen, gen_secs = getattr(method, "generated", (0, 0.0))
+            if n_gen:
+                speeds["student_tokens_per_s"] = n_gen / max(gen_secs, 1e-9)
+                log(f"student {label}: sampled {n_gen:,} tokens itself in {gen_secs:.1f} s "
+                    f"({speeds['student_tokens_per_s']:,.0f} tokens/s, transformers' generate)")
             if is_main():
                 if lora is not None:  # adapter_config.json + adapter_model.safetensors (+ merged/)
                     save_adapter(student, s_tok, out, merge=lora.merge,
@@ -340,6 +348,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
         m = evaluate_model(student, s_tok, s_held, s_ood, cfg, device, teacher if same_tok else None, served_top1)
         m["method"] = mcfg.name
+        m.update(speeds)
         if lora is not None:
             m["adapter_params"] = adapter_parameters(student)
             if student_base_of(teacher) is not None:
@@ -377,6 +386,13 @@ def report(cfg: LLMRunConfig, results: dict[str, Any]) -> str:
     for name, m in rows:
         cells = [("-" if c not in m else f"{m[c]:,}" if c == "params" else f"{m[c]:.4f}") for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    speeds = [f"{name}: " + ", ".join(f"the {who} {m[k]:,.0f}" for who, k in
+                                       (("teacher", "teacher_tokens_per_s"), ("student", "student_tokens_per_s")) if k in m)
+              for name, m in results["students"].items()
+              if "teacher_tokens_per_s" in m or "student_tokens_per_s" in m]
+    if speeds:
+        lines += ["", "Generation, tokens/s while training (transformers' generate unless teacher.generation: vllm): "
+                  + "; ".join(speeds) + "."]
     lines += ["", "## Samples (first greedy, then sampled)", ""]
     for name, m in rows:
         for s in m.get("samples", []):
