@@ -85,7 +85,26 @@ def tokenizer_payload(source: str | Path | None) -> dict[str, Any] | None:
 def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
                   temperature: float = 1.0, with_tail: bool = False):
     """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each;
-    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4."""
+    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4.
+    A transformers causal LM is run to its final hidden states and its output layer applied 1024
+    positions at a time (one (1024, V) block of log-probs, whatever the batch); another module's
+    full logits are used as it returns them."""
+    from distill.losses.lm import head_topk
+
+    module = getattr(teacher, "module", None)
+    if callable(getattr(module, "get_output_embeddings", None)) and module.get_output_embeddings() is not None \
+            and hasattr(module, "base_model"):
+        if module.training:  # as Teacher.__call__ does
+            module.eval()
+        from distill.families.llm.models import body_of, output_head
+
+        w, b, f = output_head(module)
+        h = body_of(module)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+        B, T = input_ids.shape
+        ids, lps, rest = head_topk(h.reshape(B * T, -1).to(w.device), w, b, f, k=k, temperature=temperature,
+                                   tail_floor=-1.0e4)
+        result = CachedOutputs(ids.view(B, T, -1), lps.view(B, T, -1))
+        return (result, rest.view(B, T)) if with_tail else result
     out = teacher(input_ids=input_ids, attention_mask=attention_mask)
     logits = out.logits if hasattr(out, "logits") else out
     lp = F.log_softmax(logits.float() / temperature, dim=-1)

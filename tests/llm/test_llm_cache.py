@@ -155,3 +155,47 @@ def test_token_kd_top_k_is_refused_with_cached_or_served_targets(tmp_path, cache
     with pytest.raises(ConfigError, match="top_k"):
         m.cache = cache
     TokenKD(student, teacher, temperature=T).cache = cache  # without top_k: fine
+
+
+def test_head_topk_is_the_top_k_of_the_full_log_softmax_one_chunk_at_a_time():
+    """head_topk against the definition (log_softmax of the full (N, V) logits at temperature T,
+    then top-k, tail = log(1 - sum of the top-k probabilities)), with an output transform, for a
+    chunk that does not divide N; and no vocabulary-sized tensor has more than chunk_size rows."""
+    from test_xtok_prompts_memory import VocabRows
+
+    from distill.losses.lm import LogitMap, head_topk
+
+    g = torch.Generator().manual_seed(0)
+    h, w, b = torch.randn(37, 12, generator=g), torch.randn(53, 12, generator=g), torch.randn(53, generator=g)
+    f = LogitMap(scale=0.7, softcap=5.0)
+    with VocabRows({53}) as probe:
+        ids, lps, tail = head_topk(h, w, b, f, k=6, temperature=1.5, chunk_size=8)
+    assert probe.most == 8
+    z = 5.0 * torch.tanh((h @ w.T + b) * 0.7 / 5.0)
+    ref = torch.log_softmax(z.double() / 1.5, -1)
+    top = ref.topk(6, -1)
+    assert torch.equal(ids, top.indices)
+    assert torch.allclose(lps.double(), top.values, atol=1e-6)
+    assert torch.allclose(tail.double(), torch.log1p(-top.values.exp().sum(-1)), atol=1e-5)
+
+
+def test_served_top_k_builds_log_probs_for_1024_positions_at_a_time():
+    """The server's top-k of a transformers LM (a batch of 1280 positions) never holds the batch's
+    (B, T, V) logits, and equals the top-k of the model's own logits."""
+    from test_xtok_prompts_memory import VocabRows
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.serve import topk_logprobs
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
+    ids = torch.randint(0, 50, (40, 32))
+    mask = torch.ones_like(ids)
+    mask[3, 20:] = 0
+    with VocabRows({50}) as probe:
+        out, tail = topk_logprobs(Teacher(model), ids, mask, k=5, temperature=2.0, with_tail=True)
+    assert probe.most == 1024
+    with torch.no_grad():
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double() / 2.0, -1).topk(5, -1)
+    assert torch.equal(out.indices, ref.indices) and out.indices.shape == (40, 32, 5)
+    assert torch.allclose(out.logprobs.double(), ref.values, atol=1e-5) and tail.shape == (40, 32)

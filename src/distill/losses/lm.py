@@ -75,6 +75,29 @@ def head_logits(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitM
     return z if logit_map is None or logit_map.identity else logit_map(z)
 
 
+@torch.no_grad()
+def head_topk(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitMap | None = None, *, k: int,
+              temperature: float = 1.0, chunk_size: int = 1024, tail_floor: float | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k of the log-softmax at `temperature` of the logits of hidden states `h` (N, D) under head
+    (V, D): (indices (N, k) int64, log-probs (N, k) fp32, exact log of the remaining mass (N,) fp32,
+    clamped below at `tail_floor` when given), `chunk_size` rows at a time, so that at most one
+    (chunk_size, V) fp32 block of log-probs exists (the full (N, V) logits never do)."""
+    k = min(k, w.shape[0])
+    idx = torch.empty(h.shape[0], k, dtype=torch.long, device=h.device)
+    val = torch.empty(h.shape[0], k, dtype=torch.float32, device=h.device)
+    tail = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+    for i in range(0, h.shape[0], chunk_size):
+        j = min(i + chunk_size, h.shape[0])
+        lp = F.log_softmax(head_logits(h[i:j], w, b, logit_map).float() / temperature, dim=-1)
+        top = lp.topk(k, dim=-1)
+        idx[i:j], val[i:j] = top.indices, top.values
+        tail[i:j] = lp.scatter_(-1, top.indices, float("-inf")).logsumexp(-1)  # in place: no second block
+    if tail_floor is not None:
+        tail.clamp_(min=tail_floor)
+    return idx, val, tail
+
+
 class _FusedHeadLoss(torch.autograd.Function):
     """The sum over rows of a per-row loss of the student logits `hs @ ws.T + bs`, its gradients
     computed chunk by chunk in the forward pass (see the module docstring).

@@ -34,7 +34,7 @@ from distill.errors import CacheMismatchError
 from distill.families.llm.data import IGNORE, Example, collate
 from distill.families.llm.models import hidden_states, output_head
 from distill.losses.divergences import Kind, sparse_divergence
-from distill.losses.lm import LogitMap, chunked_rows_sum, head_logits
+from distill.losses.lm import LogitMap, chunked_rows_sum, head_topk
 from distill.teacher import CheckedCache, Teacher, write_checked
 from distill.utils import hash_json
 
@@ -94,12 +94,11 @@ def _teacher_topk(teacher: Teacher, exs: Sequence[Example], *, temperature: floa
         mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
         with torch.no_grad():
             h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
-            lp = F.log_softmax(head_logits(h, wt, bt, ft).float() / temperature, dim=-1)  # (n, V)
-            top = lp.topk(min(k, lp.shape[-1]), dim=-1)
-            rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)         # (n,)
+            # (n, V) log-probs 1024 rows at a time: one block of the vocabulary, not the batch's
+            ids, lps, rest = head_topk(h, wt, bt, ft, k=k, temperature=temperature, tail_floor=_FLOOR)
         r = 0
         for e, n in zip(chunk, mask.sum(1).tolist()):
-            yield e, top.indices[r:r + n].cpu(), top.values[r:r + n].cpu(), rest[r:r + n].clamp(min=_FLOOR).cpu()
+            yield e, ids[r:r + n].cpu(), lps[r:r + n].cpu(), rest[r:r + n].cpu()
             r += n
 
 
