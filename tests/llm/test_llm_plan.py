@@ -79,13 +79,20 @@ WIDE = {"student": {"pad_vocab_to": 32768}, "data": {"eval_batch_size": 1}}
     {**WIDE, "methods": [{"name": "token_kd", "params": {"chunk_size": 1024}}]},
     {**WIDE, "methods": [{"name": "token_kd", "params": {"chunk_size": 1024, "divergence": "tvd"}}]},
     {**WIDE, "methods": [{"name": "sft", "params": {"chunk_size": 1024}}]},
-], ids=["full", "lora", "vocab32k-forward_kl", "vocab32k-tvd", "vocab32k-sft"])
+    {**WIDE, "methods": [{"name": "token_kd", "params": {"chunk_size": 1024}}], "teacher": {"cache_top_k": 64}},
+], ids=["full", "lora", "vocab32k-forward_kl", "vocab32k-tvd", "vocab32k-sft", "vocab32k-cached"])
 def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_dir, wide_teacher_dir, case):
+    """The estimate of the placement the recipe asks for (colocated; cached with teacher.cache_top_k)."""
+    from distill.families.llm.plan import current
+
     if "lora" in case.get("student", {}):
         pytest.importorskip("peft")
     recipe = _recipe(tmp_path, wide_teacher_dir if "methods" in case else teacher_dir, **case)
-    placements, s, t = plan(load_config(recipe), devices=1)
-    est = next(p for p in placements if p.name == "colocated")
+    cfg = load_config(recipe)
+    placements, s, t = plan(cfg, devices=1)
+    asked = current(cfg, 1)
+    assert asked == ("cached" if "cache_top_k" in case.get("teacher", {}) else "colocated")
+    est = next(p for p in placements if p.name == asked)
     measured = _measured_peak(recipe)
     assert est.peak > 0.5 * 2 ** 20 and measured > 0
     ratio = est.peak / measured
@@ -95,8 +102,14 @@ def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_di
 
 def test_parts_follow_the_recipe(tmp_path, teacher_dir):
     cfg = load_config(_recipe(tmp_path, teacher_dir))
-    (col, off, served), s, t = plan(cfg, devices=1)
-    assert [p.name for p in (col, off, served)] == ["colocated", "offloaded", "served"]
+    (col, off, cached, served), s, t = plan(cfg, devices=1)
+    assert [p.name for p in (col, off, cached, served)] == ["colocated", "offloaded", "cached", "served"]
+    # cached: token_kd reads the top-k, so no teacher forward while training; the build is a phase of its own
+    assert cached.parts["teacher forward"] == 0 < col.parts["teacher forward"] and cached.parts["cache build"] > 0
+    assert cached.peak == max(cached.train_peak, cached.eval_peak, cached.build_peak) and served.available
+    mixed = plan(load_config(_recipe(tmp_path, teacher_dir, methods=[{"name": "token_kd"}, {"name": "on_policy"}])), 1)[0]
+    assert mixed[2].parts["teacher forward"] == col.parts["teacher forward"]  # on_policy runs the teacher
+    assert not mixed[3].available                                             # and cannot use a served one
     assert col.parts["teacher weights"] == t.params * 4 and off.parts["teacher weights"] == 0 and off.host == t.params * 4
     assert col.parts["gradients"] == 4 * s.params and col.parts["optimiser state"] == 8 * s.params
     # activations scale with the tokens of a micro-batch: half the batch, half the activations
@@ -170,16 +183,17 @@ def test_loss_workspace_follows_the_method(tmp_path, teacher_dir):
     blocks than the closed-form ones; a method the planner has not measured gets the default."""
     from distill.families.llm.plan import DEFAULT_LOSS_BLOCKS, LOSS_BLOCKS, loss_bytes, loss_kind
 
-    def kind(name, served=False, **params):
+    def kind(name, source="teacher", **params):
         cfg = load_config(_recipe(tmp_path, teacher_dir, methods=[{"name": name, "params": params}]))
-        return loss_kind(cfg, cfg.methods[0], served), cfg
+        return loss_kind(cfg, cfg.methods[0], source), cfg
 
     assert kind("token_kd")[0] == "forward_kl" and kind("token_kd", divergence="jsd")[0] == "jsd"
-    assert kind("token_kd", top_k=32)[0] == "top_k" and kind("token_kd", served=True)[0] == "sparse"
+    assert kind("token_kd", top_k=32)[0] == "top_k" and kind("token_kd", "served")[0] == "sparse"
+    assert kind("token_kd", "cache")[0] == "sparse" and kind("on_policy", "cache")[0] == "jsd"  # on_policy runs the teacher
     assert kind("sft")[0] == "ce" and kind("first")[0] == "top_k"
     assert set(LOSS_BLOCKS) >= {"forward_kl", "reverse_kl", "jsd", "tvd", "top_k", "sparse", "ce"}
     k, cfg = kind("token_kd", chunk_size=64)
-    (col, _, served), s, t = plan(cfg, devices=1)
+    (col, _, cached, served), s, t = plan(cfg, devices=1)
     tokens = 16 * 256
     fused = 4 * (s.vocab * s.hidden + tokens * s.hidden)
     assert loss_bytes(cfg, cfg.methods[0], s, t, tokens) == 4 * 64 * (s.vocab + t.vocab + 1 * min(s.vocab, t.vocab)) + fused
@@ -223,7 +237,7 @@ def test_a_llama2c_student_is_planned_from_its_header(tmp_path, teacher_dir, tie
     recipe = _recipe(tmp_path, teacher_dir, student={"path": str(ckpt), "lora": {"r": 4}})
     recipe["teacher"] = {"student_base": True, "tokenizer": str(tmp_path / "unused.model")}
     cfg = load_config(recipe)
-    (col, off, served), s, t = plan(cfg, devices=1)
+    (col, off, cached, served), s, t = plan(cfg, devices=1)
     assert s.params == sum(p.numel() for p in converted.parameters())
     assert s.vocab == 96 and s.hidden == 32 and 0 < s.trainable < s.params
     assert col.parts["teacher weights"] == 0 and col.parts["teacher forward"] > 0  # the base, no second copy

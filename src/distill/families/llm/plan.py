@@ -58,6 +58,7 @@ LOSS_BLOCKS = {
     "alm": 2, "uld": 6, "hybrid": 7,
 }
 DEFAULT_LOSS_BLOCKS = 6
+CACHE_BUILD_ROWS = 16  # examples per teacher forward while the cache is built (LMTeacherCache.build)
 STUDENT_ONLY_LOSSES = ("sparse", "ce")
 CROSS_TOKENIZER_LOSSES = ("alm", "uld", "hybrid")
 
@@ -85,18 +86,28 @@ class Placement:
     note: str = ""
     available: bool = True                                   # possible for this recipe as written
 
+    PHASES = ("eval logits", "cache build")  # parts of phases of their own, with the weights only
+
     @property
     def train_peak(self) -> float:
-        return sum(v for k, v in self.parts.items() if not k.startswith("eval"))
+        return sum(v for k, v in self.parts.items() if k not in self.PHASES)
+
+    @property
+    def weights(self) -> float:
+        return self.parts.get("student weights", 0) + self.parts.get("teacher weights", 0)
 
     @property
     def eval_peak(self) -> float:
-        weights = self.parts.get("student weights", 0) + self.parts.get("teacher weights", 0)
-        return weights + self.parts.get("eval logits", 0)
+        return self.weights + self.parts.get("eval logits", 0)
+
+    @property
+    def build_peak(self) -> float:
+        """The teacher cache's build (the teacher's forward and top-k before training), 0 without one."""
+        return self.weights + self.parts["cache build"] if "cache build" in self.parts else 0.0
 
     @property
     def peak(self) -> float:
-        return max(self.train_peak, self.eval_peak)
+        return max(self.train_peak, self.eval_peak, self.build_peak)
 
 
 @contextlib.contextmanager
@@ -342,9 +353,22 @@ def _optimizer_bytes(cfg, trainable: int) -> tuple[float, float]:
     return 4.0 * trainable, float(state * trainable)
 
 
-def loss_kind(cfg, method, served: bool = False) -> str | None:
+def reads_cache(method) -> bool:
+    """Whether `method` (a recipe's method entry) can take the teacher's top-k from the offline cache
+    or a served teacher instead of running the teacher."""
+    from distill.registry import methods
+
+    try:
+        return bool(getattr(methods.get(method.name, "llm").builder, "reads_teacher_cache", False))
+    except Exception:
+        return False
+
+
+def loss_kind(cfg, method, source: str = "teacher") -> str | None:
     """What the chunked loss of `method` (a recipe's method entry) computes: a key of LOSS_BLOCKS,
-    or None for a method the planner has no measurement of. served: the teacher answers over HTTP."""
+    or None for a method the planner has no measurement of. source: where a method that can read
+    them takes the teacher's outputs: `teacher` (its forward in this process), `cache` (the offline
+    top-k cache) or `served` (its top-k over HTTP)."""
     from distill.registry import methods
 
     try:
@@ -360,7 +384,7 @@ def loss_kind(cfg, method, served: bool = False) -> str | None:
     if method.name in CROSS_TOKENIZER_LOSSES:
         return method.name
     if method.name in ("token_kd", "on_policy"):
-        if method.name == "token_kd" and (served or cfg.teacher.cache_top_k or cfg.teacher.url):
+        if source in ("cache", "served") and reads_cache(method):
             return "sparse"
         if params.get("top_k") is not None:
             return "top_k"
@@ -368,12 +392,12 @@ def loss_kind(cfg, method, served: bool = False) -> str | None:
     return None
 
 
-def loss_bytes(cfg, method, s: ModelShape, t: ModelShape | None, tokens: int, served: bool = False) -> float:
+def loss_bytes(cfg, method, s: ModelShape, t: ModelShape | None, tokens: int, source: str = "teacher") -> float:
     """The chunked loss's workspace for one method: LOSS_BLOCKS blocks of (chunk x vocab) fp32,
     the fused path's accumulators of the head's gradient (V x D) and of the hidden states' (tokens x
     D) in fp32."""
     chunk = min(int((method.params or {}).get("chunk_size", 1024)), tokens)
-    kind = loss_kind(cfg, method, served)
+    kind = loss_kind(cfg, method, source)
     blocks = LOSS_BLOCKS.get(kind, DEFAULT_LOSS_BLOCKS) if kind is not None else DEFAULT_LOSS_BLOCKS
     if t is None or kind in STUDENT_ONLY_LOSSES:
         work = blocks * chunk * s.vocab
@@ -395,8 +419,9 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     act = activation_bytes(s, rows, d.seq_len, cfg.student.lora, cache_dir=cfg.cache_dir)
     grads, state = _optimizer_bytes(cfg, s.trainable)
     w_s = float(s.params * s.dtype_bytes)
-    loss = max(loss_bytes(cfg, m, s, t, rows * d.seq_len) for m in cfg.methods)
-    loss_served = max(loss_bytes(cfg, m, s, t, rows * d.seq_len, served=True) for m in cfg.methods)
+    loss = {src: max(loss_bytes(cfg, m, s, t, rows * d.seq_len, src) for m in cfg.methods)
+            for src in ("teacher", "cache", "served")}
+    all_read_cache = all(reads_cache(m) for m in cfg.methods)
     eval_rows = d.eval_batch_size
     eval_logits = float(eval_rows * d.seq_len * (s.vocab + (t.vocab if t is not None else 0)) * 4)
     # the teacher runs after the student's forward (whose activations are then alive): its final
@@ -408,9 +433,9 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
         inter = int(getattr(tcfg, "intermediate_size", None) or getattr(tcfg, "n_inner", None) or 4 * t.hidden)
         hidden_t = float(rows * d.seq_len * (t.hidden * 4 + (3 * inter + 3 * t.hidden) * t.dtype_bytes))
 
-    def student_parts(div: int = 1, served: bool = False) -> dict[str, float]:
+    def student_parts(div: int = 1, source: str = "teacher") -> dict[str, float]:
         return {"student weights": w_s / div, "gradients": grads / div, "optimiser state": state / div,
-                "activations": act, "loss": loss_served if served else loss}
+                "activations": act, "loss": loss[source]}
 
     out = []
     if t is not None:
@@ -431,10 +456,21 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
             parts = {**student_parts(devices), "teacher weights": w_t_shard, "teacher forward": hidden_t,
                      "gathered block": w_s_gather, "eval logits": eval_logits}
             out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
-    out.append(Placement("served", {**student_parts(served=True), "teacher weights": 0.0, "teacher forward": 0.0,
+        # teacher.cache_top_k: the teacher writes its top-k for the training set before training
+        # (CACHE_BUILD_ROWS examples a row each, its log-probs 1024 positions at a time) and stays
+        # for the evaluation; the methods that read the cache run no teacher forward while training
+        n_build = CACHE_BUILD_ROWS * d.seq_len
+        build = hidden_t / max(rows * d.seq_len, 1) * n_build + float(4 * (n_build * t.hidden
+                                                                           + 3 * min(1024, n_build) * t.vocab))
+        out.append(Placement("cached", {**student_parts(source="cache"), "teacher weights": w_t,
+                                        "teacher forward": 0.0 if all_read_cache else hidden_t,
+                                        "eval logits": eval_logits, "cache build": build},
+                             note="teacher.cache_top_k (the teacher's top-k written once, read while training)",
+                             available=any(reads_cache(m) for m in cfg.methods)))
+    out.append(Placement("served", {**student_parts(source="served"), "teacher weights": 0.0, "teacher forward": 0.0,
                                     "eval logits": float(eval_rows * d.seq_len * s.vocab * 4)},
                          note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k",
-                         available=not cfg.teacher.student_base))
+                         available=not cfg.teacher.student_base and all_read_cache))
     return out, s, t
 
 
@@ -448,6 +484,8 @@ def current(cfg, devices: int) -> str:
         return "offloaded"
     if cfg.engine.strategy == "fsdp":
         return "fsdp"
+    if cfg.teacher.cache_top_k:
+        return "cached"
     return "colocated"
 
 
@@ -460,8 +498,8 @@ def device_memory(device: str = "auto") -> tuple[float, str]:
 
 
 def choose(placements: list[Placement], memory: float) -> Placement | None:
-    """The first placement, in the order colocated, fsdp, offloaded, served, whose peak fits."""
-    order = ["colocated", "fsdp", "offloaded", "served"]
+    """The first placement, in the order colocated, fsdp, cached, offloaded, served, whose peak fits."""
+    order = ["colocated", "fsdp", "cached", "offloaded", "served"]
     for name in order:
         for p in placements:
             if p.name == name and p.available and p.peak <= memory:
@@ -487,13 +525,16 @@ def table(placements: list[Placement], memory: float, what: str, picked: Placeme
         tab.add_column(short, justify="right")
     tab.add_column("train", justify="right")
     tab.add_column("eval", justify="right")
+    tab.add_column("cache", justify="right")
     tab.add_column("fits")
     for p in placements:
         mark = "n/a" if not p.available else ("picked" if p is picked else "yes") if p.peak <= memory else "no"
         label = p.name + (" *" if p.name == asked else "")
         tab.add_row(label, *[f"{p.parts[k] / scale:.2f}" if k in p.parts else "-" for k, _ in cols],
-                    f"{p.train_peak / scale:.2f}", f"{p.eval_peak / scale:.2f}", mark)
-    tab.caption = "* the placement the recipe asks for"
+                    f"{p.train_peak / scale:.2f}", f"{p.eval_peak / scale:.2f}",
+                    f"{p.build_peak / scale:.2f}" if "cache build" in p.parts else "-", mark)
+    tab.caption = ("* the placement the recipe asks for; train, eval, cache: the peak of each phase (cache: "
+                   "writing the teacher cache before training)")
     return tab
 
 
