@@ -11,7 +11,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.errors import ConfigError
 from distill.families.llm.data import IGNORE, Example, collate, model_inputs, packing_supported, rows_of
+
+
+def _logit_rows(model: nn.Module, batch: dict[str, torch.Tensor], mask: torch.Tensor):
+    """(N, f) for the N counted positions of `batch`: f(i, j) is the fp32 logits (j - i, V) of
+    positions i..j, computed then from the final hidden states and the output layer (only a chunk's
+    logits ever exist); a module without that structure (e.g. a mixture) gives its own logits."""
+    from distill.families.llm.models import hidden_states, output_head
+    from distill.losses.lm import head_logits
+
+    try:
+        w, bias, f = output_head(model)
+    except (AttributeError, TypeError, ConfigError):
+        logits = model(**model_inputs(batch)).logits[mask]
+        return logits.shape[0], lambda i, j: logits[i:j].float()
+    h = hidden_states(model, batch)
+    h = h[mask.to(h.device)]  # (N, D); a device-mapped model ends where its last layer is
+    return h.shape[0], lambda i, j: head_logits(h[i:j].to(w.device), w, bias, f).float().to(mask.device)
 
 
 @torch.no_grad()
@@ -36,14 +54,16 @@ def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, ba
     for i in range(0, len(rows), batch_size):
         b = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id, packed=packed).items()}
         mask = b["labels"] != IGNORE
-        logits = model(**model_inputs(b)).logits[mask].float()  # (N, V)
+        n, logits = _logit_rows(model, b, mask)  # the (N, V) logits, `chunk` positions at a time
         y = b["labels"][mask]
         if teacher is not None:
-            t_top = teacher(**model_inputs(b)).logits[mask].argmax(-1)
+            n_t, t_logits = _logit_rows(teacher, b, mask)
+            t_top = torch.cat([t_logits(j, min(j + chunk, n_t)).argmax(-1) for j in range(0, n_t, chunk)]) \
+                if n_t else y.new_zeros(0)
         else:
             t_top = teacher_top1(b) if teacher_top1 is not None else None
-        for j in range(0, y.numel(), chunk):  # the (N, V) log-probs a chunk at a time
-            lp = F.log_softmax(logits[j:j + chunk], -1)
+        for j in range(0, y.numel(), chunk):
+            lp = F.log_softmax(logits(j, min(j + chunk, n)), -1)
             yj = y[j:j + chunk]
             nats += float(-lp.gather(-1, yj[:, None]).sum())
             conf, pred = lp.max(-1)

@@ -16,8 +16,9 @@ What is counted, per device, for one optimiser step of the student:
   states (the loss reads them) and one block's temporaries; the chunked loss's workspace: a few
   `chunk x vocab` fp32 blocks (each model's logits, softmaxes, the gradient), how many depending on
   the divergence (LOSS_BLOCKS, measured), and the fused path's gradient accumulators;
-- evaluation, a phase of its own: the full (batch, T, vocab) logits of the student (and the
-  teacher's, for top-1 agreement) at `data.eval_batch_size`.
+- evaluation, a phase of its own, at `data.eval_batch_size`: both models' final hidden states and
+  their logits 2048 positions at a time (the student's with their log-softmax, the teacher's for
+  top-1 agreement), or one block's temporaries if larger.
 
 Placements: `colocated` (both models on every device; DDP keeps a copy per process), `offloaded`
 (`teacher.device_map`: the teacher's weights in host memory), `fsdp` (N devices: the student's
@@ -58,6 +59,7 @@ LOSS_BLOCKS = {
     "alm": 2, "uld": 6, "hybrid": 7,
 }
 DEFAULT_LOSS_BLOCKS = 6
+EVAL_CHUNK = 2048  # positions whose logits exist at once in the held-out evaluation (lm_metrics' chunk)
 CACHE_BUILD_ROWS = 16  # examples per teacher forward while the cache is built (LMTeacherCache.build)
 STUDENT_ONLY_LOSSES = ("sparse", "ce")
 CROSS_TOKENIZER_LOSSES = ("alm", "uld", "hybrid")
@@ -422,16 +424,26 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     loss = {src: max(loss_bytes(cfg, m, s, t, rows * d.seq_len, src) for m in cfg.methods)
             for src in ("teacher", "cache", "served")}
     all_read_cache = all(reads_cache(m) for m in cfg.methods)
-    eval_rows = d.eval_batch_size
-    eval_logits = float(eval_rows * d.seq_len * (s.vocab + (t.vocab if t is not None else 0)) * 4)
+    def block_tmp(m: ModelShape, cfg_m, n: int) -> float:  # one block's temporaries over n positions:
+        inter = int(getattr(cfg_m, "intermediate_size", None) or getattr(cfg_m, "n_inner", None) or 4 * m.hidden)
+        return float(n * (3 * inter + 3 * m.hidden) * m.dtype_bytes)  # an MLP's 3 intermediate-wide, 3 hidden-wide
+
     # the teacher runs after the student's forward (whose activations are then alive): its final
-    # hidden states, kept for the loss, and the temporaries of one block while it runs (an MLP's
-    # three intermediate-wide tensors and three hidden-wide ones)
+    # hidden states, kept for the loss, and the temporaries of one block while it runs
+    tcfg = (t.config if t.config is not None else s.config) if t is not None else None
     hidden_t = 0.0
     if t is not None:
-        tcfg = t.config if t.config is not None else s.config
-        inter = int(getattr(tcfg, "intermediate_size", None) or getattr(tcfg, "n_inner", None) or 4 * t.hidden)
-        hidden_t = float(rows * d.seq_len * (t.hidden * 4 + (3 * inter + 3 * t.hidden) * t.dtype_bytes))
+        hidden_t = float(rows * d.seq_len * t.hidden * 4) + block_tmp(t, tcfg, rows * d.seq_len)
+    # evaluation (no gradients) at data.eval_batch_size: each model's final hidden states at the
+    # counted positions (and their gathered copy), the logits EVAL_CHUNK positions at a time (the
+    # student's and their log-softmax; the teacher's, for its top-1), one block's temporaries
+    n_eval = d.eval_batch_size * d.seq_len
+    c = min(EVAL_CHUNK, n_eval)
+    h_eval = 2.0 * n_eval * (s.hidden * s.dtype_bytes + (t.hidden * t.dtype_bytes if t is not None else 0))
+    student_eval = 2.0 * c * s.vocab * 4
+    eval_logits = h_eval + max(block_tmp(s, s.config, n_eval), student_eval,
+                               block_tmp(t, tcfg, n_eval) + 4.0 * c * t.vocab if t is not None else 0.0)
+    eval_served = 2.0 * n_eval * s.hidden * s.dtype_bytes + max(block_tmp(s, s.config, n_eval), student_eval)
 
     def student_parts(div: int = 1, source: str = "teacher") -> dict[str, float]:
         return {"student weights": w_s / div, "gradients": grads / div, "optimiser state": state / div,
@@ -468,7 +480,7 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
                              note="teacher.cache_top_k (the teacher's top-k written once, read while training)",
                              available=any(reads_cache(m) for m in cfg.methods)))
     out.append(Placement("served", {**student_parts(source="served"), "teacher weights": 0.0, "teacher forward": 0.0,
-                                    "eval logits": float(eval_rows * d.seq_len * s.vocab * 4)},
+                                    "eval logits": eval_served},
                          note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k",
                          available=not cfg.teacher.student_base and all_read_cache))
     return out, s, t
