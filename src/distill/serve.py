@@ -40,6 +40,7 @@ import threading
 import time
 import traceback
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -85,26 +86,9 @@ def tokenizer_payload(source: str | Path | None) -> dict[str, Any] | None:
 def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
                   temperature: float = 1.0, with_tail: bool = False):
     """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each;
-    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4.
-    A transformers causal LM is run to its final hidden states and its output layer applied 1024
-    positions at a time (one (1024, V) block of log-probs, whatever the batch); another module's
-    full logits are used as it returns them."""
-    from distill.losses.lm import head_topk
-
-    module = getattr(teacher, "module", None)
-    if callable(getattr(module, "get_output_embeddings", None)) and module.get_output_embeddings() is not None \
-            and hasattr(module, "base_model"):
-        if module.training:  # as Teacher.__call__ does
-            module.eval()
-        from distill.families.llm.models import body_of, output_head
-
-        w, b, f = output_head(module)
-        h = body_of(module)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
-        B, T = input_ids.shape
-        ids, lps, rest = head_topk(h.reshape(B * T, -1).to(w.device), w, b, f, k=k, temperature=temperature,
-                                   tail_floor=-1.0e4)
-        result = CachedOutputs(ids.view(B, T, -1), lps.view(B, T, -1))
-        return (result, rest.view(B, T)) if with_tail else result
+    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4. From the
+    model's full logits; `make_server(topk=...)` takes another function with this signature (the
+    language-model family's builds the log-probs a block of positions at a time)."""
     out = teacher(input_ids=input_ids, attention_mask=attention_mask)
     logits = out.logits if hasattr(out, "logits") else out
     lp = F.log_softmax(logits.float() / temperature, dim=-1)
@@ -216,10 +200,11 @@ class Batcher:
     `max_rows` rows and `max_tokens` padded tokens per forward; `max_rows=1` runs each request alone."""
 
     def __init__(self, teacher: Teacher, device, *, max_rows: int = 32, max_tokens: int = 1 << 16,
-                 wait_s: float = 0.002, max_pending: int = 1024):
+                 wait_s: float = 0.002, max_pending: int = 1024, topk: Callable | None = None):
         import queue
 
         self.teacher, self.device = teacher, device
+        self.topk = topk or topk_logprobs
         self.max_rows, self.max_tokens, self.wait_s = max_rows, max_tokens, wait_s
         self.queue: queue.Queue[_Job] = queue.Queue(max_pending)
         self.forwards = self.requests = self.rows = 0  # teacher forwards run, requests and rows answered
@@ -293,7 +278,7 @@ class Batcher:
             need_mask = padded or any(j.mask is not None for j in batch)
             t_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
             t_mask = torch.tensor(mask, dtype=torch.long, device=self.device) if need_mask else None
-            out, tail = topk_logprobs(self.teacher, t_ids, t_mask, batch[0].k, batch[0].temperature, with_tail=True)
+            out, tail = self.topk(self.teacher, t_ids, t_mask, batch[0].k, batch[0].temperature, with_tail=True)
             self.forwards += 1
             self.requests += len(batch)
             self.rows += len(ids)
@@ -433,7 +418,7 @@ class TeacherServer(ThreadingHTTPServer):
 def make_server(teacher: Teacher, host: str = "127.0.0.1", port: int = 8765, max_k: int = 64,
                 device: str | torch.device = "cpu", allow_remote: bool = False,
                 tokenizer: str | Path | None = None, token: str | None = None, max_batch: int = 32,
-                max_tokens: int = 1 << 16, batch_wait_ms: float = 2.0) -> TeacherServer:
+                max_tokens: int = 1 << 16, batch_wait_ms: float = 2.0, topk: Callable | None = None) -> TeacherServer:
     """An HTTP server for `teacher` (call `.serve_forever()`; `.server_address` has the port).
 
     `tokenizer` (a tokenizer folder or a SentencePiece `.model` file) is offered at GET /v1/tokenizer;
@@ -441,7 +426,8 @@ def make_server(teacher: Teacher, host: str = "127.0.0.1", port: int = 8765, max
     holds tokenizer files. With `token`, every request must carry `Authorization: Bearer <token>`; a
     non-loopback `host` needs both `allow_remote` and a token. Requests from all clients are batched
     (`max_batch` rows, `max_tokens` tokens per forward, waiting up to `batch_wait_ms` for more);
-    `max_batch=1` runs each request alone."""
+    `max_batch=1` runs each request alone. `topk`: the function that answers a batch (default
+    `topk_logprobs`)."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -462,7 +448,8 @@ def make_server(teacher: Teacher, host: str = "127.0.0.1", port: int = 8765, max
         tokenizer = origin if origin and Path(origin).is_dir() else None
     payload = tokenizer_payload(tokenizer)
     teacher.to(device)
-    batcher = Batcher(teacher, device, max_rows=max_batch, max_tokens=max_tokens, wait_s=batch_wait_ms / 1000)
+    batcher = Batcher(teacher, device, max_rows=max_batch, max_tokens=max_tokens, wait_s=batch_wait_ms / 1000,
+                      topk=topk)
     try:
         server = TeacherServer((host, port), _handler(teacher, max_k, batcher, payload, token, max_tokens))
     except BaseException:

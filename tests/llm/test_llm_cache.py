@@ -180,12 +180,14 @@ def test_head_topk_is_the_top_k_of_the_full_log_softmax_one_chunk_at_a_time():
 
 
 def test_served_top_k_builds_log_probs_for_1024_positions_at_a_time():
-    """The server's top-k of a transformers LM (a batch of 1280 positions) never holds the batch's
-    (B, T, V) logits, and equals the top-k of the model's own logits."""
+    """What `distill serve-teacher` answers with for a transformers LM (a batch of 1280 positions)
+    never holds the batch's (B, T, V) logits, and equals the top-k of the model's own logits
+    (distill.serve's default, from the full logits) to fp32 rounding."""
     from test_xtok_prompts_memory import VocabRows
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distill.serve import topk_logprobs
+    from distill.families.llm.served import head_topk_logprobs as topk_logprobs
+    from distill.serve import topk_logprobs as full_topk
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
@@ -199,3 +201,5 @@ def test_served_top_k_builds_log_probs_for_1024_positions_at_a_time():
         ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double() / 2.0, -1).topk(5, -1)
     assert torch.equal(out.indices, ref.indices) and out.indices.shape == (40, 32, 5)
     assert torch.allclose(out.logprobs.double(), ref.values, atol=1e-5) and tail.shape == (40, 32)
+    full, full_tail = full_topk(Teacher(model), ids, mask, k=5, temperature=2.0, with_tail=True)
+    assert torch.equal(out.indices, full.indices) and torch.allclose(tail, full_tail, atol=1e-5)

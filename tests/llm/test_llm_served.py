@@ -42,3 +42,36 @@ def test_served_teacher_losses_equal_in_process(tmp_path, tiny_tok):
         server.server_close()
     assert_same_token_kd_runs(tmp_path / "runs")
     assert local["students"]["token_kd"]["bits_per_byte"] == pytest.approx(served["students"]["token_kd"]["bits_per_byte"], rel=1e-4)
+
+
+def test_serve_teacher_command_answers_with_the_chunked_top_k(tmp_path, monkeypatch):
+    """`distill serve-teacher` loads the folder and serves it with the language-model family's
+    top-k (log-probs a block of positions at a time), not the full-logits default."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from typer.testing import CliRunner
+
+    import distill.serve
+    from distill.cli.main import app
+    from distill.families.llm.served import head_topk_logprobs
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    seen = {}
+
+    class Stopped:
+        server_address = ("127.0.0.1", 0)
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            seen["closed"] = True
+
+    def fake_make_server(teacher, *args, **kw):
+        seen.update(kw, teacher=teacher)
+        return Stopped()
+
+    monkeypatch.setattr(distill.serve, "make_server", fake_make_server)
+    out = CliRunner().invoke(app, ["serve-teacher", str(tmp_path), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert seen["topk"] is head_topk_logprobs and seen["closed"]
+    assert seen["teacher"].module.config.vocab_size == 50

@@ -27,6 +27,7 @@ def serve_teacher(
     from distill.engine import resolve_device
     from distill.errors import DistillError
     from distill.families.llm.models import load_causal_lm
+    from distill.families.llm.served import head_topk_logprobs
     from distill.serve import make_server
     from distill.teacher import Teacher
 
@@ -34,7 +35,7 @@ def serve_teacher(
         dev = resolve_device(device)
         teacher = Teacher(load_causal_lm(model_dir, "model_dir"))
         server = make_server(teacher, host, port, max_k, dev, allow_remote, token=token, max_batch=max_batch,
-                             max_tokens=max_tokens, batch_wait_ms=batch_wait_ms)
+                             max_tokens=max_tokens, batch_wait_ms=batch_wait_ms, topk=head_topk_logprobs)
     except DistillError as e:
         fail(str(e))
     auth = "bearer token required" if token else "no token"

@@ -27,6 +27,29 @@ from distill.serve import RemoteTeacher
 NOT_EVALUATED = "teacher served: not evaluated locally"
 
 
+@torch.no_grad()
+def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None, k: int, temperature: float = 1.0,
+                       with_tail: bool = False):
+    """`distill.serve.topk_logprobs` for a transformers causal LM (what `distill serve-teacher`
+    answers with): its final hidden states, then the output layer (and the model's output transform)
+    1024 positions at a time, so that one (1024, V) block of log-probs exists, not the batch's
+    (B, T, V) logits."""
+    from distill.families.llm.models import body_of, output_head
+    from distill.losses.lm import head_topk
+    from distill.teacher import CachedOutputs
+
+    module = teacher.module
+    if module.training:  # as Teacher.__call__ does
+        module.eval()
+    w, b, f = output_head(module)
+    h = body_of(module)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+    B, T = input_ids.shape
+    ids, lps, rest = head_topk(h.reshape(B * T, -1).to(w.device), w, b, f, k=k, temperature=temperature,
+                               tail_floor=-1.0e4)
+    out = CachedOutputs(ids.view(B, T, -1).to(input_ids.device), lps.view(B, T, -1).to(input_ids.device))
+    return (out, rest.view(B, T).to(input_ids.device)) if with_tail else out
+
+
 def _sentencepiece_tokenizer(model_file: str | Path, what: str):
     """A SentencePiece model loaded as the converter (`distill convert llama2c`) saves it."""
     from distill.families.llm.convert import save_sentencepiece_tokenizer
