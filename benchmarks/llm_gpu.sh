@@ -9,8 +9,8 @@
 # Here, once per checkout (the machine there has torch, transformers, peft, accelerate, triton, but
 # not these; ../shared/assets does not travel):
 #     bash benchmarks/llm_gpu.sh prepare
-# There (the device tool): command "bash benchmarks/llm_gpu.sh", carry [".whl", ".assets"];
-# the tables come back in $OUT.
+# There (the device tool): command "bash benchmarks/llm_gpu.sh", carry [".whl", ".assets"],
+# timeout_s 600 (the steps' own limits add up to 540 s); the tables come back in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,11 +34,11 @@ export PYTHONPATH="$PWD/src:/tmp/site" DISTILL_ASSETS="$PWD/.assets" PYTHONUNBUF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt"
 step() { echo "== $1"; shift; timeout "$@" || echo "(failed or timed out: $?)"; }
-step "peers, fp32" 150 python3 benchmarks/llm.py peers --out-file "$OUT/peers_fp32.md"
-step "peers, Liger's size" 150 python3 benchmarks/llm.py peers --vocabs 128256 --batches 8 --seq 1024 --dim 4096 \
+step "peers, fp32" 120 python3 benchmarks/llm.py peers --out-file "$OUT/peers_fp32.md"
+step "peers, Liger's size" 120 python3 benchmarks/llm.py peers --vocabs 128256 --batches 8 --seq 1024 --dim 4096 \
     --chunk 1024 --dtype bf16 --out-file "$OUT/peers_liger.md"
 step "memory" 60 python3 benchmarks/llm.py memory --out-file "$OUT/memory.md"
-step "planner" 120 python3 benchmarks/llm_plan.py --device cuda --types llama qwen3 gemma2 --hidden 1024 768 \
+step "planner" 180 python3 benchmarks/llm_plan.py --device cuda --types llama qwen3 gemma2 --hidden 1024 768 \
     --layers 8 --vocab 32768 --seq 1024 --out-file "$OUT/plan_cuda.md"
 step "generation" 60 python3 benchmarks/llm.py generation --batches 8 32 128 --prompts 128 --no-vllm \
     --out-file "$OUT/generation.md"
