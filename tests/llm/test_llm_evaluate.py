@@ -48,3 +48,21 @@ def test_metrics_equal_their_definitions_and_build_logits_a_chunk_at_a_time():
     bins = (conf * 15).long().clamp(max=14)
     ece = sum(abs(float(conf[bins == k].sum()) - float(hits[bins == k].sum())) for k in range(15)) / nll.numel()
     assert got["ece"] == pytest.approx(ece, abs=1e-6)
+
+
+@torch.no_grad()
+def test_the_default_chunk_shrinks_with_the_vocabulary():
+    """Past a 32,768-token vocabulary fewer positions' logits exist at once (a block of 2^26 values)."""
+    from distill.families.llm.data import Example
+    from distill.families.llm.evaluate import eval_chunk
+
+    assert eval_chunk(32768) == 2048 and eval_chunk(65536) == 1024 and eval_chunk(128256) == 523
+    assert eval_chunk(1 << 20) == 256
+    V = 65536
+    model = tiny_lm("llama", V, hidden=8, seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    exs = [Example(torch.randint(3, V, (100,), generator=g).tolist(), start=1, prompt_len=1, n_bytes=300)
+           for _ in range(16)]
+    with VocabRows({V}) as probe:
+        got = lm_metrics(model, exs, pad_id=0, batch_size=16, seq_len=128, device="cpu")
+    assert got["tokens"] > 1024 and probe.most == 1024

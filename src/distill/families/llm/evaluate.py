@@ -15,6 +15,12 @@ from distill.errors import ConfigError
 from distill.families.llm.data import IGNORE, Example, collate, model_inputs, packing_supported, rows_of
 
 
+def eval_chunk(vocab: int) -> int:
+    """Positions whose logits exist at once in the held-out metrics: 2048, fewer for vocabularies
+    over 32,768 (a block stays within 2^26 values, 256 MiB of fp32), at least 256."""
+    return max(256, min(2048, (1 << 26) // max(vocab, 1)))
+
+
 def _logit_rows(model: nn.Module, batch: dict[str, torch.Tensor], mask: torch.Tensor):
     """(N, f) for the N counted positions of `batch`: f(i, j) is the fp32 logits (j - i, V) of
     positions i..j, computed then from the final hidden states and the output layer (only a chunk's
@@ -32,13 +38,21 @@ def _logit_rows(model: nn.Module, batch: dict[str, torch.Tensor], mask: torch.Te
     return h.shape[0], lambda i, j: head_logits(h[i:j].to(w.device), w, bias, f).float().to(mask.device)
 
 
+def _vocab(model: nn.Module, logits, n: int) -> int:
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    if head is not None:
+        return int(head.weight.shape[0])
+    return int(logits(0, 1).shape[-1]) if n else 1
+
+
 @torch.no_grad()
 def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int, seq_len: int,
                device: torch.device | str, teacher: nn.Module | None = None, ece_bins: int = 15,
-               chunk: int = 2048, teacher_top1: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+               chunk: int | None = None, teacher_top1: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
                ) -> dict[str, Any]:
     """`teacher` (a causal LM) or `teacher_top1` (batch -> the teacher's top-1 token at each counted
-    position, e.g. from a served teacher) adds `teacher_agreement`."""
+    position, e.g. from a served teacher) adds `teacher_agreement`. `chunk`: positions whose logits
+    exist at once (default `eval_chunk` of the model's vocabulary)."""
     was = model.training
     model.eval()
     nats = 0.0
@@ -56,9 +70,12 @@ def lm_metrics(model: nn.Module, examples: Sequence[Example], *, pad_id: int, ba
         mask = b["labels"] != IGNORE
         n, logits = _logit_rows(model, b, mask)  # the (N, V) logits, `chunk` positions at a time
         y = b["labels"][mask]
+        if chunk is None:
+            chunk = eval_chunk(_vocab(model, logits, n))
         if teacher is not None:
             n_t, t_logits = _logit_rows(teacher, b, mask)
-            t_top = torch.cat([t_logits(j, min(j + chunk, n_t)).argmax(-1) for j in range(0, n_t, chunk)]) \
+            c_t = min(chunk, eval_chunk(_vocab(teacher, t_logits, n_t)))
+            t_top = torch.cat([t_logits(j, min(j + c_t, n_t)).argmax(-1) for j in range(0, n_t, c_t)]) \
                 if n_t else y.new_zeros(0)
         else:
             t_top = teacher_top1(b) if teacher_top1 is not None else None

@@ -17,8 +17,8 @@ What is counted, per device, for one optimiser step of the student:
   `chunk x vocab` fp32 blocks (each model's logits, softmaxes, the gradient), how many depending on
   the divergence (LOSS_BLOCKS, measured), and the fused path's gradient accumulators;
 - evaluation, a phase of its own, at `data.eval_batch_size`: both models' final hidden states and
-  their logits 2048 positions at a time (the student's with their log-softmax, the teacher's for
-  top-1 agreement), or one block's temporaries if larger.
+  their logits `eval_chunk` positions at a time (2048, fewer past a 32k vocabulary; the student's
+  with their log-softmax, the teacher's for top-1 agreement), or one block's temporaries if larger.
 
 Placements: `colocated` (both models on every device; DDP keeps a copy per process), `offloaded`
 (`teacher.device_map`: the teacher's weights in host memory), `fsdp` (N devices: the student's
@@ -59,7 +59,6 @@ LOSS_BLOCKS = {
     "alm": 2, "uld": 6, "hybrid": 7,
 }
 DEFAULT_LOSS_BLOCKS = 6
-EVAL_CHUNK = 2048  # positions whose logits exist at once in the held-out evaluation (lm_metrics' chunk)
 CACHE_BUILD_ROWS = 16  # examples per teacher forward while the cache is built (LMTeacherCache.build)
 STUDENT_ONLY_LOSSES = ("sparse", "ce")
 CROSS_TOKENIZER_LOSSES = ("alm", "uld", "hybrid")
@@ -437,12 +436,15 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     # evaluation (no gradients) at data.eval_batch_size: each model's final hidden states at the
     # counted positions (and their gathered copy), the logits EVAL_CHUNK positions at a time (the
     # student's and their log-softmax; the teacher's, for its top-1), one block's temporaries
+    from distill.families.llm.evaluate import eval_chunk
+
     n_eval = d.eval_batch_size * d.seq_len
-    c = min(EVAL_CHUNK, n_eval)
+    c = min(eval_chunk(s.vocab), n_eval)
     h_eval = 2.0 * n_eval * (s.hidden * s.dtype_bytes + (t.hidden * t.dtype_bytes if t is not None else 0))
     student_eval = 2.0 * c * s.vocab * 4
+    c_t = min(c, eval_chunk(t.vocab)) if t is not None else 0
     eval_logits = h_eval + max(block_tmp(s, s.config, n_eval), student_eval,
-                               block_tmp(t, tcfg, n_eval) + 4.0 * c * t.vocab if t is not None else 0.0)
+                               block_tmp(t, tcfg, n_eval) + 4.0 * c_t * t.vocab if t is not None else 0.0)
     eval_served = 2.0 * n_eval * s.hidden * s.dtype_bytes + max(block_tmp(s, s.config, n_eval), student_eval)
 
     def student_parts(div: int = 1, source: str = "teacher") -> dict[str, float]:
