@@ -302,7 +302,7 @@ def cached_divergence_sum(student_hidden: Tensor, student_head: Tensor, student_
 def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example], device, log) -> None:
     """Give `method` (one with `reads_teacher_cache`) the cache of `examples` at its temperature,
     building it on the main process first; the others then read it."""
-    from distill.dist import barrier, is_main
+    from distill.dist import barrier, is_main, world_size
 
     if hasattr(method, "accept_teacher_targets"):  # refused before the teacher pass, not after
         method.accept_teacher_targets("the teacher cache (teacher.cache_top_k)")
@@ -318,8 +318,10 @@ def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example]
     folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / name
     for turn in ("main", "others"):
         if (turn == "main") == is_main():
+            # the teacher's forward on as many rows as a device trains on (the recipe's memory budget)
             method.cache = cls.load_or_build(folder, teacher, tok, examples, temperature=t, k=k,
-                                             seq_len=cfg.data.seq_len, device=device, **codec)
+                                             seq_len=cfg.data.seq_len, device=device,
+                                             batch_size=max(cfg.data.batch_size // world_size(), 1), **codec)
         barrier()
     c = method.cache
     log(f"teacher cache: {folder} ({c.meta['tokens']:,} tokens, k={k}, {kind}, {c.bytes_per_token():.1f} bytes/token)")

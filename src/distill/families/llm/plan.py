@@ -59,7 +59,6 @@ LOSS_BLOCKS = {
     "alm": 2, "uld": 6, "hybrid": 7,
 }
 DEFAULT_LOSS_BLOCKS = 6
-CACHE_BUILD_ROWS = 16  # examples per teacher forward while the cache is built (LMTeacherCache.build)
 STUDENT_ONLY_LOSSES = ("sparse", "ce")
 CROSS_TOKENIZER_LOSSES = ("alm", "uld", "hybrid")
 
@@ -471,9 +470,10 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
                      "gathered block": w_s_gather, "eval logits": eval_logits}
             out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
         # teacher.cache_top_k: the teacher writes its top-k for the training set before training
-        # (CACHE_BUILD_ROWS examples a row each, its log-probs 1024 positions at a time) and stays
-        # for the evaluation; the methods that read the cache run no teacher forward while training
-        n_build = CACHE_BUILD_ROWS * d.seq_len
+        # (a device's micro-batch of examples, a row each; its log-probs 1024 positions at a time)
+        # and stays for the evaluation; the methods that read the cache run no teacher forward while
+        # training
+        n_build = rows * d.seq_len
         build = hidden_t / max(rows * d.seq_len, 1) * n_build + float(4 * (n_build * t.hidden
                                                                            + 3 * min(1024, n_build) * t.vocab))
         out.append(Placement("cached", {**student_parts(source="cache"), "teacher weights": w_t,
