@@ -266,3 +266,37 @@ def test_other_architectures_are_planned_within_20_percent(tmp_path, tiny_tok, m
     ratio = est.peak / measured
     assert 0.8 <= ratio <= 1.2, (f"{model_type}: estimate {est.peak / 2**20:.1f} MiB vs measured "
                                  f"{measured / 2**20:.1f} MiB ({ratio:.2f})")
+
+
+def test_plan_json_is_the_plan_as_data(tmp_path, teacher_dir):
+    """`distill plan --json`: stdout is one JSON document with the same placements and peaks as the
+    in-process plan; the exit status is 1 when no placement fits the given memory."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = _recipe(tmp_path, teacher_dir)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    placements = plan(load_config(recipe), 1)[0]
+    need = next(p for p in placements if p.name == "colocated").peak
+
+    def run(gib: float):
+        return subprocess.run([sys.executable, "-m", "distill.cli.main", "plan", str(path), "--json",
+                               "--memory", f"{gib:.6f}"], capture_output=True, text=True, timeout=300)
+
+    out = run(need * 1.5 / 2 ** 30)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert [p["name"] for p in got["placements"]] == [p.name for p in placements]
+    for g, p in zip(got["placements"], placements):
+        assert g["peak"] == pytest.approx(p.peak, rel=1e-9) and g["parts"] == pytest.approx(p.parts, rel=1e-9)
+        assert g["fits"] == (p.available and p.peak <= got["device_memory"])
+    assert got["asked"] == "colocated" and got["picked"] == "colocated" and got["device"] == "--memory"
+    assert got["student"]["parameters"] > 0 and got["teacher"]["vocab"] == got["student"]["vocab"]
+    smallest = min(p.peak for p in placements if p.available)
+    out = run(smallest * 0.5 / 2 ** 30)
+    assert out.returncode == 1 and json.loads(out.stdout)["picked"] is None
+    assert not any(p["fits"] for p in json.loads(out.stdout)["placements"])

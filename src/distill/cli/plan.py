@@ -14,9 +14,10 @@ def plan(
     devices: int = typer.Option(1, "--devices", min=1, help="devices (processes) the run would use"),
     memory: Optional[float] = typer.Option(None, "--memory", min=0.01,
                                            help="GiB of one device (default: this machine's first GPU, else its RAM)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON (sizes in bytes) instead of a table"),
 ) -> None:
     """Estimate the peak memory per device of an llm recipe for each placement of the teacher
-    (colocated, offloaded, fsdp, served), and say which one fits."""
+    (colocated, offloaded, fsdp, cached, served), and say which one fits; exits 1 when none does."""
     from rich.console import Console
 
     from distill.config import load_config
@@ -26,12 +27,20 @@ def plan(
         cfg = load_config(recipe, list(overrides or []))
         if cfg.family != "llm":
             raise DistillError(f"family: `distill plan` estimates llm recipes; this one is {cfg.family!r}.")
-        from distill.families.llm.plan import GiB, choose, current, device_memory, gib, plan as estimate, table
+        from distill.families.llm.plan import (GiB, choose, current, device_memory, gib, plan as estimate,
+                                               report, table)
 
         placements, s, t = estimate(cfg, devices)
         mem, what = (memory * GiB, "--memory") if memory else device_memory(cfg.engine.device)
         picked = choose(placements, mem)
         asked = current(cfg, devices)
+        if as_json:
+            import json
+
+            typer.echo(json.dumps(report(cfg, devices, placements, s, t, mem, what, picked, asked), indent=2))
+            if picked is None:
+                raise typer.Exit(1)
+            return
         con = Console()
         if not con.is_terminal:  # a pipe or a file: room for every column
             con = Console(width=140)

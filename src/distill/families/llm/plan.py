@@ -552,6 +552,27 @@ def table(placements: list[Placement], memory: float, what: str, picked: Placeme
     return tab
 
 
+def report(cfg, devices: int, placements: list[Placement], s: ModelShape, t: ModelShape | None, memory: float,
+           what: str, picked: Placement | None, asked: str) -> dict:
+    """The plan as plain data (`distill plan --json`): every size in bytes."""
+    def model(m: ModelShape | None) -> dict | None:
+        return None if m is None else {"name": m.name, "parameters": m.params, "trained": m.trainable,
+                                       "hidden": m.hidden, "vocab": m.vocab, "layers": m.layers,
+                                       "dtype_bytes": m.dtype_bytes}
+
+    return {
+        "recipe": cfg.name, "devices": devices, "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
+        "device_memory": memory, "device": what, "asked": asked, "picked": picked.name if picked else None,
+        "student": model(s), "teacher": model(t),
+        # the teacher is the student's base with the adapter off: no weights of its own (parameters 0)
+        "teacher_is_student_base": bool(cfg.teacher.student_base),
+        "placements": [{"name": p.name, "available": p.available, "fits": p.available and p.peak <= memory,
+                        "note": p.note, "peak": p.peak, "train_peak": p.train_peak, "eval_peak": p.eval_peak,
+                        "cache_build_peak": p.build_peak if "cache build" in p.parts else None,
+                        "host": p.host, "parts": dict(p.parts)} for p in placements],
+    }
+
+
 def check(cfg, devices: int, log) -> None:
     """Refuse a recipe whose placement is estimated not to fit on its device (`distill run`)."""
     if not getattr(cfg, "memory_check", True):
@@ -578,4 +599,4 @@ def check(cfg, devices: int, log) -> None:
                       f"{what}.{hint} `distill plan RECIPE` shows every part; set memory_check: false to run anyway.")
 
 
-__all__ = ["Placement", "ModelShape", "plan", "choose", "check", "device_memory", "table", "current"]
+__all__ = ["Placement", "ModelShape", "plan", "choose", "check", "device_memory", "table", "current", "report"]
