@@ -69,6 +69,10 @@ class LMLoraConfig(Strict):
                           "architecture (the attention projections)")
     merge: bool = Field(False, description="also save the base with the adapter merged in (`merged/`, a plain "
                                            "transformers folder)")
+    quantize: Literal["nf4", "fp4", "int8"] | None = Field(
+        None, description="QLoRA: hold the frozen base quantised by bitsandbytes (nf4: 4-bit NormalFloat with "
+                          "double quantisation, as in QLoRA; fp4; int8: LLM.int8), computing in student.dtype; "
+                          "needs student.path (a pretrained base)")
 
 
 class LMStudentConfig(Strict):
@@ -196,6 +200,17 @@ class LLMRunConfig(RunConfig):
             if importlib.util.find_spec("peft") is None:
                 raise ConfigError("student.lora: LoRA students need peft, which is not installed; "
                                   "`pip install peft` (or `pip install distill[llm]`).")
+        if s.lora is not None and s.lora.quantize is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError(f"student.lora.quantize: {s.lora.quantize} needs bitsandbytes, which is not "
+                                  "installed; `pip install bitsandbytes`, or remove quantize (a LoRA on a "
+                                  "student.dtype base).")
+            if not s.path:
+                raise ConfigError("student.lora.quantize: a quantised base is a pretrained model held frozen; give it "
+                                  "as student.path (a student built from sizes starts untrained and must train "
+                                  "whole).")
         if s.lora is not None and strategy == "fsdp":
             raise ConfigError("student.lora: not supported with engine.strategy=fsdp yet; use engine.strategy=ddp "
                               "(the adapter's gradients are all that is reduced).")

@@ -82,17 +82,32 @@ def load_adapter(base: nn.Module, folder: str | Path) -> nn.Module:
     return PeftModel.from_pretrained(base, str(folder))
 
 
-def save_adapter(student: nn.Module, tok, out: Path, *, merge: bool, base_path: str | None = None) -> None:
+def save_adapter(student: nn.Module, tok, out: Path, *, merge: bool, base_path: str | None = None,
+                 dtype: str = "fp32") -> None:
     """The adapter (and tokenizer) into `out`; with `merge`, the merged model into `out/merged`
     (from a copy: the student, whose base may be the teacher, stays as it is). `base_path` is written
-    into adapter_config.json as the base to load the adapter on."""
+    into adapter_config.json as the base to load the adapter on; `dtype`, the merged weights' (the
+    student's) when the base is quantised."""
     if base_path is not None:
         for c in student.peft_config.values():
             c.base_model_name_or_path = base_path
     student.save_pretrained(out)
     tok.save_pretrained(out)
     if merge:
-        merged = copy.deepcopy(student).merge_and_unload()
+        from distill.families.llm.models import is_quantized
+
+        base = student.get_base_model()
+        if is_quantized(base):
+            # merged into the base at full precision (the weights it was quantised from), not into
+            # the quantised layers, so `merged/` is a plain model any tool loads
+            from distill.families.llm.models import load_causal_lm
+
+            if base_path is None:
+                raise ConfigError("student.lora.merge: a quantised base is merged from its source, which is unknown.")
+            full = load_causal_lm(base_path, "student.path", dtype=dtype)
+            merged = load_adapter(full, out).merge_and_unload()
+        else:
+            merged = copy.deepcopy(student).merge_and_unload()
         merged.save_pretrained(out / "merged")
         tok.save_pretrained(out / "merged")
         del merged
@@ -100,7 +115,17 @@ def save_adapter(student: nn.Module, tok, out: Path, *, merge: bool, base_path: 
 
 def base_view(model: nn.Module) -> nn.Module:
     """A module of `model`'s class whose parameters, buffers and tensor attributes are `model`'s own
-    objects (same storage), in eval mode, with no gradients. Build it before an adapter is added."""
+    objects (same storage), in eval mode, with no gradients. Build it before an adapter is added.
+    A quantised base (its layers are bitsandbytes' own classes, holding their quantisation state on
+    the weights) is copied module by module with every parameter and buffer object kept as it is."""
+    from distill.families.llm.models import is_quantized
+
+    if is_quantized(model):
+        shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        view = copy.deepcopy(model, memo=dict(shared))
+        view.eval()
+        view.requires_grad_(False)
+        return view
     with torch.device("meta"):
         view = type(model)(copy.deepcopy(model.config))
     mods = dict(view.named_modules())
@@ -135,7 +160,10 @@ class BaseTeacher(Teacher):
         self.base = base
 
     def to(self, device) -> BaseTeacher:
-        self.base.to(device)
+        from distill.families.llm.models import is_quantized
+
+        if not is_quantized(self.base):  # a quantised base was placed on its device as it loaded
+            self.base.to(device)
         self._module = base_view(self.base)  # buffers moved by `.to` are new tensors: share them again
         return self
 

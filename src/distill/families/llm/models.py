@@ -55,15 +55,55 @@ def load_tokenizer(source: str, what: str = "tokenizer"):
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def quantization_config(quantize: str, dtype: str):
+    """transformers' `BitsAndBytesConfig` for `student.lora.quantize`: nf4 (with double quantisation of
+    the block scales, as QLoRA), fp4, or int8 (LLM.int8); 4-bit layers compute in `dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_use_double_quant=quantize == "nf4",
+                              bnb_4bit_compute_dtype=DTYPES[dtype])
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether `model` was loaded quantised (bitsandbytes), and so is placed at load and never cast."""
+    return bool(getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False)
+                or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _keep_differentiable(model: nn.Module) -> None:
+    """bitsandbytes' 4-bit layers, run on a CPU with AVX512-BF16 in eval mode without gradients (an
+    evaluation, the teacher view of the same base), repack their weights once into a CPU inference
+    layout whose kernel has no backward; a later training step through them then gets silently wrong
+    (missing) gradients. A base that trains adapters keeps the differentiable layout."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return
+    for m in model.modules():
+        if isinstance(m, Linear4bit) and hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+
+
 def load_causal_lm(source: str, what: str = "teacher.path", *, dtype: str = "fp32",
-                   device_map: str | dict[str, Any] | None = None, offload_folder: str | None = None) -> nn.Module:
+                   device_map: str | dict[str, Any] | None = None, offload_folder: str | None = None,
+                   quantize: str | None = None, device: Any = None) -> nn.Module:
     """A transformers causal LM with weights in `dtype` (fp32, bf16, fp16). With `device_map`
-    (accelerate big-model loading) the weights are placed, or offloaded to `offload_folder`, as it says."""
+    (accelerate big-model loading) the weights are placed, or offloaded to `offload_folder`, as it says.
+    With `quantize` (nf4, fp4, int8) the linear layers are quantised by bitsandbytes as they load, onto
+    `device` (the embeddings, norms and output layer stay in `dtype`)."""
     from transformers import AutoModelForCausalLM
 
     local = Path(source).is_dir()
     kw: dict[str, Any] = {"local_files_only": local, "dtype": DTYPES[dtype]}
-    if device_map is not None:
+    if quantize is not None:
+        dev = torch.device(device if device is not None else "cpu")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        kw["quantization_config"] = quantization_config(quantize, dtype)
+        kw["device_map"] = {"": str(dev)}
+    elif device_map is not None:
         kw["device_map"] = device_map
         if offload_folder is not None:
             kw["offload_folder"] = offload_folder
@@ -73,6 +113,8 @@ def load_causal_lm(source: str, what: str = "teacher.path", *, dtype: str = "fp3
         if local:
             raise ConfigError(f"{what}: cannot load a causal LM from {source!r}: {e}") from None
         raise _offline_error(what, source, e) from None
+    if quantize is not None:
+        _keep_differentiable(model)
     return model
 
 

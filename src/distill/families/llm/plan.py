@@ -4,7 +4,8 @@ for each way of placing the teacher, and the placement that fits.
 What is counted, per device, for one optimiser step of the student:
 
 - weights: every parameter of the student and of the teacher, in its dtype (the models are built
-  on the meta device from their configs, so nothing is allocated or downloaded);
+  on the meta device from their configs, so nothing is allocated or downloaded); a quantised
+  student base (`student.lora.quantize`) at bitsandbytes' bytes per weight and scale;
 - gradients and optimiser state of the trainable parameters (fp32 AdamW: 4 + 8 bytes each; SGD
   with momentum 4 + 4);
 - activations saved for the backward pass, measured, not modelled: the student's architecture is
@@ -76,6 +77,11 @@ class ModelShape:
     dtype_bytes: int
     config: Any = None     # the transformers config (to probe activations)
     trainable: int = 0     # LoRA: the adapter's parameters; else every parameter
+    weight_bytes: float | None = None  # the weights' bytes where not params x dtype_bytes (a quantised base)
+
+    @property
+    def weights(self) -> float:
+        return float(self.params * self.dtype_bytes) if self.weight_bytes is None else float(self.weight_bytes)
 
 
 @dataclass
@@ -192,8 +198,37 @@ def student_shape(cfg, vocab: int | None) -> ModelShape:
                                   tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to)
     shape = _shape("student", model, DTYPE_BYTES[s.dtype])
     if s.lora is not None:
+        if s.lora.quantize is not None:  # of the base, before peft adds the adapter's layers
+            shape.weight_bytes = quantized_bytes(model, s.lora.quantize, shape.dtype_bytes)
         shape.trainable = lora_params(model, s.lora)
     return shape
+
+
+def quantized_bytes(model: nn.Module, quantize: str, dtype_bytes: int) -> float:
+    """Bytes of `model`'s weights loaded with bitsandbytes as `student.lora.quantize` says: every
+    linear layer but the output layer quantised (4-bit: half a byte per weight and a scale per block
+    of 64, an fp32 one for fp4, one byte for nf4's double quantisation plus an fp32 per 256 blocks,
+    and the code books of each layer; int8: a byte per weight and an fp32 scale per output row), the rest in the
+    student's dtype."""
+    head = model.get_output_embeddings()
+    seen: set[int] = set()
+    quantised = rest = 0.0
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            n = p.numel()
+            if isinstance(m, nn.Linear) and m is not head and p is m.weight:
+                if quantize == "int8":
+                    quantised += n + 4 * m.out_features
+                elif quantize == "nf4":  # + its 16-value code book, the scales' 256-value one and offset
+                    quantised += n / 2 + n / 64 + 4 * -(-n // (64 * 256)) + 4 * (16 + 256 + 1)
+                else:
+                    quantised += n / 2 + 4 * n / 64 + 4 * 16
+            else:
+                rest += n * dtype_bytes
+    return quantised + rest
 
 
 def lora_params(model: nn.Module, lora) -> int:
@@ -418,7 +453,7 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     rows = max(d.batch_size // max(devices, 1), 1)
     act = activation_bytes(s, rows, d.seq_len, cfg.student.lora, cache_dir=cfg.cache_dir)
     grads, state = _optimizer_bytes(cfg, s.trainable)
-    w_s = float(s.params * s.dtype_bytes)
+    w_s = s.weights
     loss = {src: max(loss_bytes(cfg, m, s, t, rows * d.seq_len, src) for m in cfg.methods)
             for src in ("teacher", "cache", "served")}
     all_read_cache = all(reads_cache(m) for m in cfg.methods)

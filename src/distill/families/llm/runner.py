@@ -46,7 +46,7 @@ def load_teacher(cfg: LLMRunConfig, device) -> tuple[Teacher, Any, str]:
         tok_src = src
     tok = load_tokenizer(tok_src, "teacher.tokenizer")
     if t.student_base:
-        base = load_causal_lm(src, "student.path", dtype=cfg.student.dtype).to(device)
+        base = _student_base(src, cfg, device)
         return BaseTeacher(base), tok, src
     if t.device_map is not None:
         from distill.dist import world_size
@@ -58,6 +58,14 @@ def load_teacher(cfg: LLMRunConfig, device) -> tuple[Teacher, Any, str]:
         model = load_causal_lm(src, dtype=t.dtype, device_map=t.device_map, offload_folder=expand(t.offload_folder))
         return Teacher(model), tok, src
     return Teacher(load_causal_lm(src, dtype=t.dtype).to(device)), tok, src
+
+
+def _student_base(source: str, cfg: LLMRunConfig, device, what: str = "student.path") -> nn.Module:
+    """A pretrained student base on `device` in student.dtype, quantised as student.lora.quantize says."""
+    s = cfg.student
+    quantize = s.lora.quantize if s.lora is not None else None
+    model = load_causal_lm(source, what, dtype=s.dtype, quantize=quantize, device=device)
+    return model if quantize is not None else model.to(device)
 
 
 def student_source(cfg: LLMRunConfig) -> str | None:
@@ -81,9 +89,9 @@ def make_student(cfg: LLMRunConfig, s_tok, device, teacher: Teacher | None, out:
     base = student_base_of(teacher)
     if base is None:
         if s.path:
-            base = load_causal_lm(student_source(cfg), "student.path", dtype=s.dtype)  # type: ignore[arg-type]
+            base = _student_base(student_source(cfg), cfg, device)  # type: ignore[arg-type]
         elif out is not None and s.lora is not None:
-            base = load_causal_lm(str(out / "base"), "student", dtype=s.dtype)
+            base = _student_base(str(out / "base"), cfg, device, "student")
         else:
             base = build_student(s.arch, len(s_tok), s_tok.bos_token_id, s_tok.eos_token_id, hidden_size=s.hidden_size,
                                  num_layers=s.num_layers, num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
@@ -91,7 +99,7 @@ def make_student(cfg: LLMRunConfig, s_tok, device, teacher: Teacher | None, out:
                                  tie_embeddings=s.tie_embeddings, pad_vocab_to=s.pad_vocab_to).to(DTYPES[s.dtype])
             if save_base is not None and s.lora is not None:
                 base.save_pretrained(save_base)
-        base.to(device)
+            base.to(device)
     if s.lora is None:
         return base
     return load_adapter(base, out) if out is not None else wrap_lora(base, s.lora)
@@ -337,7 +345,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                     f"({speeds['student_tokens_per_s']:,.0f} tokens/s, transformers' generate)")
             if is_main():
                 if lora is not None:  # adapter_config.json + adapter_model.safetensors (+ merged/)
-                    save_adapter(student, s_tok, out, merge=lora.merge,
+                    save_adapter(student, s_tok, out, merge=lora.merge, dtype=cfg.student.dtype,
                                  base_path=student_source(cfg) or str((out / "base").resolve()))
                 else:
                     student.save_pretrained(out)
