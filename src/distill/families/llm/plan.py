@@ -388,15 +388,20 @@ def _optimizer_bytes(cfg, trainable: int) -> tuple[float, float]:
     return 4.0 * trainable, float(state * trainable)
 
 
-def reads_cache(method) -> bool:
+def reads_cache(method, served: bool = False) -> bool:
     """Whether `method` (a recipe's method entry) can take the teacher's top-k from the offline cache
-    or a served teacher instead of running the teacher."""
+    (or, `served`, from a served teacher) instead of running the teacher; alm reads its token
+    log-probs from the aligned cache, unless its hidden-state term needs the teacher's forward, and
+    cannot train from a served teacher."""
     from distill.registry import methods
 
     try:
-        return bool(getattr(methods.get(method.name, "llm").builder, "reads_teacher_cache", False))
+        b = methods.get(method.name, "llm").builder
     except Exception:
         return False
+    if getattr(b, "reads_aligned_cache", False):
+        return not served and float((method.params or {}).get("hidden_weight", 0.0)) == 0.0
+    return bool(getattr(b, "reads_teacher_cache", False))
 
 
 def loss_kind(cfg, method, source: str = "teacher") -> str | None:
@@ -419,7 +424,7 @@ def loss_kind(cfg, method, source: str = "teacher") -> str | None:
     if method.name in CROSS_TOKENIZER_LOSSES:
         return method.name
     if method.name in ("token_kd", "on_policy"):
-        if source in ("cache", "served") and reads_cache(method):
+        if source in ("cache", "served") and reads_cache(method, served=source == "served"):
             return "sparse"
         if params.get("top_k") is not None:
             return "top_k"
@@ -519,7 +524,8 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
     out.append(Placement("served", {**student_parts(source="served"), "teacher weights": 0.0, "teacher forward": 0.0,
                                     "eval logits": eval_served},
                          note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k",
-                         available=not cfg.teacher.student_base and all_read_cache))
+                         available=not cfg.teacher.student_base and all(reads_cache(m, served=True)
+                                                                         for m in cfg.methods)))
     return out, s, t
 
 

@@ -337,6 +337,12 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 from distill.families.llm.cache import attach_cache
 
                 attach_cache(method, cfg, teacher, tok, examples, device, log)
+            elif cfg.teacher.cache_top_k and getattr(method, "reads_aligned_cache", False):
+                from distill.families.llm.cross_tokenizer.cache import attach_aligned_cache
+
+                attach_aligned_cache(method, cfg, teacher, examples, device, log)
+            elif cfg.teacher.cache_top_k and teacher is not None and entry.builder.needs_teacher:
+                log(f"student {label}: {mcfg.name} reads no teacher cache; it runs the teacher while training")
             engine = train_student(method, examples, cfg, mcfg, s_tok.pad_token_id, out, metrics_path, label)
             n_gen, gen_secs = getattr(method, "generated", (0, 0.0))
             if n_gen:

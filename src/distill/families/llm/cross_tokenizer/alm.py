@@ -7,6 +7,11 @@ b = exp(log p_S / tau) are the probabilities of binary events, compared by the b
 which is the binary cross-entropy of the paper minus the teacher's constant binary entropy (same
 gradients; zero when the student matches). Optional terms: `hidden` (MSE between the teacher's
 final hidden states at shared chunk ends and a learnt projection of the student's) and `ce`.
+
+With `teacher.cache_top_k` set, the teacher's chunk log-likelihoods come from the aligned teacher
+cache (`cross_tokenizer.cache`: the teacher's log-prob of each of its own tokens, written once
+before training) instead of its forward; the `hidden` term needs the teacher's hidden states and is
+refused with the cache.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pydantic import Field
 from torch import nn
 from typing_extensions import Annotated
 
+from distill.errors import ConfigError
 from distill.families.llm.cross_tokenizer.base import CrossTokenizerMethod
 from distill.registry import register_method
 
@@ -38,6 +44,8 @@ def binary_kl_from_logprobs(lp_teacher: torch.Tensor, lp_student: torch.Tensor, 
 @register_method("alm", family="llm", description="cross-tokenizer: approximate likelihood matching of aligned chunks (Minixhofer 2025)",
                  injected=("student", "teacher"))
 class ALM(CrossTokenizerMethod):
+    reads_aligned_cache = True  # the runner attaches an `AlignedTeacherCache` when teacher.cache_top_k is set
+
     def __init__(self, student, teacher, tau: Annotated[float, Field(gt=0)] = 100.0,
                  alm_weight: Annotated[float, Field(ge=0)] = 1.0, ce_weight: Annotated[float, Field(ge=0)] = 0.0,
                  hidden_weight: Annotated[float, Field(ge=0)] = 0.0, chunk_size: Annotated[int, Field(ge=1)] = 1024):
@@ -45,24 +53,36 @@ class ALM(CrossTokenizerMethod):
         self.tau = tau
         self.weights = {"alm": alm_weight, "ce": ce_weight, "hidden": hidden_weight}
         self.proj = None
+        self.cache = None
         if hidden_weight > 0:  # the student owns its projector into the teacher's hidden space
             self.proj = nn.Linear(student.config.hidden_size, teacher.module.config.hidden_size, bias=False)
 
     def hparams(self):
         return {"tau": self.tau}
 
+    def accept_aligned_cache(self) -> None:
+        if self.proj is not None:
+            raise ConfigError("methods: alm with hidden_weight > 0 compares the teacher's hidden states, which the "
+                              "aligned teacher cache does not hold; set hidden_weight: 0, or remove "
+                              "teacher.cache_top_k to run the teacher while training.")
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         p = self.pair(batch)
         h_s = self.student_hidden(batch)
-        h_t = self.teacher_hidden(p.teacher_batch)
         c_s = self.chunk_logprobs(h_s, self.student_head(), self.s_vocab, p.s_pos, p.s_tok, p.s_chunk, p.n_chunks)
-        with torch.no_grad():
-            c_t = self.chunk_logprobs(h_t, self.teacher_head(), self.t_vocab, p.t_pos, p.t_tok, p.t_chunk, p.n_chunks)
+        h_t = None
+        if self.cache is not None:
+            c_t = self.cache.chunk_logprobs(p, p.n_chunks)
+        else:
+            h_t = self.teacher_hidden(p.teacher_batch)
+            with torch.no_grad():
+                c_t = self.chunk_logprobs(h_t, self.teacher_head(), self.t_vocab, p.t_pos, p.t_tok, p.t_chunk,
+                                          p.n_chunks)
         kl = binary_kl_from_logprobs(c_t, c_s, self.tau)
         terms = {"alm": (kl * p.valid).sum() * self.tau / batch["norm"]}  # x tau: gradients of order 1 in log p
         if self.weights["ce"] > 0:
             terms["ce"] = self.ce_sum(h_s, batch["labels"]) / batch["norm"]
-        if self.proj is not None:
+        if self.proj is not None and h_t is not None:
             # the last token of each valid chunk ends at a shared boundary: compare states after it
             last_s = p.s_pos.new_full((p.n_chunks,), -1, dtype=torch.long).scatter_reduce(0, p.s_chunk, p.s_pos + 1, "amax")
             last_t = p.t_pos.new_full((p.n_chunks,), -1, dtype=torch.long).scatter_reduce(0, p.t_chunk, p.t_pos + 1, "amax")

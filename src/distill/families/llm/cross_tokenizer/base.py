@@ -12,7 +12,7 @@ prompt), the student in its own, and only the responses are aligned and scored.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,7 +51,9 @@ class Paired:
 
     `*_pos` (N,): flat index (row * T + t) of the position predicting each chunked token, `*_tok` (N,)
     that token, `*_chunk` (N,) its chunk; `*_first` (C,): the position predicting each chunk's first
-    token; `valid` (C,): every token of the chunk is a counted target on both sides."""
+    token; `valid` (C,): every token of the chunk is a counted target on both sides;
+    `t_examples`: (flat index of its first token, its ids, its first target index) of every teacher
+    example of the teacher batch (what the aligned teacher cache is keyed and placed by)."""
     teacher_batch: dict[str, torch.Tensor]
     s_pos: torch.Tensor
     s_tok: torch.Tensor
@@ -62,6 +64,7 @@ class Paired:
     s_first: torch.Tensor
     t_first: torch.Tensor
     valid: torch.Tensor
+    t_examples: list[tuple[int, list[int], int]] = field(default_factory=list)
 
     @property
     def n_chunks(self) -> int:
@@ -120,6 +123,7 @@ class CrossTokenizerMethod(LMMethod):
         # per aligned example: (row, student offset of its first aligned token, ok, teacher offset of
         # its first aligned token, tokens before it in the teacher's example, alignment)
         per_ex = []
+        t_exs: list[tuple[int, int, list[int], int]] = []  # (row, offset in the row, ids, start)
         for r in range(B):
             row: list[Example] = []
             t_off = 0
@@ -146,6 +150,7 @@ class CrossTokenizerMethod(LMMethod):
                 al = align(s_enc, t_enc)
                 t_ids = t_prompt + t_enc.ids
                 row.append(Example(t_ids, start=max(len(t_prompt), 1)))
+                t_exs.append((r, t_off, t_ids, max(len(t_prompt), 1)))
                 per_ex.append((r, o + k0, ok, t_off + len(t_prompt), len(t_prompt), al))
                 t_off += len(t_ids)
             rows.append(row or [Example([self.t_tok.bos_token_id or 0, self.t_tok.eos_token_id or 0], start=1)])
@@ -187,7 +192,8 @@ class CrossTokenizerMethod(LMMethod):
         dev = batch["input_ids"].device
         L = lambda x: torch.tensor(x, dtype=torch.long, device=dev)  # noqa: E731
         return Paired({k: v.to(dev) for k, v in tb.items()}, L(s_pos), L(s_tok), L(s_chunk), L(t_pos), L(t_tok),
-                      L(t_chunk), L(s_first), L(t_first), torch.tensor(valid, dtype=torch.bool, device=dev))
+                      L(t_chunk), L(s_first), L(t_first), torch.tensor(valid, dtype=torch.bool, device=dev),
+                      [(r * Tt + off, ids, start) for r, off, ids, start in t_exs])
 
     # ------------------------------------------------------------------ log-probs
     # Logits are only ever built for the positions a loss reads, (chunk_size, V) at a time inside

@@ -1,0 +1,151 @@
+"""The aligned teacher cache: what `alm` reads instead of running the teacher, for a student whose
+tokenizer is not the teacher's.
+
+ALM compares, per aligned chunk of text, the teacher's log-likelihood of the chunk (the sum of the
+log-probs of the teacher's own tokens in it) with the student's. The cache holds, for each text of
+the training set as the teacher tokenises it (the teacher example `CrossTokenizerMethod.pair`
+builds from a student example: the teacher's BOS or prompt template, the text, EOS), the teacher's
+log-prob of each of its tokens given those before (fp32, 4 bytes per teacher token; exact, at
+temperature 1, which is what ALM's tau divides). The chunks are formed while training, from the
+alignment with the student's tokens, so the cache holds nothing of the student's tokenizer: it is
+keyed by a digest of the teacher's ids of each text, and a student with another tokenizer whose
+examples are the same texts reads the same cache. The student's side is computed from its final
+hidden states, `chunk_size` positions' logits at a time, so neither model's full logits exist.
+
+Files: `aligned.safetensors` (log-probs, per-example offsets and keys) and `meta.json` (teacher
+fingerprint, teacher tokenizer hash, the hash of the teacher examples' keys, sha256 of the tensor
+file); a cache whose metadata differs from the run's is refused (`CacheMismatchError`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.errors import CacheMismatchError
+from distill.families.llm.cache import example_key, tokenizer_hash
+from distill.families.llm.data import Example, collate
+from distill.losses.lm import hidden_token_logprobs
+from distill.teacher import CheckedCache, Teacher, write_checked
+
+ALIGNED_CACHE_FORMAT = 1
+
+
+def _paired_batches(method, examples: Sequence[Example], batch_size: int, device) -> Iterator[Any]:
+    """`method.pair` of the student examples, one per row (unpacked), `batch_size` rows at a time."""
+    pad = method.s_tok.pad_token_id if method.s_tok.pad_token_id is not None else 0
+    for i in range(0, len(examples), batch_size):
+        rows = [[e] for e in examples[i:i + batch_size] if e.has_targets()]
+        if rows:
+            batch = {k: v.to(device) for k, v in collate(rows, pad, packed=False).items()}
+            yield method.pair(batch)
+
+
+def teacher_keys(method, examples: Sequence[Example], batch_size: int = 64) -> list[bytes]:
+    """The distinct keys of the teacher examples of `examples` (no teacher needed: tokenisation and
+    alignment only)."""
+    seen: dict[bytes, None] = {}
+    for p in _paired_batches(method, examples, batch_size, "cpu"):
+        for _, ids, start in p.t_examples:
+            seen.setdefault(example_key(ids, start), None)
+    return list(seen)
+
+
+def keys_hash(keys: Sequence[bytes]) -> str:
+    h = hashlib.sha256()
+    for k in keys:
+        h.update(k)
+    return h.hexdigest()[:16]
+
+
+class AlignedTeacherCache(CheckedCache):
+    FILE, WHAT = "aligned.safetensors", "aligned teacher cache"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
+        self.folder, self.meta = folder, meta
+        self.logprobs = tensors["logprobs"]    # (N,) fp32: log p(token j + 1 | tokens <= j) of each teacher example
+        offsets = tensors["offsets"].tolist()  # (E + 1,)
+        keys = tensors["keys"].numpy()         # (E, 16) uint8
+        self._where = {bytes(keys[e]): (offsets[e], offsets[e + 1]) for e in range(len(keys))}
+
+    @classmethod
+    def expected_meta(cls, teacher: Teacher, t_tok, keys: Sequence[bytes]) -> dict[str, Any]:
+        return {"format": ALIGNED_CACHE_FORMAT, "kind": "aligned_token_logprobs", "teacher": teacher.fingerprint(),
+                "tokenizer": tokenizer_hash(t_tok), "data": keys_hash(keys)}
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, folder: str | os.PathLike, method, examples: Sequence[Example], keys: Sequence[bytes], *,
+              batch_size: int, device) -> AlignedTeacherCache:
+        """Run the teacher once over every distinct teacher example of `examples` (one per row) and
+        write the log-prob of each of its tokens."""
+        w, b, f = method.teacher_head()
+        done: dict[bytes, Tensor] = {}
+        for p in _paired_batches(method, examples, batch_size, device):
+            todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
+            todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
+            if not todo:
+                continue
+            h = method.teacher_hidden(p.teacher_batch)
+            h = h.reshape(-1, h.shape[-1])
+            pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
+            tok = torch.tensor([t for _, ids, _ in todo for t in ids[1:]], dtype=torch.long, device=h.device)
+            lp = hidden_token_logprobs(h[pos], w, tok.to(w.device), bias=b, vocab=method.t_vocab,
+                                       chunk_size=method.chunk_size, logit_map=f).float().cpu()
+            o = 0
+            for _, ids, key in todo:
+                done[key] = lp[o:o + len(ids) - 1]
+                o += len(ids) - 1
+        order = [k for k in keys if k in done]
+        counts = [done[k].numel() for k in order]
+        tensors = {"logprobs": torch.cat([done[k] for k in order]) if order else torch.zeros(0),
+                   "offsets": torch.tensor([0] + counts, dtype=torch.int64).cumsum(0),
+                   "keys": torch.tensor([list(k) for k in order], dtype=torch.uint8).reshape(-1, 16)}
+        meta = cls.expected_meta(method.teacher, method.t_tok, keys)
+        meta.update(tokens=int(sum(counts)), examples=len(order))
+        meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
+        return cls(Path(folder), meta, tensors)
+
+    def bytes_per_token(self) -> float:
+        return self.size_bytes() / max(int(self.meta["tokens"]), 1)
+
+    def chunk_logprobs(self, p, n: int) -> Tensor:
+        """The teacher's log-likelihood of each of the `n` chunks of a paired batch `p` (what ALM
+        computes from the teacher's forward), from the cache."""
+        Bt, Tt = p.teacher_batch["input_ids"].shape
+        flat = torch.zeros(Bt * Tt)
+        for start_flat, ids, start in p.t_examples:
+            where = self._where.get(example_key(ids, start))
+            if where is None or where[1] - where[0] != len(ids) - 1:
+                raise CacheMismatchError(f"aligned teacher cache {self.folder}: a text of this batch is not in the "
+                                         "cache (the data or the teacher's tokenisation changed since it was built); "
+                                         "delete the folder.")
+            flat[start_flat:start_flat + len(ids) - 1] = self.logprobs[where[0]:where[1]]
+        dev = p.t_pos.device
+        return torch.zeros(n, device=dev).index_add(0, p.t_chunk, flat.to(dev)[p.t_pos])
+
+
+def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Example], device, log) -> None:
+    """Give `method` (one with `reads_aligned_cache`) the aligned cache of `examples`, built on the
+    main process first; the others then read it."""
+    from distill.dist import barrier, is_main, world_size
+
+    method.accept_aligned_cache()
+    keys = teacher_keys(method, examples)
+    name = f"{teacher.fingerprint()}-{keys_hash(keys)}-aligned"
+    folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / name
+    expected = lambda: AlignedTeacherCache.expected_meta(teacher, method.t_tok, keys)  # noqa: E731
+    for turn in ("main", "others"):
+        if (turn == "main") == is_main():
+            method.cache = AlignedTeacherCache.open_or_build(
+                folder, expected, lambda: AlignedTeacherCache.build(
+                    folder, method, examples, keys, batch_size=max(cfg.data.batch_size // world_size(), 1),
+                    device=device))
+        barrier()
+    c = method.cache
+    log(f"aligned teacher cache: {folder} ({c.meta['tokens']:,} teacher tokens, {c.bytes_per_token():.1f} bytes/token)")
