@@ -155,29 +155,39 @@ def test_qlora_run_saves_the_adapter_and_a_full_precision_merge(tmp_path, model_
     assert again["students"]["token_kd"]["bits_per_byte"] == pytest.approx(st["bits_per_byte"], rel=1e-6)
 
 
-def test_quantised_base_as_the_teacher_shares_its_weights(tmp_path, model_dir):
-    """teacher.student_base over an nf4 base: the teacher view holds the base's own quantised tensors
-    (no second copy), gives the base's logits while the adapter trains, and the run completes."""
-    from bitsandbytes.nn import Linear4bit
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_quantised_base_as_the_teacher_shares_its_weights(tmp_path, model_dir, kind):
+    """teacher.student_base over a quantised base: the teacher view holds the base's own quantised
+    layers (no second copy), gives the base's logits while the adapter trains, also after the
+    view ran first (int8 keeps its scales on the layer after a forward), and in a run the student
+    starts as its teacher (a KD loss of 0 at the first step, the adapter's B being 0)."""
+    from bitsandbytes.nn import Linear4bit, Linear8bitLt
 
-    base = load_causal_lm(str(model_dir), quantize="nf4", device="cpu")
+    base = load_causal_lm(str(model_dir), quantize=kind, device="cpu")
     teacher = BaseTeacher(base)
     ids = torch.arange(3, 30)[None]
     with torch.no_grad():
         ref = base(ids).logits
     student = wrap_lora(base, LMLoraConfig(r=4))
     with torch.no_grad():
+        assert torch.equal(teacher.module(ids).logits, ref)  # the view first
+        assert torch.equal(student(ids).logits, ref)         # then the student, adapter B = 0
         for n, p in student.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
         assert not torch.allclose(student(ids).logits, ref, atol=1e-3)
         assert torch.equal(teacher.module(ids).logits, ref)
     mine = {p.data_ptr() for p in student.parameters()}
-    assert any(isinstance(m, Linear4bit) for m in teacher.module.modules())
+    assert any(isinstance(m, (Linear4bit, Linear8bitLt)) for m in teacher.module.modules())
     assert all(p.data_ptr() in mine for p in teacher.module.parameters())
     recipe = _recipe(tmp_path, model_dir, teacher={"student_base": True, "tokenizer": str(model_dir)})
-    recipe["student"]["lora"]["merge"] = False
+    recipe["student"]["lora"].update(merge=False, quantize=kind)
+    recipe["engine"]["log_every"] = 1
+    recipe["methods"] = [{"name": "token_kd", "params": {"ce_weight": 1.0}}]  # the CE moves it off the base
     s = distill.run(recipe, log=lambda m: None)
+    rows = [json.loads(line) for line in (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    kd = [r["loss/kd"] for r in rows if r.get("phase") == "token_kd" and "loss/kd" in r]
+    assert len(kd) == 3 and kd[0] == pytest.approx(0.0, abs=1e-6) and kd[-1] > 0
     assert s["students"]["token_kd"]["teacher_agreement"] > 0.9
 
 

@@ -14,6 +14,7 @@ fingerprint is the base's, so caches keyed on it stay valid: the base never chan
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from pathlib import Path
@@ -44,6 +45,14 @@ def _target_modules(cfg, model: nn.Module | None = None) -> Any:
     return fused[:1] or "all-linear"
 
 
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft reads a property transformers has renamed (a FutureWarning with nothing to act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def wrap_lora(model: nn.Module, cfg) -> nn.Module:
     """`model` with a LoRA adapter (peft `PeftModel`); only the adapter requires grad. `cfg`: an
     `LMLoraConfig` (r, alpha, dropout, target_modules)."""
@@ -56,8 +65,7 @@ def wrap_lora(model: nn.Module, cfg) -> nn.Module:
                     task_type="CAUSAL_LM", fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
     head = model.get_output_embeddings()
     try:
-        with warnings.catch_warnings():  # peft reads a property transformers has renamed; nothing to act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with _quiet_peft():
             peft_model = get_peft_model(model, lc)
     except ValueError as e:
         raise ConfigError(f"student.lora.target_modules: {targets!r}: {str(e).splitlines()[0]}") from None
@@ -79,7 +87,8 @@ def load_adapter(base: nn.Module, folder: str | Path) -> nn.Module:
     """The base with the adapter saved in `folder` (peft `PeftModel.from_pretrained`)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(folder))
+    with _quiet_peft():
+        return PeftModel.from_pretrained(base, str(folder))
 
 
 def save_adapter(student: nn.Module, tok, out: Path, *, merge: bool, base_path: str | None = None,
@@ -116,12 +125,16 @@ def save_adapter(student: nn.Module, tok, out: Path, *, merge: bool, base_path: 
 def base_view(model: nn.Module) -> nn.Module:
     """A module of `model`'s class whose parameters, buffers and tensor attributes are `model`'s own
     objects (same storage), in eval mode, with no gradients. Build it before an adapter is added.
-    A quantised base (its layers are bitsandbytes' own classes, holding their quantisation state on
-    the weights) is copied module by module with every parameter and buffer object kept as it is."""
+    A quantised base is copied module by module with every parameter and buffer kept as it is and
+    bitsandbytes' own layers shared whole: they keep quantisation state on the layer as well as on
+    the weight (int8 moves its row scales from the weight to the layer on the first forward), so two
+    layers over one weight would disagree. peft wraps such a layer (as `base_layer`) rather than
+    replacing it, so the view's tree still runs it without the adapter."""
     from distill.families.llm.models import is_quantized
 
     if is_quantized(model):
         shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        shared.update({id(m): m for m in model.modules() if type(m).__module__.startswith("bitsandbytes")})
         view = copy.deepcopy(model, memo=dict(shared))
         view.eval()
         view.requires_grad_(False)
