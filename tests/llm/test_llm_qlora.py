@@ -151,6 +151,9 @@ def test_qlora_run_saves_the_adapter_and_a_full_precision_merge(tmp_path, model_
         assert torch.allclose(merged(ids).logits, want(ids).logits, atol=1e-5, rtol=0)
     st = s["students"]["token_kd"]
     assert st["bits_per_byte"] > 0 and 0 < st["adapter_params"] < st["params"]
+    from distill.families.llm.models import count_parameters
+
+    assert st["params"] == count_parameters(want) + st["adapter_params"]  # 4-bit weights counted as weights
     again = distill.run(recipe, log=lambda m: None)
     assert again["students"]["token_kd"]["bits_per_byte"] == pytest.approx(st["bits_per_byte"], rel=1e-6)
 

@@ -144,8 +144,12 @@ def build_student(arch: str, vocab_size: int, bos_id: int | None, eos_id: int | 
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Unique parameters (tied embeddings counted once); a 4-bit weight, stored two to a byte,
+    counts the weights it holds (its quantisation state's shape)."""
+    def n(p) -> int:
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+    return sum(n(p) for p in {id(p): p for p in model.parameters()}.values())
 
 
 def head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
