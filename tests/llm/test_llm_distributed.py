@@ -51,3 +51,35 @@ def test_two_processes_equal_one_for_token_kd(tmp_path, tiny_tok):
 
     done = json.loads((two / "students" / "token_kd" / "result.json").read_text())
     assert done["steps"] == 4
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_for_a_qlora_student(tmp_path, tiny_tok):
+    """An nf4 base with a LoRA adapter under DDP (gloo): each process loads and quantises the base
+    itself, only the adapter's gradients are reduced, and the saved adapter equals 1 process's."""
+    pytest.importorskip("peft")
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from safetensors.torch import load_file
+
+    base = tmp_path / "base"
+    tiny_lm("llama", len(tiny_tok), hidden=64, seed=3).save_pretrained(base)
+    tiny_tok.save_pretrained(base)
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(40)))
+    recipe = {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+              "teacher": {"student_base": True, "tokenizer": str(base)},
+              "student": {"path": str(base), "lora": {"r": 4, "quantize": "nf4"}},
+              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8,
+                       "prompt_tokens": 4, "pack": False},
+              "train": {"epochs": 1, "max_steps": 3, "optimizer": {"name": "sgd", "lr": 0.5}},
+              "engine": {"device": "cpu", "progress": False},
+              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"ce_weight": 1.0}}]}
+    one = _run(tmp_path, recipe, "one")
+    two = _run(tmp_path, recipe, "two", "--nproc", "2")
+    a = load_file(str(one / "students" / "token_kd" / "adapter_model.safetensors"))
+    b = load_file(str(two / "students" / "token_kd" / "adapter_model.safetensors"))
+    assert a and set(a) == set(b)
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # the adapter trained
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
