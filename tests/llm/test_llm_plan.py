@@ -83,8 +83,11 @@ WIDE = {"student": {"pad_vocab_to": 32768}, "data": {"eval_batch_size": 1}}
     {**WIDE, "methods": [{"name": "token_kd", "params": {"chunk_size": 256}}],
      "data": {"batch_size": 1, "eval_batch_size": 16}},  # the evaluation's logits are the peak
     {"student": {"path": "TEACHER", "lora": {"r": 8, "quantize": "nf4"}}},  # QLoRA on the teacher's own weights
+    {"student": {"tokenizer": "byte"}, "methods": [{"name": "alm", "params": {"chunk_size": 256}}]},
+    {"student": {"tokenizer": "byte"}, "methods": [{"name": "alm", "params": {"chunk_size": 256}}],
+     "teacher": {"cache_top_k": 8}},
 ], ids=["full", "lora", "vocab32k-forward_kl", "vocab32k-tvd", "vocab32k-sft", "vocab32k-cached", "vocab32k-eval",
-        "qlora-nf4"])
+        "qlora-nf4", "xtok-alm", "xtok-alm-cached"])
 def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_dir, wide_teacher_dir, case):
     """The estimate of the placement the recipe asks for (colocated; cached with teacher.cache_top_k)."""
     from distill.families.llm.plan import current
@@ -94,7 +97,8 @@ def test_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, teacher_di
         if case["student"]["lora"].get("quantize"):
             pytest.importorskip("bitsandbytes")
             case = {**case, "student": {**case["student"], "path": str(teacher_dir)}}
-    recipe = _recipe(tmp_path, wide_teacher_dir if "methods" in case else teacher_dir, **case)
+    wide = "methods" in case and "tokenizer" not in case.get("student", {})
+    recipe = _recipe(tmp_path, wide_teacher_dir if wide else teacher_dir, **case)
     cfg = load_config(recipe)
     placements, s, t = plan(cfg, devices=1)
     asked = current(cfg, 1)
