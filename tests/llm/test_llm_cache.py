@@ -26,7 +26,8 @@ T = 2.0
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd", "reverse_kl"])
 def test_cached_loss_equals_in_process_top_k(tmp_path, cache_setup, tiny_tok, kind):
     teacher, student, exs, batch = cache_setup
-    cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32, batch_size=4)
+    cache = LMTeacherCache.build(tmp_path / "c", teacher, tiny_tok, exs, temperature=T, k=8, seq_len=32, batch_size=4,
+                                 progress=True)
     assert cache.meta["tokens"] == int((batch["labels"] != IGNORE).sum())
     # in process, on the packed batch: the teacher's top-k log-probs and exact tail, then sparse_divergence
     mask = batch["labels"] != IGNORE

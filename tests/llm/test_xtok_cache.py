@@ -81,7 +81,7 @@ def test_cached_values_are_the_teacher_models_own_log_probs(tmp_path, setup):
     exs = _examples(t_tok, s_tok, texts[:4])
     m = _method(tiny_lm("gpt2", len(s_tok), seed=2), teacher, t_tok, s_tok)
     keys = teacher_keys(m, exs)
-    cache = AlignedTeacherCache.build(tmp_path / "c", m, exs, keys, batch_size=2, device="cpu")
+    cache = AlignedTeacherCache.build(tmp_path / "c", m, exs, keys, batch_size=2, device="cpu", progress=True)
     checked = 0
     for text in texts[:4]:
         ids = [t_tok.bos_token_id] + t_tok(text, add_special_tokens=False)["input_ids"]

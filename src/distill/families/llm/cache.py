@@ -84,10 +84,17 @@ def _unique(examples: Sequence[Example]) -> list[Example]:
 
 
 def _teacher_topk(teacher: Teacher, exs: Sequence[Example], *, temperature: float, k: int, batch_size: int,
-                  device):
+                  device, progress: bool = False):
     """Per distinct example, in order: (example, top-k indices (n, k), log-probs (n, k) fp32, exact log
     tail (n,)) at its counted positions, the teacher run one example per row (unpacked)."""
+    from distill.utils import ProgressBar
+
     wt, bt, ft = output_head(teacher.module)
+    with ProgressBar(progress, "teacher cache", len(exs)) as bar:
+        yield from _topk_batches(teacher, exs, wt, bt, ft, temperature, k, batch_size, device, bar)
+
+
+def _topk_batches(teacher, exs, wt, bt, ft, temperature, k, batch_size, device, bar):
     for i in range(0, len(exs), batch_size):
         chunk = exs[i:i + batch_size]
         batch = {key: v.to(device) for key, v in collate([[e] for e in chunk], 0, packed=False).items()}
@@ -100,6 +107,7 @@ def _teacher_topk(teacher: Teacher, exs: Sequence[Example], *, temperature: floa
         for e, n in zip(chunk, mask.sum(1).tolist()):
             yield e, ids[r:r + n].cpu(), lps[r:r + n].cpu(), rest[r:r + n].cpu()
             r += n
+        bar.update(i + len(chunk))
 
 
 class LMTeacherCache(CheckedCache):
@@ -128,15 +136,16 @@ class LMTeacherCache(CheckedCache):
     @classmethod
     def build(cls, folder: str | os.PathLike, teacher: Teacher, tok, examples: Sequence[Example], *,
               temperature: float, k: int, seq_len: int, batch_size: int = 16,
-              device: str | torch.device = "cpu", **codec) -> LMTeacherCache:
-        """Run the teacher once over every distinct example (one per row, unpacked) and write the cache."""
+              device: str | torch.device = "cpu", progress: bool = False, **codec) -> LMTeacherCache:
+        """Run the teacher once over every distinct example (one per row, unpacked; a progress bar
+        with `progress`) and write the cache."""
         folder = Path(folder)
         codec = cls._codec(**codec)
         coder = codec.pop("coder", None)  # how the records are packed: read back from the metadata, not matched
         exs = _unique(examples)
         vocab = int(output_head(teacher.module)[0].shape[0])
         tensors, counts = cls._encode(_teacher_topk(teacher, exs, temperature=temperature, k=k, batch_size=batch_size,
-                                                    device=device), vocab, k, **codec,
+                                                    device=device, progress=progress), vocab, k, **codec,
                                     **({"coder": coder} if coder else {}))
         offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
         keys = torch.tensor([list(key_of(e)) for e in exs], dtype=torch.uint8)
@@ -321,6 +330,7 @@ def attach_cache(method, cfg, teacher: Teacher, tok, examples: Sequence[Example]
             # the teacher's forward on as many rows as a device trains on (the recipe's memory budget)
             method.cache = cls.load_or_build(folder, teacher, tok, examples, temperature=t, k=k,
                                              seq_len=cfg.data.seq_len, device=device,
+                                             progress=bool(cfg.engine.progress and is_main()),
                                              batch_size=max(cfg.data.batch_size // world_size(), 1), **codec)
         barrier()
     c = method.cache

@@ -81,26 +81,17 @@ class AlignedTeacherCache(CheckedCache):
     @classmethod
     @torch.no_grad()
     def build(cls, folder: str | os.PathLike, method, examples: Sequence[Example], keys: Sequence[bytes], *,
-              batch_size: int, device) -> AlignedTeacherCache:
+              batch_size: int, device, progress: bool = False) -> AlignedTeacherCache:
         """Run the teacher once over every distinct teacher example of `examples` (one per row) and
-        write the log-prob of each of its tokens."""
+        write the log-prob of each of its tokens (a progress bar with `progress`)."""
+        from distill.utils import ProgressBar
+
         w, b, f = method.teacher_head()
         done: dict[bytes, Tensor] = {}
-        for p in _paired_batches(method, examples, batch_size, device):
-            todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
-            todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
-            if not todo:
-                continue
-            h = method.teacher_hidden(p.teacher_batch)
-            h = h.reshape(-1, h.shape[-1])
-            pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
-            tok = torch.tensor([t for _, ids, _ in todo for t in ids[1:]], dtype=torch.long, device=h.device)
-            lp = hidden_token_logprobs(h[pos], w, tok.to(w.device), bias=b, vocab=method.t_vocab,
-                                       chunk_size=method.chunk_size, logit_map=f).float().cpu()
-            o = 0
-            for _, ids, key in todo:
-                done[key] = lp[o:o + len(ids) - 1]
-                o += len(ids) - 1
+        with ProgressBar(progress, "aligned teacher cache", len(keys)) as bar:
+            for p in _paired_batches(method, examples, batch_size, device):
+                cls._add(method, p, w, b, f, done)
+                bar.update(len(done))
         order = [k for k in keys if k in done]
         counts = [done[k].numel() for k in order]
         tensors = {"logprobs": torch.cat([done[k] for k in order]) if order else torch.zeros(0),
@@ -110,6 +101,24 @@ class AlignedTeacherCache(CheckedCache):
         meta.update(tokens=int(sum(counts)), examples=len(order))
         meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
         return cls(Path(folder), meta, tensors)
+
+    @staticmethod
+    def _add(method, p, w, b, f, done: dict[bytes, Tensor]) -> None:
+        """The log-probs of the teacher examples of paired batch `p` not yet in `done`."""
+        todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
+        todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
+        if not todo:
+            return
+        h = method.teacher_hidden(p.teacher_batch)
+        h = h.reshape(-1, h.shape[-1])
+        pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
+        tok = torch.tensor([t for _, ids, _ in todo for t in ids[1:]], dtype=torch.long, device=h.device)
+        lp = hidden_token_logprobs(h[pos], w, tok.to(w.device), bias=b, vocab=method.t_vocab,
+                                   chunk_size=method.chunk_size, logit_map=f).float().cpu()
+        o = 0
+        for _, ids, key in todo:
+            done[key] = lp[o:o + len(ids) - 1]
+            o += len(ids) - 1
 
     def bytes_per_token(self) -> float:
         return self.size_bytes() / max(int(self.meta["tokens"]), 1)
@@ -145,7 +154,7 @@ def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Examp
             method.cache = AlignedTeacherCache.open_or_build(
                 folder, expected, lambda: AlignedTeacherCache.build(
                     folder, method, examples, keys, batch_size=max(cfg.data.batch_size // world_size(), 1),
-                    device=device))
+                    device=device, progress=bool(cfg.engine.progress and is_main())))
         barrier()
     c = method.cache
     log(f"aligned teacher cache: {folder} ({c.meta['tokens']:,} teacher tokens, {c.bytes_per_token():.1f} bytes/token)")
