@@ -46,6 +46,22 @@ def test_served_topk_and_loss_equal_in_process(served):
     assert torch.equal(a, b) and a > 0
 
 
+def test_served_token_logprobs_are_the_models_own(served):
+    """token_logprobs: the log-prob at temperature 1 of each next input token, read here from the
+    model's own logits (0 at each row's last real token), whatever the top-k's temperature; rows of
+    two lengths answered in one request."""
+    teacher, url = served
+    remote = RemoteTeacher(url, timeout=30)
+    ids = torch.tensor([[3, 7, 9, 11, 2], [4, 8, 15, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    _, _, tok = remote.topk(ids, mask, k=2, temperature=3.0, with_tail=True, with_tokens=True)
+    with torch.no_grad():
+        lp = torch.log_softmax(teacher.module(ids, attention_mask=mask).logits.float(), -1)
+    for r, n in enumerate(mask.sum(1).tolist()):
+        want = lp[r, torch.arange(n - 1), ids[r, 1:n]]
+        assert torch.allclose(tok[r, :n - 1], want, atol=1e-5) and float(tok[r, n - 1]) == 0.0
+
+
 def test_bad_requests_get_clear_errors(served):
     _, url = served
     remote = RemoteTeacher(url, timeout=30)
@@ -171,6 +187,7 @@ BAD_REQUESTS = [
     ({"input_ids": [[1, 2]], "temperature": "hot"}, 400, r"temperature must be a finite number"),
     (b'{"input_ids": [[1, 2]], "temperature": NaN}', 400, r"temperature must be a finite number > 0, got nan"),
     ({"input_ids": [[1, 2]], "top_k": 3}, 400, r"unknown field\(s\) \['top_k'\]"),
+    ({"input_ids": [[1, 2]], "token_logprobs": "yes"}, 400, r"token_logprobs must be true or false, got 'yes'"),
     ({"ids": [[1, 2]]}, 400, r"unknown field"),
     ({}, 400, r"input_ids is missing"),
     ([[1, 2]], 400, r"the body must be a JSON object"),

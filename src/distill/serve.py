@@ -6,6 +6,8 @@ machines or processes need not load the teacher.
 POST /v1/topk  {"input_ids": [[...]], "attention_mask": [[...]] (optional), "k": 32, "temperature": 1.0}
   -> {"indices": [[[...]]] (B, T, k), "logprobs": [[[...]]] (B, T, k), "fingerprint": "...", "vocab_size": V}
   (plus "log_tail": (B, T), the exact log of the probability mass outside the top-k)
+  with "token_logprobs": true, also "token_logprobs": (B, T), the log-prob at temperature 1 of the
+  next input token at each position (0 where no attended token follows), what `alm` reads
 GET  /v1/info  -> {"fingerprint", "vocab_size", "max_k", "max_tokens", "max_positions", "tokenizer"}
 GET  /v1/stats -> {"requests", "rows", "forwards"}: answered so far, and the batched teacher forwards run
 GET  /v1/tokenizer -> {"fingerprint", "kind", "files": {name: base64 bytes}}
@@ -83,12 +85,19 @@ def tokenizer_payload(source: str | Path | None) -> dict[str, Any] | None:
 
 
 @torch.no_grad()
+def next_token_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): the token after each position (0 at the last, which has none)."""
+    return F.pad(input_ids[:, 1:], (0, 1), value=0)
+
+
 def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
-                  temperature: float = 1.0, with_tail: bool = False):
+                  temperature: float = 1.0, with_tail: bool = False, with_tokens: bool = False):
     """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each;
-    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4. From the
-    model's full logits; `make_server(topk=...)` takes another function with this signature (the
-    language-model family's builds the log-probs a block of positions at a time)."""
+    with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4; with
+    `with_tokens` (and `with_tail`), also the log-prob at temperature 1 of the next input token at
+    each position (B, T; 0 at the last). From the model's full logits; `make_server(topk=...)` takes
+    another function with this signature (the language-model family's builds the log-probs a block
+    of positions at a time)."""
     out = teacher(input_ids=input_ids, attention_mask=attention_mask)
     logits = out.logits if hasattr(out, "logits") else out
     lp = F.log_softmax(logits.float() / temperature, dim=-1)
@@ -97,7 +106,12 @@ def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: tor
     if not with_tail:
         return result
     rest = lp.scatter(-1, top.indices, float("-inf")).logsumexp(-1).clamp(min=-1.0e4)
-    return result, rest
+    if not with_tokens:
+        return result, rest
+    nxt = next_token_ids(input_ids)
+    tok = F.log_softmax(logits.float(), dim=-1).gather(-1, nxt[..., None].to(logits.device))[..., 0]
+    tok[:, -1] = 0.0
+    return result, rest, tok
 
 
 class RequestError(ValueError):
@@ -108,7 +122,7 @@ class RequestError(ValueError):
         self.status = status
 
 
-TOPK_FIELDS = ("input_ids", "attention_mask", "k", "temperature")
+TOPK_FIELDS = ("input_ids", "attention_mask", "k", "temperature", "token_logprobs")
 
 
 def _is_int(v: Any) -> bool:
@@ -140,7 +154,8 @@ def _matrix(req: dict[str, Any], field: str, what: str) -> list[list[int]]:
 def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: int | None = None,
                        max_tokens: int = 1 << 16) -> tuple[list[list[int]], list[list[int]] | None, int, float]:
     """Check a POST /v1/topk body; (input_ids, attention_mask or None, k, temperature), or a
-    RequestError naming the field (413 when there are more than `max_tokens` tokens in all)."""
+    RequestError naming the field (413 when there are more than `max_tokens` tokens in all).
+    `token_logprobs` (a boolean) is checked here and read by `wants_token_logprobs`."""
     if not isinstance(req, dict):
         raise RequestError(f"the body must be a JSON object with input_ids (and optionally "
                            f"{', '.join(TOPK_FIELDS[1:])}), got {type(req).__name__}")
@@ -180,14 +195,21 @@ def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: 
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) \
             or temperature <= 0:
         raise RequestError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not isinstance(req.get("token_logprobs", False), bool):
+        raise RequestError(f"token_logprobs must be true or false, got {req['token_logprobs']!r}")
     return ids, mask, int(k), float(temperature)
 
 
-class _Job:
-    __slots__ = ("ids", "mask", "k", "temperature", "done", "result", "error")
+def wants_token_logprobs(req: dict[str, Any]) -> bool:
+    """Whether a (checked) request asks for the log-prob of each next input token as well."""
+    return bool(req.get("token_logprobs", False))
 
-    def __init__(self, ids, mask, k, temperature):
-        self.ids, self.mask, self.k, self.temperature = ids, mask, k, temperature
+
+class _Job:
+    __slots__ = ("ids", "mask", "k", "temperature", "tokens", "done", "result", "error")
+
+    def __init__(self, ids, mask, k, temperature, tokens=False):
+        self.ids, self.mask, self.k, self.temperature, self.tokens = ids, mask, k, temperature, tokens
         self.done = threading.Event()
         self.result = self.error = None
 
@@ -213,10 +235,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="distill-serve-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, ids, mask, k, temperature, timeout: float = 600.0):
+    def submit(self, ids, mask, k, temperature, timeout: float = 600.0, tokens: bool = False):
+        """(indices, log-probs, log tail) lists of the request, and with `tokens` the next tokens'
+        log-probs as a fourth."""
         import queue
 
-        job = _Job(ids, mask, k, temperature)
+        job = _Job(ids, mask, k, temperature, tokens)
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -257,7 +281,8 @@ class Batcher:
                 if job is None:
                     break
                 w = max(width, len(job.ids[0]))
-                if (job.k, job.temperature) != (first.k, first.temperature) or rows + len(job.ids) > self.max_rows \
+                if (job.k, job.temperature, job.tokens) != (first.k, first.temperature, first.tokens) \
+                        or rows + len(job.ids) > self.max_rows \
                         or (rows + len(job.ids)) * w > self.max_tokens:
                     skipped.append(job)
                     continue
@@ -278,15 +303,25 @@ class Batcher:
             need_mask = padded or any(j.mask is not None for j in batch)
             t_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
             t_mask = torch.tensor(mask, dtype=torch.long, device=self.device) if need_mask else None
-            out, tail = self.topk(self.teacher, t_ids, t_mask, batch[0].k, batch[0].temperature, with_tail=True)
+            tokens = batch[0].tokens
+            got = self.topk(self.teacher, t_ids, t_mask, batch[0].k, batch[0].temperature, with_tail=True,
+                            **({"with_tokens": True} if tokens else {}))
+            out, tail = got[0], got[1]
             self.forwards += 1
             self.requests += len(batch)
             self.rows += len(ids)
             indices, logprobs, tail = out.indices.cpu(), out.logprobs.cpu(), tail.cpu()
+            tok = None
+            if tokens:  # 0 where the next position is not an attended token of the row (none follows)
+                follows = F.pad(torch.tensor(mask, dtype=torch.bool)[:, 1:], (0, 1), value=False)
+                tok = got[2].cpu().masked_fill(~follows, 0.0)
             r = 0
             for j in batch:
                 n, t = len(j.ids), len(j.ids[0])
-                j.result = (indices[r:r + n, :t].tolist(), logprobs[r:r + n, :t].tolist(), tail[r:r + n, :t].tolist())
+                res = [indices[r:r + n, :t].tolist(), logprobs[r:r + n, :t].tolist(), tail[r:r + n, :t].tolist()]
+                if tok is not None:
+                    res.append(tok[r:r + n, :t].tolist())
+                j.result = tuple(res)
                 r += n
         except Exception as e:  # noqa: BLE001 - every waiting client gets the error, the worker lives on
             for j in batch:
@@ -392,7 +427,8 @@ def _handler(teacher: Teacher, max_k: int, batcher: Batcher, tokenizer: dict[str
                     raise RequestError(f"the body is not JSON ({e})") from None
                 ids, mask, k, temperature = parse_topk_request(req, vocab_size=vocab_size, max_k=max_k,
                                                                max_positions=max_positions, max_tokens=max_tokens)
-                indices, logprobs, tail = batcher.submit(ids, mask, k, temperature)
+                tokens = wants_token_logprobs(req)
+                indices, logprobs, tail, *tok = batcher.submit(ids, mask, k, temperature, tokens=tokens)
             except RequestError as e:
                 if e.status in (411, 413):
                     self.close_connection = True  # the body was not read
@@ -400,7 +436,8 @@ def _handler(teacher: Teacher, max_k: int, batcher: Batcher, tokenizer: dict[str
             except Exception as e:  # noqa: BLE001 - a reply, never a dropped connection
                 traceback.print_exc(file=sys.stderr)
                 return self._send(500, {"error": f"the teacher failed on this request: {type(e).__name__}: {e}"})
-            self._send(200, {"indices": indices, "logprobs": logprobs, "log_tail": tail, **info})
+            self._send(200, {"indices": indices, "logprobs": logprobs, "log_tail": tail,
+                             **({"token_logprobs": tok[0]} if tok else {}), **info})
 
     return Handler
 
@@ -530,8 +567,13 @@ class RemoteTeacher:
         return kind, data
 
     def topk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, k: int = 32,
-             temperature: float = 1.0, device: str | torch.device = "cpu", with_tail: bool = False):
+             temperature: float = 1.0, device: str | torch.device = "cpu", with_tail: bool = False,
+             with_tokens: bool = False):
+        """The served top-k (as `topk_logprobs`); with `with_tail` also the log tail, with
+        `with_tokens` (and `with_tail`) also the next input tokens' log-probs at temperature 1."""
         body = {"input_ids": input_ids.tolist(), "k": k, "temperature": temperature}
+        if with_tokens:
+            body["token_logprobs"] = True
         if attention_mask is not None:
             body["attention_mask"] = attention_mask.tolist()
         out = self._call("POST", "/v1/topk", body)
@@ -539,5 +581,11 @@ class RemoteTeacher:
         res = CachedOutputs(torch.tensor(out["indices"], dtype=torch.long, device=device),
                             torch.tensor(out["logprobs"], dtype=torch.float32, device=device))
         if with_tail:
-            return res, torch.tensor(out["log_tail"], dtype=torch.float32, device=device)
+            tail = torch.tensor(out["log_tail"], dtype=torch.float32, device=device)
+            if with_tokens:
+                if "token_logprobs" not in out:
+                    raise DistillError(f"teacher.url: the served teacher at {self.url} does not answer token_logprobs "
+                                      "(an older `distill serve-teacher`); serve it with this version.")
+                return res, tail, torch.tensor(out["token_logprobs"], dtype=torch.float32, device=device)
+            return res, tail
         return res

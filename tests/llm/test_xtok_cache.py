@@ -175,7 +175,7 @@ def test_a_cross_tokenizer_run_builds_and_reuses_the_aligned_cache(tmp_path, tin
     assert alm_losses(Path(again["run_dir"])) == pytest.approx(a, rel=1e-6)
 
 
-def test_the_planner_counts_no_teacher_forward_for_alm_from_the_cache(tmp_path, tiny_tok):
+def test_the_planner_counts_no_teacher_forward_for_alm_from_the_cache_or_a_server(tmp_path, tiny_tok):
     from distill.config import load_config
     from distill.families.llm.plan import plan
 
@@ -195,4 +195,32 @@ def test_the_planner_counts_no_teacher_forward_for_alm_from_the_cache(tmp_path, 
 
     plain, hidden = placements({}), placements({"hidden_weight": 1.0})
     assert plain["cached"].parts["teacher forward"] == 0 < hidden["cached"].parts["teacher forward"]
-    assert not plain["served"].available  # a served teacher answers top-k, not alm's token log-probs
+    assert plain["served"].available and not hidden["served"].available  # the server sends no hidden states
+
+
+def test_alm_from_a_served_teacher_equals_alm_with_the_teacher(tmp_path, setup):
+    """ServedAligned: the teacher's token log-probs of every text asked of `distill serve-teacher`
+    (the language-model family's chunked head), the same alm loss as the teacher in process."""
+    import threading
+
+    from distill.families.llm.cross_tokenizer.cache import ServedAligned
+    from distill.families.llm.served import head_topk_logprobs
+    from distill.serve import make_server
+
+    t_tok, teacher, texts = setup
+    s_tok = byte_tokenizer()
+    exs = _examples(t_tok, s_tok, texts)
+    server = make_server(teacher, "127.0.0.1", 0, max_k=4, topk=head_topk_logprobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        student = tiny_lm("gpt2", len(s_tok), seed=2)
+        live = _method(student, teacher, t_tok, s_tok, tau=1.0)
+        remote = _method(student, None, t_tok, s_tok, tau=1.0)  # no teacher in this process
+        remote.cache = ServedAligned(f"http://127.0.0.1:{server.server_address[1]}")
+        assert remote.cache.meta["fingerprint"] == teacher.fingerprint()
+        for batch in _batches(exs, s_tok):
+            want, got = live(batch)["alm"], remote(batch)["alm"]
+            assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5) and float(want.detach()) > 1e-3
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -10,6 +10,8 @@ Class attributes the runner reads (never method names):
 - `reads_teacher_cache`: the method can take its targets from the offline cache or a served
   teacher (`method.cache`) instead of the teacher; it is then built with `teacher=None` when the
   recipe has only `teacher.url`;
+- `reads_aligned_cache`: (alm) the method can take the teacher's token log-probs per text from the
+  aligned cache or a served teacher (`method.cache.chunk_logprobs`);
 - `generates_with_teacher`: the method generates text with the teacher (so it needs the model
   here, not a served teacher);
 - `uses_prompts`: batches are one example per row with left-padded `prompt_ids` (generation);
@@ -38,7 +40,8 @@ class LMMethod(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: Teacher | None, *, chunk_size: int = 1024):
         super().__init__()
-        if self.needs_teacher and teacher is None and not getattr(self, "reads_teacher_cache", False):
+        if self.needs_teacher and teacher is None and not getattr(self, "reads_teacher_cache", False) \
+                and not getattr(self, "reads_aligned_cache", False):
             raise ValueError(f"{type(self).__name__} needs a teacher")
         self.student = student
         self._teacher = teacher  # plain attribute: never a submodule, never optimised

@@ -21,10 +21,10 @@ class LMTeacherConfig(Strict):
     """The teacher: a model loaded here (`path`), a served one (`url`), or both.
 
     With only `url` nothing of the teacher is loaded in this process: the tokenizer comes from the
-    server (or `tokenizer`), methods that read served targets (token_kd) train from it, the
+    server (or `tokenizer`), methods that read served targets (token_kd, alm) train from it, the
     teacher's own metrics are not evaluated and the students' teacher agreement uses its served
     top-1. Data sampled from the teacher (`data.source: teacher`) and methods that run the teacher
-    here (seq_kd, on_policy, first, the cross-tokenizer methods) then need `path`. With both, the
+    here (seq_kd, on_policy, first, uld, hybrid) then need `path`. With both, the
     served model must be `path` (same weights fingerprint) and `path` serves evaluation and data."""
     path: str | None = Field(None, description="transformers folder, hub id, or llama2.c .bin (converted once); "
                                                "optional when `url` is given")
@@ -42,7 +42,7 @@ class LMTeacherConfig(Strict):
     cache_coder: Literal["deflate", "lzma"] = Field(
         "deflate", description="compressed cache: how each example's record is packed; lzma takes 9-13% fewer "
                                "bytes and 1.4-2.6x as long to decode (docs/benchmarks/llm_cache_codecs.md)")
-    url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd) take "
+    url: str | None = Field(None, description="a `distill serve-teacher` address; methods that can (token_kd, alm) take "
                                               "their targets from it instead of running the teacher here; without "
                                               "`path`, the tokenizer comes from it too")
     served_top_k: int = Field(64, ge=1, description="k asked of the served teacher")
@@ -259,6 +259,12 @@ class LLMRunConfig(RunConfig):
         for i, m in enumerate(self.methods):
             b = methods.get(m.name, "llm").builder
             if not b.needs_teacher or getattr(b, "reads_teacher_cache", False):
+                continue
+            if getattr(b, "reads_aligned_cache", False):
+                if float((m.params or {}).get("hidden_weight", 0.0)) > 0:
+                    raise ConfigError(f"methods.{i}.params.hidden_weight: alm's hidden-state term compares the "
+                                      "teacher's hidden states, which a served teacher does not send; set "
+                                      "hidden_weight: 0, or give teacher.path as well.")
                 continue
             if getattr(b, "generates_with_teacher", False):
                 raise ConfigError(f"methods.{i}.name: {m.name!r} generates its training text with the teacher, which "

@@ -391,8 +391,8 @@ def _optimizer_bytes(cfg, trainable: int) -> tuple[float, float]:
 def reads_cache(method, served: bool = False) -> bool:
     """Whether `method` (a recipe's method entry) can take the teacher's top-k from the offline cache
     (or, `served`, from a served teacher) instead of running the teacher; alm reads its token
-    log-probs from the aligned cache, unless its hidden-state term needs the teacher's forward, and
-    cannot train from a served teacher."""
+    log-probs from the aligned cache or a served teacher, unless its hidden-state term needs the
+    teacher's forward."""
     from distill.registry import methods
 
     try:
@@ -400,7 +400,7 @@ def reads_cache(method, served: bool = False) -> bool:
     except Exception:
         return False
     if getattr(b, "reads_aligned_cache", False):
-        return not served and float((method.params or {}).get("hidden_weight", 0.0)) == 0.0
+        return float((method.params or {}).get("hidden_weight", 0.0)) == 0.0
     return bool(getattr(b, "reads_teacher_cache", False))
 
 
@@ -523,7 +523,7 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
                              available=any(reads_cache(m) for m in cfg.methods)))
     out.append(Placement("served", {**student_parts(source="served"), "teacher weights": 0.0, "teacher forward": 0.0,
                                     "eval logits": eval_served},
-                         note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k",
+                         note="teacher.url (`distill serve-teacher` elsewhere); the loss reads its top-k or token log-probs",
                          available=not cfg.teacher.student_base and all(reads_cache(m, served=True)
                                                                          for m in cfg.methods)))
     return out, s, t

@@ -333,6 +333,15 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")
                 log(f"student {label}: targets from the served teacher at {cfg.teacher.url}")
+            elif cfg.teacher.url and getattr(method, "reads_aligned_cache", False) and getattr(method, "proj", 1) is None:
+                from distill.families.llm.cross_tokenizer.cache import ServedAligned
+
+                method.cache = ServedAligned(cfg.teacher.url, remote=served.remote if served is not None else None,
+                                             pad_id=tok.pad_token_id or 0)
+                if teacher is not None and method.cache.meta["fingerprint"] != teacher.fingerprint():
+                    raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
+                                      f"teacher.path ({teacher.fingerprint()}); serve the same model.")
+                log(f"student {label}: the teacher's token log-probs from the served teacher at {cfg.teacher.url}")
             elif cfg.teacher.cache_top_k and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.cache import attach_cache
 

@@ -29,11 +29,12 @@ NOT_EVALUATED = "teacher served: not evaluated locally"
 
 @torch.no_grad()
 def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None, k: int, temperature: float = 1.0,
-                       with_tail: bool = False):
+                       with_tail: bool = False, with_tokens: bool = False):
     """`distill.serve.topk_logprobs` for a transformers causal LM (what `distill serve-teacher`
     answers with): its final hidden states, then the output layer (and the model's output transform)
     1024 positions at a time, so that one (1024, V) block of log-probs exists, not the batch's
-    (B, T, V) logits."""
+    (B, T, V) logits; `with_tokens` adds the next input tokens' log-probs (temperature 1), from the
+    same hidden states."""
     from distill.families.llm.models import body_of, output_head
     from distill.losses.lm import head_topk
     from distill.teacher import CachedOutputs
@@ -47,7 +48,17 @@ def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None
     ids, lps, rest = head_topk(h.reshape(B * T, -1).to(w.device), w, b, f, k=k, temperature=temperature,
                                tail_floor=-1.0e4)
     out = CachedOutputs(ids.view(B, T, -1).to(input_ids.device), lps.view(B, T, -1).to(input_ids.device))
-    return (out, rest.view(B, T).to(input_ids.device)) if with_tail else out
+    if not with_tail:
+        return out
+    if not with_tokens:
+        return out, rest.view(B, T).to(input_ids.device)
+    from distill.losses.lm import hidden_token_logprobs
+    from distill.serve import next_token_ids
+
+    nxt = next_token_ids(input_ids).reshape(-1).to(w.device)
+    tok = hidden_token_logprobs(h.reshape(B * T, -1).to(w.device), w, nxt, bias=b, logit_map=f).view(B, T)
+    tok[:, -1] = 0.0
+    return out, rest.view(B, T).to(input_ids.device), tok.to(input_ids.device)
 
 
 def _sentencepiece_tokenizer(model_file: str | Path, what: str):

@@ -126,17 +126,52 @@ class AlignedTeacherCache(CheckedCache):
     def chunk_logprobs(self, p, n: int) -> Tensor:
         """The teacher's log-likelihood of each of the `n` chunks of a paired batch `p` (what ALM
         computes from the teacher's forward), from the cache."""
-        Bt, Tt = p.teacher_batch["input_ids"].shape
-        flat = torch.zeros(Bt * Tt)
-        for start_flat, ids, start in p.t_examples:
+        parts = []
+        for _, ids, start in p.t_examples:
             where = self._where.get(example_key(ids, start))
             if where is None or where[1] - where[0] != len(ids) - 1:
                 raise CacheMismatchError(f"aligned teacher cache {self.folder}: a text of this batch is not in the "
                                          "cache (the data or the teacher's tokenisation changed since it was built); "
                                          "delete the folder.")
-            flat[start_flat:start_flat + len(ids) - 1] = self.logprobs[where[0]:where[1]]
-        dev = p.t_pos.device
-        return torch.zeros(n, device=dev).index_add(0, p.t_chunk, flat.to(dev)[p.t_pos])
+            parts.append(self.logprobs[where[0]:where[1]])
+        return fill_chunks(p, n, parts)
+
+
+def fill_chunks(p, n: int, per_example) -> Tensor:
+    """Chunk log-likelihoods (n,) of paired batch `p` from `per_example`: one (len(ids) - 1,) tensor
+    of next-token log-probs per teacher example of `p.t_examples`, in order."""
+    Bt, Tt = p.teacher_batch["input_ids"].shape
+    flat = torch.zeros(Bt * Tt)
+    for (start_flat, ids, _), lp in zip(p.t_examples, per_example):
+        flat[start_flat:start_flat + len(ids) - 1] = lp
+    dev = p.t_pos.device
+    return torch.zeros(n, device=dev).index_add(0, p.t_chunk, flat.to(dev)[p.t_pos])
+
+
+class ServedAligned:
+    """What `alm` reads from a served teacher (`teacher.url`): the next tokens' log-probs of each
+    teacher example of a batch, asked of `distill serve-teacher` (POST /v1/topk with
+    token_logprobs), one example per row; `chunk_logprobs` as `AlignedTeacherCache`'s."""
+
+    def __init__(self, url: str, remote=None, timeout: float = 120.0, pad_id: int = 0):
+        from distill.serve import RemoteTeacher
+
+        self.remote = remote if remote is not None else RemoteTeacher(url, timeout=timeout)
+        self.pad_id = pad_id
+        self.meta = {"fingerprint": self.remote.fingerprint()}
+
+    def chunk_logprobs(self, p, n: int) -> Tensor:
+        exs = [ids for _, ids, _ in p.t_examples]
+        if not exs:
+            return torch.zeros(n, device=p.t_pos.device)
+        width = max(len(ids) for ids in exs)
+        rows = torch.full((len(exs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(rows)
+        for r, ids in enumerate(exs):
+            rows[r, :len(ids)] = torch.tensor(ids)
+            mask[r, :len(ids)] = 1
+        _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=True)
+        return fill_chunks(p, n, [tok[r, :len(ids) - 1] for r, ids in enumerate(exs)])
 
 
 def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Example], device, log) -> None:
