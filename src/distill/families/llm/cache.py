@@ -65,11 +65,29 @@ def tokenizer_hash(tok) -> str:
                       "template": getattr(tok, "chat_template", None)})
 
 
-def data_hash(examples: Sequence[Example]) -> str:
+def keys_hash(keys: Sequence[bytes]) -> str:
+    """16 hex digits of a sequence of example keys (a cache's data identity)."""
     h = hashlib.sha256()
-    for ex in examples:
-        h.update(key_of(ex))
+    for k in keys:
+        h.update(k)
     return h.hexdigest()[:16]
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    return keys_hash([key_of(ex) for ex in examples])
+
+
+def record_index(keys: Sequence[bytes], counts: Sequence[int]) -> dict[str, Tensor]:
+    """The tensors that locate each example's rows in a cache file: `offsets` (E + 1,) int64 (the
+    rows of example e are offsets[e]:offsets[e + 1]) and `keys` (E, 16) uint8."""
+    return {"offsets": torch.tensor([0, *counts], dtype=torch.int64).cumsum(0),
+            "keys": torch.tensor([list(k) for k in keys], dtype=torch.uint8).reshape(-1, 16)}
+
+
+def rows_of_keys(tensors: dict[str, Tensor]) -> dict[bytes, tuple[int, int]]:
+    """key -> (first row, end row) from `record_index`'s tensors."""
+    offsets, keys = tensors["offsets"].tolist(), tensors["keys"].numpy()
+    return {bytes(keys[e]): (offsets[e], offsets[e + 1]) for e in range(len(keys))}
 
 
 def _unique(examples: Sequence[Example]) -> list[Example]:
@@ -91,23 +109,19 @@ def _teacher_topk(teacher: Teacher, exs: Sequence[Example], *, temperature: floa
 
     wt, bt, ft = output_head(teacher.module)
     with ProgressBar(progress, "teacher cache", len(exs)) as bar:
-        yield from _topk_batches(teacher, exs, wt, bt, ft, temperature, k, batch_size, device, bar)
-
-
-def _topk_batches(teacher, exs, wt, bt, ft, temperature, k, batch_size, device, bar):
-    for i in range(0, len(exs), batch_size):
-        chunk = exs[i:i + batch_size]
-        batch = {key: v.to(device) for key, v in collate([[e] for e in chunk], 0, packed=False).items()}
-        mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
-        with torch.no_grad():
-            h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
-            # (n, V) log-probs 1024 rows at a time: one block of the vocabulary, not the batch's
-            ids, lps, rest = head_topk(h, wt, bt, ft, k=k, temperature=temperature, tail_floor=_FLOOR)
-        r = 0
-        for e, n in zip(chunk, mask.sum(1).tolist()):
-            yield e, ids[r:r + n].cpu(), lps[r:r + n].cpu(), rest[r:r + n].cpu()
-            r += n
-        bar.update(i + len(chunk))
+        for i in range(0, len(exs), batch_size):
+            chunk = exs[i:i + batch_size]
+            batch = {key: v.to(device) for key, v in collate([[e] for e in chunk], 0, packed=False).items()}
+            mask = batch["labels"] != IGNORE  # (B, T); row-major order = example order, then position
+            with torch.no_grad():
+                h = hidden_states(teacher.module, batch)[mask]                          # (n, D)
+                # (n, V) log-probs 1024 rows at a time: one block of the vocabulary, not the batch's
+                ids, lps, rest = head_topk(h, wt, bt, ft, k=k, temperature=temperature, tail_floor=_FLOOR)
+            r = 0
+            for e, n in zip(chunk, mask.sum(1).tolist()):
+                yield e, ids[r:r + n].cpu(), lps[r:r + n].cpu(), rest[r:r + n].cpu()
+                r += n
+            bar.update(i + len(chunk))
 
 
 class LMTeacherCache(CheckedCache):
@@ -120,9 +134,7 @@ class LMTeacherCache(CheckedCache):
         self.indices = tensors["indices"]      # (N, k) int32
         self.logprobs = tensors["logprobs"]    # (N, k) fp16, at the cache temperature
         self.log_tail = tensors["log_tail"]    # (N,) fp32: log(1 - sum of the top-k probabilities)
-        offsets = tensors["offsets"].tolist()  # (E + 1,) int64: rows of example e are offsets[e]:offsets[e+1]
-        keys = tensors["keys"].numpy()         # (E, 16) uint8
-        self._where = {bytes(keys[e]): (offsets[e], offsets[e + 1]) for e in range(len(keys))}
+        self._where = rows_of_keys(tensors)    # example key -> its rows (`record_index`)
 
     @classmethod
     def expected_meta(cls, teacher: Teacher, tok, examples: Sequence[Example], *, temperature: float, k: int,
@@ -147,9 +159,8 @@ class LMTeacherCache(CheckedCache):
         tensors, counts = cls._encode(_teacher_topk(teacher, exs, temperature=temperature, k=k, batch_size=batch_size,
                                                     device=device, progress=progress), vocab, k, **codec,
                                     **({"coder": coder} if coder else {}))
-        offsets = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
-        keys = torch.tensor([list(key_of(e)) for e in exs], dtype=torch.uint8)
-        tensors.update(offsets=offsets, keys=keys.reshape(-1, 16))
+        tensors.update(record_index([key_of(e) for e in exs], counts))
+        offsets = tensors["offsets"]
         meta = cls.expected_meta(teacher, tok, examples, temperature=temperature, k=k, seq_len=seq_len, **codec)
         meta.update(vocab_size=vocab, tokens=int(offsets[-1]), examples=len(exs),
                     packing="per example: valid for packed and unpacked rows", **({"coder": coder} if coder else {}))
@@ -242,9 +253,7 @@ class CompressedLMTeacherCache(LMTeacherCache):
                            meta.get("coder", "deflate"))  # caches written before `coder` existed are deflated
         self.blob = tensors["blob"].numpy()            # (bytes,) uint8: the records, one after another
         self.blob_offsets = tensors["blob_offsets"].tolist()  # (E + 1,)
-        offsets = tensors["offsets"].tolist()
-        keys = tensors["keys"].numpy()
-        self._where = {bytes(keys[e]): (e, offsets[e + 1] - offsets[e]) for e in range(len(keys))}
+        self._where = {key: (e, z - a) for e, (key, (a, z)) in enumerate(rows_of_keys(tensors).items())}
 
     @staticmethod
     def _codec(min_prob: float = 1e-5, bits: int = 8, coder: str = "deflate") -> dict[str, Any]:

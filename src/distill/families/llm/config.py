@@ -261,7 +261,7 @@ class LLMRunConfig(RunConfig):
             if not b.needs_teacher or getattr(b, "reads_teacher_cache", False):
                 continue
             if getattr(b, "reads_aligned_cache", False):
-                if float((m.params or {}).get("hidden_weight", 0.0)) > 0:
+                if not b.reads_aligned(m.params):
                     raise ConfigError(f"methods.{i}.params.hidden_weight: alm's hidden-state term compares the "
                                       "teacher's hidden states, which a served teacher does not send; set "
                                       "hidden_weight: 0, or give teacher.path as well.")

@@ -400,7 +400,7 @@ def reads_cache(method, served: bool = False) -> bool:
     except Exception:
         return False
     if getattr(b, "reads_aligned_cache", False):
-        return float((method.params or {}).get("hidden_weight", 0.0)) == 0.0
+        return b.reads_aligned(method.params)
     return bool(getattr(b, "reads_teacher_cache", False))
 
 

@@ -333,7 +333,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")
                 log(f"student {label}: targets from the served teacher at {cfg.teacher.url}")
-            elif cfg.teacher.url and getattr(method, "reads_aligned_cache", False) and getattr(method, "proj", 1) is None:
+            elif cfg.teacher.url and getattr(method, "reads_aligned_cache", False) and method.reads_aligned(mcfg.params):
                 from distill.families.llm.cross_tokenizer.cache import ServedAligned
 
                 method.cache = ServedAligned(cfg.teacher.url, remote=served.remote if served is not None else None,

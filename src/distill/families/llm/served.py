@@ -125,6 +125,17 @@ class ServedTeacher:
         return top1
 
 
+def padded_rows(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(ids, attention mask) (R, longest): the sequences right-padded, one per row (a request)."""
+    width = max(len(t) for t in seqs)
+    rows = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(rows)
+    for r, t in enumerate(seqs):
+        rows[r, :len(t)] = torch.tensor(t)
+        mask[r, :len(t)] = 1
+    return rows, mask
+
+
 class ServedTargets:
     """`lookup(batch)` -> (indices (n, k), log-probs (n, k), log tail (n,)) from a served teacher."""
 
@@ -148,12 +159,7 @@ class ServedTargets:
         if not pieces:
             k = self.k
             return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k), torch.zeros(0)
-        width = max(len(t) for t, _ in pieces)
-        rows = torch.full((len(pieces), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(rows)
-        for r, (t, _) in enumerate(pieces):
-            rows[r, :len(t)] = torch.tensor(t)
-            mask[r, :len(t)] = 1
+        rows, mask = padded_rows([t for t, _ in pieces], self.pad_id)
         out, tail = self.remote.topk(rows, mask, k=self.k, temperature=self.temperature, with_tail=True)
         idx = torch.cat([out.indices[r, c] for r, (_, c) in enumerate(pieces)])
         lp = torch.cat([out.logprobs[r, c] for r, (_, c) in enumerate(pieces)])

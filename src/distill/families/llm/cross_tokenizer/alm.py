@@ -60,8 +60,14 @@ class ALM(CrossTokenizerMethod):
     def hparams(self):
         return {"tau": self.tau}
 
+    @staticmethod
+    def reads_aligned(params: dict) -> bool:
+        """Whether alm with these params can take the teacher's token log-probs from the aligned
+        cache or a served teacher: not with its hidden-state term, which needs the teacher's forward."""
+        return float((params or {}).get("hidden_weight", 0.0)) == 0.0
+
     def accept_aligned_cache(self) -> None:
-        if self.proj is not None:
+        if not self.reads_aligned({"hidden_weight": self.weights["hidden"]}):
             raise ConfigError("methods: alm with hidden_weight > 0 compares the teacher's hidden states, which the "
                               "aligned teacher cache does not hold; set hidden_weight: 0, or remove "
                               "teacher.cache_top_k to run the teacher while training.")

@@ -18,7 +18,6 @@ file); a cache whose metadata differs from the run's is refused (`CacheMismatchE
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor
 
 from distill.errors import CacheMismatchError
-from distill.families.llm.cache import example_key, tokenizer_hash
+from distill.families.llm.cache import example_key, keys_hash, record_index, rows_of_keys, tokenizer_hash
 from distill.families.llm.data import Example, collate
 from distill.losses.lm import hidden_token_logprobs
 from distill.teacher import CheckedCache, Teacher, write_checked
@@ -56,22 +55,13 @@ def teacher_keys(method, examples: Sequence[Example], batch_size: int = 64) -> l
     return list(seen)
 
 
-def keys_hash(keys: Sequence[bytes]) -> str:
-    h = hashlib.sha256()
-    for k in keys:
-        h.update(k)
-    return h.hexdigest()[:16]
-
-
 class AlignedTeacherCache(CheckedCache):
     FILE, WHAT = "aligned.safetensors", "aligned teacher cache"
 
     def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
         self.folder, self.meta = folder, meta
         self.logprobs = tensors["logprobs"]    # (N,) fp32: log p(token j + 1 | tokens <= j) of each teacher example
-        offsets = tensors["offsets"].tolist()  # (E + 1,)
-        keys = tensors["keys"].numpy()         # (E, 16) uint8
-        self._where = {bytes(keys[e]): (offsets[e], offsets[e + 1]) for e in range(len(keys))}
+        self._where = rows_of_keys(tensors)    # teacher example key -> its rows (`record_index`)
 
     @classmethod
     def expected_meta(cls, teacher: Teacher, t_tok, keys: Sequence[bytes]) -> dict[str, Any]:
@@ -95,8 +85,7 @@ class AlignedTeacherCache(CheckedCache):
         order = [k for k in keys if k in done]
         counts = [done[k].numel() for k in order]
         tensors = {"logprobs": torch.cat([done[k] for k in order]) if order else torch.zeros(0),
-                   "offsets": torch.tensor([0] + counts, dtype=torch.int64).cumsum(0),
-                   "keys": torch.tensor([list(k) for k in order], dtype=torch.uint8).reshape(-1, 16)}
+                   **record_index(order, counts)}
         meta = cls.expected_meta(method.teacher, method.t_tok, keys)
         meta.update(tokens=int(sum(counts)), examples=len(order))
         meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
@@ -161,15 +150,12 @@ class ServedAligned:
         self.meta = {"fingerprint": self.remote.fingerprint()}
 
     def chunk_logprobs(self, p, n: int) -> Tensor:
+        from distill.families.llm.served import padded_rows
+
         exs = [ids for _, ids, _ in p.t_examples]
         if not exs:
             return torch.zeros(n, device=p.t_pos.device)
-        width = max(len(ids) for ids in exs)
-        rows = torch.full((len(exs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(rows)
-        for r, ids in enumerate(exs):
-            rows[r, :len(ids)] = torch.tensor(ids)
-            mask[r, :len(ids)] = 1
+        rows, mask = padded_rows(exs, self.pad_id)
         _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=True)
         return fill_chunks(p, n, [tok[r, :len(ids) - 1] for r, ids in enumerate(exs)])
 
