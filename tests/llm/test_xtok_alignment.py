@@ -113,3 +113,16 @@ def test_unalignable_tokenizer_is_refused(toks):
     bad = [b"x"] * len(t_bt)  # a vocabulary with no byte meaning
     with pytest.raises(AlignmentError, match="cannot be aligned"):
         encode(bt, "hello", bad)
+
+
+@pytest.mark.parametrize("name", ["byte", "bpe", "sp"])
+def test_special_token_text_in_the_data_is_text(toks, name):
+    """A text that spells a special token ("<s>", "</s>") is tokenised as its characters, so every
+    byte of it belongs to a token and the two sides still align."""
+    if name not in toks:
+        pytest.skip("the SentencePiece tokenizer needs ../shared/assets")
+    tok, table = toks[name]
+    text = "a <s> b </s> <pad>c"
+    enc = encode(tok, text, table, bos=False)
+    assert sum(b - a for a, b in enc.spans) == len(text.encode())  # the spans cover every byte once
+    align(enc, encode(toks["byte"][0], text, toks["byte"][1], bos=False))

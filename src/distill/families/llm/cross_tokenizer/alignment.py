@@ -128,7 +128,7 @@ def encode_segments(tok, segments: Sequence[tuple[str, bool]], table: Sequence[b
     for text, shared in segments:
         if not text:
             continue
-        seg = tok(text, add_special_tokens=False)["input_ids"]
+        seg = tok(text, add_special_tokens=False, split_special_tokens=shared)["input_ids"]
         if shared:
             raw = text.encode("utf-8")
             spans += spans_of(seg, table, raw, start=o, what=what)
