@@ -62,6 +62,26 @@ def test_served_token_logprobs_are_the_models_own(served):
         assert torch.allclose(tok[r, :n - 1], want, atol=1e-5) and float(tok[r, n - 1]) == 0.0
 
 
+def test_served_token_logprobs_over_the_first_vocab_rows(served):
+    """With "vocab": n the next tokens' log-probs are normalised over the first n output rows only
+    (a head padded past its tokenizer), read here from the model's own logits cut to n rows; the
+    same request without vocab answers the full-row values, and the two are not equal."""
+    teacher, url = served
+    remote = RemoteTeacher(url, timeout=30)
+    ids = torch.tensor([[3, 7, 9, 11, 2], [4, 8, 15, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    _, _, cut = remote.topk(ids, mask, k=2, with_tail=True, with_tokens=20)
+    _, _, full = remote.topk(ids, mask, k=2, with_tail=True, with_tokens=True)
+    with torch.no_grad():
+        logits = teacher.module(ids, attention_mask=mask).logits.float()
+    lp20, lp = torch.log_softmax(logits[..., :20], -1), torch.log_softmax(logits, -1)
+    for r, n in enumerate(mask.sum(1).tolist()):
+        pos = torch.arange(n - 1)
+        assert torch.allclose(cut[r, :n - 1], lp20[r, pos, ids[r, 1:n]], atol=1e-5)
+        assert torch.allclose(full[r, :n - 1], lp[r, pos, ids[r, 1:n]], atol=1e-5)
+        assert (cut[r, :n - 1] > full[r, :n - 1]).all()
+
+
 def test_bad_requests_get_clear_errors(served):
     _, url = served
     remote = RemoteTeacher(url, timeout=30)
@@ -188,6 +208,11 @@ BAD_REQUESTS = [
     (b'{"input_ids": [[1, 2]], "temperature": NaN}', 400, r"temperature must be a finite number > 0, got nan"),
     ({"input_ids": [[1, 2]], "top_k": 3}, 400, r"unknown field\(s\) \['top_k'\]"),
     ({"input_ids": [[1, 2]], "token_logprobs": "yes"}, 400, r"token_logprobs must be true or false, got 'yes'"),
+    ({"input_ids": [[1, 2]], "vocab": 10}, 400, r"vocab applies to token_logprobs only"),
+    ({"input_ids": [[1, 2]], "token_logprobs": True, "vocab": 0}, 400, r"vocab must be an integer in \[1, 50\]"),
+    ({"input_ids": [[1, 2]], "token_logprobs": True, "vocab": 51}, 400, r"vocab must be an integer in \[1, 50\]"),
+    ({"input_ids": [[1, 2]], "token_logprobs": True, "vocab": 2.5}, 400, r"vocab must be an integer"),
+    ({"input_ids": [[1, 12]], "token_logprobs": True, "vocab": 10}, 400, r"input_ids\[0\]\[1\] = 12 is outside vocab \(10\)"),
     ({"ids": [[1, 2]]}, 400, r"unknown field"),
     ({}, 400, r"input_ids is missing"),
     ([[1, 2]], 400, r"the body must be a JSON object"),

@@ -7,7 +7,9 @@ POST /v1/topk  {"input_ids": [[...]], "attention_mask": [[...]] (optional), "k":
   -> {"indices": [[[...]]] (B, T, k), "logprobs": [[[...]]] (B, T, k), "fingerprint": "...", "vocab_size": V}
   (plus "log_tail": (B, T), the exact log of the probability mass outside the top-k)
   with "token_logprobs": true, also "token_logprobs": (B, T), the log-prob at temperature 1 of the
-  next input token at each position (0 where no attended token follows), what `alm` reads
+  next input token at each position (0 where no attended token follows), what `alm` reads; with
+  "vocab": n as well, normalised over the first n output rows only (the tokenizer's length, for a
+  head padded past it)
 GET  /v1/info  -> {"fingerprint", "vocab_size", "max_k", "max_tokens", "max_positions", "tokenizer"}
 GET  /v1/stats -> {"requests", "rows", "forwards"}: answered so far, and the batched teacher forwards run
 GET  /v1/tokenizer -> {"fingerprint", "kind", "files": {name: base64 bytes}}
@@ -109,7 +111,8 @@ def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: tor
     if not with_tokens:
         return result, rest
     nxt = next_token_ids(input_ids)
-    tok = F.log_softmax(logits.float(), dim=-1).gather(-1, nxt[..., None].to(logits.device))[..., 0]
+    z = logits.float()[..., :with_tokens] if with_tokens is not True else logits.float()
+    tok = F.log_softmax(z, dim=-1).gather(-1, nxt[..., None].to(logits.device))[..., 0]
     tok[:, -1] = 0.0
     return result, rest, tok
 
@@ -122,7 +125,7 @@ class RequestError(ValueError):
         self.status = status
 
 
-TOPK_FIELDS = ("input_ids", "attention_mask", "k", "temperature", "token_logprobs")
+TOPK_FIELDS = ("input_ids", "attention_mask", "k", "temperature", "token_logprobs", "vocab")
 
 
 def _is_int(v: Any) -> bool:
@@ -155,7 +158,7 @@ def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: 
                        max_tokens: int = 1 << 16) -> tuple[list[list[int]], list[list[int]] | None, int, float]:
     """Check a POST /v1/topk body; (input_ids, attention_mask or None, k, temperature), or a
     RequestError naming the field (413 when there are more than `max_tokens` tokens in all).
-    `token_logprobs` (a boolean) is checked here and read by `wants_token_logprobs`."""
+    `token_logprobs` (a boolean) and `vocab` are checked here and read by `wants_token_logprobs`."""
     if not isinstance(req, dict):
         raise RequestError(f"the body must be a JSON object with input_ids (and optionally "
                            f"{', '.join(TOPK_FIELDS[1:])}), got {type(req).__name__}")
@@ -197,12 +200,27 @@ def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: 
         raise RequestError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not isinstance(req.get("token_logprobs", False), bool):
         raise RequestError(f"token_logprobs must be true or false, got {req['token_logprobs']!r}")
+    if req.get("vocab") is not None:
+        n = req["vocab"]
+        if not req.get("token_logprobs", False):
+            raise RequestError("vocab applies to token_logprobs only: send \"token_logprobs\": true with it, or drop it")
+        if not _is_int(n) or not 1 <= n <= vocab_size:
+            raise RequestError(f"vocab must be an integer in [1, {vocab_size}] (the rows token_logprobs are "
+                               f"normalised over), got {n!r}")
+        for i, row in enumerate(ids):
+            for j, v in enumerate(row[1:], 1):
+                if v >= n:
+                    raise RequestError(f"input_ids[{i}][{j}] = {v} is outside vocab ({n}): its log-prob over the "
+                                       f"first {n} rows is undefined; raise vocab or drop that token")
     return ids, mask, int(k), float(temperature)
 
 
-def wants_token_logprobs(req: dict[str, Any]) -> bool:
-    """Whether a (checked) request asks for the log-prob of each next input token as well."""
-    return bool(req.get("token_logprobs", False))
+def wants_token_logprobs(req: dict[str, Any]) -> int | bool:
+    """What a (checked) request asks of the next input tokens' log-probs: False (nothing), True
+    (normalised over every output row) or n (over the first n rows)."""
+    if not req.get("token_logprobs", False):
+        return False
+    return int(req["vocab"]) if req.get("vocab") is not None else True
 
 
 class _Job:
@@ -281,7 +299,7 @@ class Batcher:
                 if job is None:
                     break
                 w = max(width, len(job.ids[0]))
-                if (job.k, job.temperature, job.tokens) != (first.k, first.temperature, first.tokens) \
+                if (job.k, job.temperature, repr(job.tokens)) != (first.k, first.temperature, repr(first.tokens)) \
                         or rows + len(job.ids) > self.max_rows \
                         or (rows + len(job.ids)) * w > self.max_tokens:
                     skipped.append(job)
@@ -305,7 +323,7 @@ class Batcher:
             t_mask = torch.tensor(mask, dtype=torch.long, device=self.device) if need_mask else None
             tokens = batch[0].tokens
             got = self.topk(self.teacher, t_ids, t_mask, batch[0].k, batch[0].temperature, with_tail=True,
-                            **({"with_tokens": True} if tokens else {}))
+                            **({"with_tokens": tokens} if tokens else {}))
             out, tail = got[0], got[1]
             self.forwards += 1
             self.requests += len(batch)
@@ -568,12 +586,15 @@ class RemoteTeacher:
 
     def topk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, k: int = 32,
              temperature: float = 1.0, device: str | torch.device = "cpu", with_tail: bool = False,
-             with_tokens: bool = False):
+             with_tokens: bool | int = False):
         """The served top-k (as `topk_logprobs`); with `with_tail` also the log tail, with
-        `with_tokens` (and `with_tail`) also the next input tokens' log-probs at temperature 1."""
+        `with_tokens` (and `with_tail`) also the next input tokens' log-probs at temperature 1
+        (over the first `with_tokens` output rows when it is an int)."""
         body = {"input_ids": input_ids.tolist(), "k": k, "temperature": temperature}
         if with_tokens:
             body["token_logprobs"] = True
+            if with_tokens is not True:
+                body["vocab"] = int(with_tokens)
         if attention_mask is not None:
             body["attention_mask"] = attention_mask.tolist()
         out = self._call("POST", "/v1/topk", body)

@@ -224,3 +224,39 @@ def test_alm_from_a_served_teacher_equals_alm_with_the_teacher(tmp_path, setup):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_served_teacher_with_a_padded_head_normalises_over_its_tokenizer(tmp_path, setup):
+    """A teacher whose output layer has rows past its tokenizer: ServedAligned asks the server to
+    normalise over the tokenizer's length (as the in-process alm does), so the loss is the same;
+    asked over every row, it would differ."""
+    import threading
+
+    from distill.families.llm.cross_tokenizer.cache import ServedAligned
+    from distill.families.llm.served import head_topk_logprobs
+    from distill.serve import make_server
+
+    t_tok, _, texts = setup
+    padded = Teacher(tiny_lm("llama", len(t_tok) + 24, hidden=32, seed=4))
+    with torch.no_grad():  # mass on the padding rows, so normalising over them changes the values
+        padded.module.lm_head.weight[len(t_tok):].mul_(4.0)
+    s_tok = byte_tokenizer()
+    exs = _examples(t_tok, s_tok, texts[:4])
+    server = make_server(padded, "127.0.0.1", 0, max_k=4, topk=head_topk_logprobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        student = tiny_lm("gpt2", len(s_tok), seed=2)
+        live = _method(student, padded, t_tok, s_tok, tau=1.0)
+        remote = _method(student, None, t_tok, s_tok, tau=1.0)
+        remote.cache = ServedAligned(url, vocab=len(t_tok))
+        every_row = _method(student, None, t_tok, s_tok, tau=1.0)
+        every_row.cache = ServedAligned(url)
+        assert remote.cache.vocab == len(t_tok) and every_row.cache.vocab is True
+        batch = _batches(exs, s_tok)[0]
+        want, got, off = live(batch)["alm"], remote(batch)["alm"], every_row(batch)["alm"]
+        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+        assert abs(float(off.detach()) - float(want.detach())) > 1e-3 * abs(float(want.detach()))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -337,7 +337,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 from distill.families.llm.cross_tokenizer.cache import ServedAligned
 
                 method.cache = ServedAligned(cfg.teacher.url, remote=served.remote if served is not None else None,
-                                             pad_id=tok.pad_token_id or 0)
+                                             pad_id=tok.pad_token_id or 0, vocab=method.t_vocab)
                 if teacher is not None and method.cache.meta["fingerprint"] != teacher.fingerprint():
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")

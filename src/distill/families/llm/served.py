@@ -29,12 +29,12 @@ NOT_EVALUATED = "teacher served: not evaluated locally"
 
 @torch.no_grad()
 def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None, k: int, temperature: float = 1.0,
-                       with_tail: bool = False, with_tokens: bool = False):
+                       with_tail: bool = False, with_tokens: bool | int = False):
     """`distill.serve.topk_logprobs` for a transformers causal LM (what `distill serve-teacher`
     answers with): its final hidden states, then the output layer (and the model's output transform)
     1024 positions at a time, so that one (1024, V) block of log-probs exists, not the batch's
-    (B, T, V) logits; `with_tokens` adds the next input tokens' log-probs (temperature 1), from the
-    same hidden states."""
+    (B, T, V) logits; `with_tokens` adds the next input tokens' log-probs (temperature 1; over the
+    first `with_tokens` output rows when it is an int), from the same hidden states."""
     from distill.families.llm.models import body_of, output_head
     from distill.losses.lm import head_topk
     from distill.teacher import CachedOutputs
@@ -56,7 +56,9 @@ def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None
     from distill.serve import next_token_ids
 
     nxt = next_token_ids(input_ids).reshape(-1).to(w.device)
-    tok = hidden_token_logprobs(h.reshape(B * T, -1).to(w.device), w, nxt, bias=b, logit_map=f).view(B, T)
+    vocab = None if with_tokens is True else int(with_tokens)
+    tok = hidden_token_logprobs(h.reshape(B * T, -1).to(w.device), w, nxt, bias=b, vocab=vocab,
+                                logit_map=f).view(B, T)
     tok[:, -1] = 0.0
     return out, rest.view(B, T).to(input_ids.device), tok.to(input_ids.device)
 

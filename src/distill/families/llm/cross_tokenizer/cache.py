@@ -140,13 +140,17 @@ def fill_chunks(p, n: int, per_example) -> Tensor:
 class ServedAligned:
     """What `alm` reads from a served teacher (`teacher.url`): the next tokens' log-probs of each
     teacher example of a batch, asked of `distill serve-teacher` (POST /v1/topk with
-    token_logprobs), one example per row; `chunk_logprobs` as `AlignedTeacherCache`'s."""
+    token_logprobs), one example per row; `chunk_logprobs` as `AlignedTeacherCache`'s. With `vocab`
+    (the teacher tokenizer's length) below the served vocabulary, the server normalises over that
+    many rows, as the in-process alm does for a head padded past its tokenizer."""
 
-    def __init__(self, url: str, remote=None, timeout: float = 120.0, pad_id: int = 0):
+    def __init__(self, url: str, remote=None, timeout: float = 120.0, pad_id: int = 0, vocab: int | None = None):
         from distill.serve import RemoteTeacher
 
         self.remote = remote if remote is not None else RemoteTeacher(url, timeout=timeout)
         self.pad_id = pad_id
+        served = int(self.remote.info.get("vocab_size") or 0)
+        self.vocab = int(vocab) if vocab and served and int(vocab) < served else True
         self.meta = {"fingerprint": self.remote.fingerprint()}
 
     def chunk_logprobs(self, p, n: int) -> Tensor:
@@ -156,7 +160,7 @@ class ServedAligned:
         if not exs:
             return torch.zeros(n, device=p.t_pos.device)
         rows, mask = padded_rows(exs, self.pad_id)
-        _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=True)
+        _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=self.vocab)
         return fill_chunks(p, n, [tok[r, :len(ids) - 1] for r, ids in enumerate(exs)])
 
 
