@@ -230,3 +230,24 @@ def test_planned_weights_of_a_quantised_base_are_its_loaded_bytes(tmp_path, mode
     loaded = float(sum(storages.values()))
     assert s.weights == pytest.approx(loaded, rel=0.02)
     assert placements[0].parts["student weights"] == s.weights < s.params * 4 * 0.8
+
+
+def test_the_qlora_benchmark_table_pairs_the_two_sft_columns_by_seed():
+    """benchmarks/llm_qlora.py: mean +- sample std per column, and the per-seed difference of
+    distill's and TRL's sft (not the difference of the means' spreads)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_llm_qlora", Path(__file__).resolve().parents[2] / "benchmarks" / "llm_qlora.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = {"nf4-s0": {"base": 4.0, "sft": 3.0, "trl_sft": 3.1, "anchored": 3.2},
+               "nf4-s1": {"base": 5.0, "sft": 4.0, "trl_sft": 4.3, "anchored": 4.2},
+               "none-s0": {"base": 4.0, "sft": 3.0, "anchored": 3.1}}  # no peer: its cells say "-"
+    rows = {line.split(" | ")[0].strip("| `"): line for line in bench.table(results).splitlines()[2:]}
+    cells = [c.strip() for c in rows["nf4"].strip("|").split("|")]
+    assert cells[1:] == ["0,1", "4.500 +- 0.707", "3.500 +- 0.707", "3.700 +- 0.849", "3.700 +- 0.707",
+                         "-0.200 +- 0.141"]
+    assert [c.strip() for c in rows["none"].strip("|").split("|")][1:] == ["0", "4.000", "3.000", "-", "3.100", "-"]
+    assert "int8" not in rows and "nf4" in bench.table(results, seeds=[1]) and "0,1" not in bench.table(results, seeds=[1])
