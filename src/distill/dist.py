@@ -139,7 +139,8 @@ def _is_fsdp_hook(fn) -> bool:
 
 def fsdp_release(module) -> None:
     """Undo `fsdp_shard` in place (every process must call it): gather each sharded parameter into
-    a plain full parameter (same requires_grad), and remove FSDP's hooks, class and registry entries,
+    a plain full parameter (same requires_grad; a parameter shared by several modules, such as tied
+    input and output embeddings, stays one parameter), and remove FSDP's hooks, class and registry entries,
     so the module works in one process again and can be sharded again later."""
     import sys
 
@@ -154,10 +155,13 @@ def fsdp_release(module) -> None:
     for m in module.modules():
         if isinstance(m, FSDPModule):
             m.reshard()  # register the sharded parameters (a root may still hold gathered ones)
+    full: dict[int, nn.Parameter] = {}  # one plain parameter per sharded one, so tied weights stay tied
     for m in module.modules():
         for name, p in list(m._parameters.items()):
             if isinstance(p, DTensor):
-                m._parameters[name] = nn.Parameter(p.full_tensor().detach().clone(), requires_grad=p.requires_grad)
+                if id(p) not in full:
+                    full[id(p)] = nn.Parameter(p.full_tensor().detach().clone(), requires_grad=p.requires_grad)
+                m._parameters[name] = full[id(p)]
     for m in module.modules():
         for attr in ("_forward_pre_hooks", "_forward_hooks", "_state_dict_pre_hooks", "_state_dict_hooks",
                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):

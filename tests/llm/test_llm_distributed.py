@@ -12,13 +12,13 @@ pytest.importorskip("transformers")
 from llm_helpers import corpus, tiny_lm  # noqa: E402
 
 
-def _run(tmp_path, recipe, name, *extra):
+def _run(tmp_path, recipe, name, *extra, env=None, fails=False):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(dict(recipe, name=name)))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DISTILL_RUN_DIR")}
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DISTILL_RUN_DIR")}
     out = subprocess.run([sys.executable, "-m", "distill.cli.main", "run", str(path), *extra], capture_output=True,
-                         text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
+                         text=True, timeout=600, env={**base, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert (out.returncode != 0) if fails else (out.returncode == 0), out.stderr[-3000:]
     return tmp_path / "runs" / name
 
 
@@ -83,3 +83,46 @@ def test_two_processes_equal_one_for_a_qlora_student(tmp_path, tiny_tok):
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # the adapter trained
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.mark.slow
+def test_fsdp_lora_student_killed_and_resumed_equals_one_process(tmp_path, tiny_tok):
+    """engine.strategy=fsdp with a LoRA student: 2 gloo processes shard the frozen base and the
+    adapter, are SIGKILLed after step 3 (last checkpoint: step 2) and resumed; the saved adapter and
+    the merged model equal 1 process's, and the merged model keeps its tied embeddings (one tensor
+    in the file, as the base has)."""
+    pytest.importorskip("peft")
+    import torch
+    from safetensors.torch import load_file
+
+    teacher, base = tmp_path / "teacher", tmp_path / "base"
+    tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(teacher)
+    tiny_lm("llama", len(tiny_tok), hidden=16, seed=5).save_pretrained(base)
+    for d in (teacher, base):
+        tiny_tok.save_pretrained(d)
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(40)))
+    recipe = {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+              "teacher": {"path": str(teacher)}, "student": {"path": str(base), "lora": {"r": 4, "merge": True}},
+              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8,
+                       "prompt_tokens": 4, "pack": False},
+              "train": {"epochs": 1, "max_steps": 4, "optimizer": {"name": "sgd", "lr": 0.5}},
+              "engine": {"device": "cpu", "progress": False},
+              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"ce_weight": 0.5}}]}
+    one = _run(tmp_path, recipe, "one")
+    fsdp = ("--nproc", "2", "engine.strategy=fsdp", "engine.checkpoint_every=2")
+    killed = _run(tmp_path, recipe, "two", *fsdp, env={"DISTILL_FAULT_STEP": "3"}, fails=True)
+    out = killed / "students" / "token_kd"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002.pt"
+    assert not (out / "adapter_model.safetensors").exists()
+    two = _run(tmp_path, recipe, "two", *fsdp, "--resume")
+    assert two == killed
+    for f in ("adapter_model.safetensors", "merged/model.safetensors"):
+        a, b = (load_file(str(r / "students" / "token_kd" / f)) for r in (one, two))
+        assert a and set(a) == set(b), f
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-5), (f, k, (a[k] - b[k]).abs().max())
+    adapter = load_file(str(one / "students" / "token_kd" / "adapter_model.safetensors"))
+    assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # the adapter trained
+    merged = load_file(str(two / "students" / "token_kd" / "merged" / "model.safetensors"))
+    assert set(merged) == set(load_file(str(base / "model.safetensors")))  # tied: no separate lm_head.weight

@@ -3,6 +3,7 @@ fresh process (CPU, resident-set peak; glibc told to return every freed block ov
 the peak is that of the live tensors), and the refusal of a recipe that cannot fit."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,6 +132,20 @@ def test_parts_follow_the_recipe(tmp_path, teacher_dir):
     assert fsdp.parts["optimiser state"] == col.parts["optimiser state"] / 2
     lora = plan(load_config(_recipe(tmp_path, teacher_dir, student={"lora": {"r": 4}})), devices=1)[1]
     assert 0 < lora.trainable < lora.params / 10
+    # a LoRA student may be sharded; a quantised base or a teacher that is the student's base may not
+    fsdp_of = lambda **over: next(p for p in plan(load_config(_recipe(tmp_path, teacher_dir, **over)),  # noqa: E731
+                                                   devices=2)[0] if p.name == "fsdp")
+    assert fsdp_of(student={"lora": {"r": 4}}).available
+    assert not fsdp_of(teacher={"path": None, "student_base": True, "tokenizer": str(teacher_dir)},
+                       student={"path": str(teacher_dir), "lora": {"r": 4}}).available
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        assert not fsdp_of(student={"path": str(teacher_dir), "lora": {"r": 4, "quantize": "nf4"}}).available
+
+
+def test_sizes_are_printed_with_one_unit():
+    from distill.families.llm.plan import gib
+
+    assert gib(1.5 * 2 ** 30) == "1.50 GiB" and gib(1.1 * 2 ** 20) == "1.1 MiB" and gib(0) == "0.00 GiB"
 
 
 def test_run_refuses_a_recipe_that_cannot_fit(tmp_path, teacher_dir, monkeypatch):
@@ -139,8 +154,9 @@ def test_run_refuses_a_recipe_that_cannot_fit(tmp_path, teacher_dir, monkeypatch
     cfg = load_config(_recipe(tmp_path, teacher_dir))
     need = plan(cfg, 1)[0][0].peak
     monkeypatch.setattr(P, "device_memory", lambda device="auto": (need * 0.5, "a small device"))
-    with pytest.raises(ConfigError, match=r"memory: this recipe is estimated to need .* GiB per device \(colocated;.*"
-                                          r"more than the .* GiB of a small device.*memory_check: false"):
+    with pytest.raises(ConfigError, match=r"memory: this recipe is estimated to need [0-9.]+ [GM]iB per device "
+                                          r"\(colocated;.*more than the [0-9.]+ [GM]iB of a small device.*"
+                                          r"memory_check: false"):
         check(cfg, 1, print)
     fallback = choose(plan(cfg, 1)[0], need * 0.5)
     assert fallback is None or (fallback.name != "colocated" and fallback.peak <= need * 0.5)

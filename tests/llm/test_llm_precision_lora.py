@@ -196,7 +196,7 @@ def test_bad_values_name_their_field(tmp_path, lm_dir, where, value, field):
     ({"student_base": True, "dtype": "bf16"}, {"path": "S", "lora": {}}, {}, "teacher.dtype"),
     ({"path": "T", "offload_folder": "off"}, {}, {}, "teacher.offload_folder"),
     ({"path": "T", "device_map": "auto"}, {}, {"strategy": "fsdp"}, "teacher.device_map"),
-    ({"path": "T"}, {"lora": {}}, {"strategy": "fsdp"}, "student.lora"),
+    ({"path": "T"}, {"path": "S", "lora": {"quantize": "nf4"}}, {"strategy": "fsdp"}, "student.lora.quantize"),
 ])
 def test_bad_combinations_name_the_field_and_the_fix(tmp_path, lm_dir, teacher, student, engine, field):
     recipe = _recipe(tmp_path, lm_dir, teacher=teacher, student=student)

@@ -54,7 +54,7 @@ def plan(
             con.print("no placement fits: lower data.batch_size or data.seq_len, use a LoRA student, or serve the "
                       "teacher from another machine")
             raise typer.Exit(1)
-        con.print(f"picked: {picked.name} ({picked.note}), estimated peak {gib(picked.peak)} GiB"
+        con.print(f"picked: {picked.name} ({picked.note}), estimated peak {gib(picked.peak)}"
                   + ("" if picked.name == asked else f"; the recipe as written asks for {asked}"))
     except DistillError as e:
         fail(str(e))

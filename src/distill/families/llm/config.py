@@ -211,9 +211,11 @@ class LLMRunConfig(RunConfig):
                 raise ConfigError("student.lora.quantize: a quantised base is a pretrained model held frozen; give it "
                                   "as student.path (a student built from sizes starts untrained and must train "
                                   "whole).")
-        if s.lora is not None and strategy == "fsdp":
-            raise ConfigError("student.lora: not supported with engine.strategy=fsdp yet; use engine.strategy=ddp "
-                              "(the adapter's gradients are all that is reduced).")
+        if s.lora is not None and s.lora.quantize is not None and strategy == "fsdp":
+            raise ConfigError(f"student.lora.quantize: {s.lora.quantize} with engine.strategy=fsdp is not supported "
+                              "(FSDP does not shard bitsandbytes' quantised weights here); use engine.strategy=ddp "
+                              "(each process holds the quantised base, only the adapter's gradients are reduced), "
+                              "or remove quantize to shard a LoRA student's base with FSDP.")
         for key in ("cache_min_prob", "cache_bits", "cache_coder"):
             if key in t.model_fields_set and t.cache_format != "compressed":
                 raise ConfigError(f"teacher.{key}: a setting of the compressed cache, but teacher.cache_format is "

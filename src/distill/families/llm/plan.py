@@ -508,7 +508,9 @@ def plan(cfg, devices: int = 1) -> tuple[list[Placement], ModelShape, ModelShape
             w_s_gather = float(2 * s.largest_block * s.dtype_bytes)
             parts = {**student_parts(devices), "teacher weights": w_t_shard, "teacher forward": hidden_t,
                      "gathered block": w_s_gather, "eval logits": eval_logits}
-            out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices"))
+            quantized = cfg.student.lora is not None and cfg.student.lora.quantize is not None
+            out.append(Placement("fsdp", parts, note=f"engine.strategy: fsdp over {devices} devices",
+                                 available=not quantized and not cfg.teacher.student_base))
         # teacher.cache_top_k: the teacher writes its top-k for the training set before training
         # (a device's micro-batch of examples, a row each; its log-probs 1024 positions at a time)
         # and stays for the evaluation; the methods that read the cache run no teacher forward while
@@ -563,7 +565,8 @@ def choose(placements: list[Placement], memory: float) -> Placement | None:
 
 
 def gib(x: float) -> str:
-    return f"{x / GiB:.2f}" if x >= 0.01 * GiB or x == 0 else f"{x / 2**20:.1f} MiB"
+    """A size with its unit: GiB, or MiB below 0.01 GiB."""
+    return f"{x / GiB:.2f} GiB" if x >= 0.01 * GiB or x == 0 else f"{x / 2**20:.1f} MiB"
 
 
 def table(placements: list[Placement], memory: float, what: str, picked: Placement | None, asked: str):
@@ -628,15 +631,15 @@ def check(cfg, devices: int, log) -> None:
     mine = next((p for p in placements if p.name == asked), None)
     if mine is None or mine.peak <= memory:
         if mine is not None:
-            log(f"plan: estimated peak {gib(mine.peak)} GiB per device ({asked}) of {gib(memory)} GiB ({what})")
+            log(f"plan: estimated peak {gib(mine.peak)} per device ({asked}) of {gib(memory)} ({what})")
         return
     better = choose(placements, memory)
-    hint = (f" The {better.name} placement is estimated at {gib(better.peak)} GiB ({better.note})."
+    hint = (f" The {better.name} placement is estimated at {gib(better.peak)} ({better.note})."
             if better is not None else " No placement fits; lower data.batch_size or data.seq_len, use a LoRA "
             "student, or a served teacher on another machine.")
     big = max(mine.parts, key=lambda k: mine.parts[k])
-    raise ConfigError(f"memory: this recipe is estimated to need {gib(mine.peak)} GiB per device ({asked}; the "
-                      f"largest part is the {big}, {gib(mine.parts[big])} GiB), more than the {gib(memory)} GiB of "
+    raise ConfigError(f"memory: this recipe is estimated to need {gib(mine.peak)} per device ({asked}; the "
+                      f"largest part is the {big}, {gib(mine.parts[big])}), more than the {gib(memory)} of "
                       f"{what}.{hint} `distill plan RECIPE` shows every part; set memory_check: false to run anyway.")
 
 
