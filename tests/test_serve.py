@@ -70,7 +70,7 @@ def test_served_token_logprobs_over_the_first_vocab_rows(served):
     remote = RemoteTeacher(url, timeout=30)
     ids = torch.tensor([[3, 7, 9, 11, 2], [4, 8, 15, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    _, _, cut = remote.topk(ids, mask, k=2, with_tail=True, with_tokens=20)
+    top, tail, cut = remote.topk(ids, mask, k=2, with_tail=True, with_tokens=True, vocab=20)
     _, _, full = remote.topk(ids, mask, k=2, with_tail=True, with_tokens=True)
     with torch.no_grad():
         logits = teacher.module(ids, attention_mask=mask).logits.float()
@@ -80,6 +80,12 @@ def test_served_token_logprobs_over_the_first_vocab_rows(served):
         assert torch.allclose(cut[r, :n - 1], lp20[r, pos, ids[r, 1:n]], atol=1e-5)
         assert torch.allclose(full[r, :n - 1], lp[r, pos, ids[r, 1:n]], atol=1e-5)
         assert (cut[r, :n - 1] > full[r, :n - 1]).all()
+    # the top-k and its tail are over the same 20 rows
+    want = lp20.topk(2, -1)
+    assert torch.equal(top.indices, want.indices) and torch.allclose(top.logprobs, want.values, atol=1e-5)
+    assert int(top.indices.max()) < 20
+    rest = lp20.scatter(-1, want.indices, float("-inf")).logsumexp(-1)
+    assert torch.allclose(tail, rest, atol=1e-5)
 
 
 def test_bad_requests_get_clear_errors(served):
@@ -208,11 +214,11 @@ BAD_REQUESTS = [
     (b'{"input_ids": [[1, 2]], "temperature": NaN}', 400, r"temperature must be a finite number > 0, got nan"),
     ({"input_ids": [[1, 2]], "top_k": 3}, 400, r"unknown field\(s\) \['top_k'\]"),
     ({"input_ids": [[1, 2]], "token_logprobs": "yes"}, 400, r"token_logprobs must be true or false, got 'yes'"),
-    ({"input_ids": [[1, 2]], "vocab": 10}, 400, r"vocab applies to token_logprobs only"),
+    ({"input_ids": [[1, 2]], "vocab": 10, "k": 12}, 400, r"k \(12\) is more than vocab \(10\)"),
     ({"input_ids": [[1, 2]], "token_logprobs": True, "vocab": 0}, 400, r"vocab must be an integer in \[1, 50\]"),
     ({"input_ids": [[1, 2]], "token_logprobs": True, "vocab": 51}, 400, r"vocab must be an integer in \[1, 50\]"),
     ({"input_ids": [[1, 2]], "token_logprobs": True, "vocab": 2.5}, 400, r"vocab must be an integer"),
-    ({"input_ids": [[1, 12]], "token_logprobs": True, "vocab": 10}, 400, r"input_ids\[0\]\[1\] = 12 is outside vocab \(10\)"),
+    ({"input_ids": [[1, 12]], "token_logprobs": True, "vocab": 10, "k": 2}, 400, r"input_ids\[0\]\[1\] = 12 is outside vocab \(10\)"),
     ({"ids": [[1, 2]]}, 400, r"unknown field"),
     ({}, 400, r"input_ids is missing"),
     ([[1, 2]], 400, r"the body must be a JSON object"),

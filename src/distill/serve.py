@@ -7,9 +7,9 @@ POST /v1/topk  {"input_ids": [[...]], "attention_mask": [[...]] (optional), "k":
   -> {"indices": [[[...]]] (B, T, k), "logprobs": [[[...]]] (B, T, k), "fingerprint": "...", "vocab_size": V}
   (plus "log_tail": (B, T), the exact log of the probability mass outside the top-k)
   with "token_logprobs": true, also "token_logprobs": (B, T), the log-prob at temperature 1 of the
-  next input token at each position (0 where no attended token follows), what `alm` reads; with
-  "vocab": n as well, normalised over the first n output rows only (the tokenizer's length, for a
-  head padded past it)
+  next input token at each position (0 where no attended token follows), what `alm` reads;
+  with "vocab": n, everything is normalised over the first n output rows only (the tokenizer's
+  length, for a head padded past it)
 GET  /v1/info  -> {"fingerprint", "vocab_size", "max_k", "max_tokens", "max_positions", "tokenizer"}
 GET  /v1/stats -> {"requests", "rows", "forwards"}: answered so far, and the batched teacher forwards run
 GET  /v1/tokenizer -> {"fingerprint", "kind", "files": {name: base64 bytes}}
@@ -93,15 +93,17 @@ def next_token_ids(input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
-                  temperature: float = 1.0, with_tail: bool = False, with_tokens: bool = False):
+                  temperature: float = 1.0, with_tail: bool = False, with_tokens: bool = False,
+                  vocab: int | None = None):
     """Top-k (indices, log-probs) of a causal LM at every position. (B, T) -> (B, T, k) each;
     with `with_tail`, also the exact log of the remaining mass (B, T), floored at -1e4; with
     `with_tokens` (and `with_tail`), also the log-prob at temperature 1 of the next input token at
-    each position (B, T; 0 at the last). From the model's full logits; `make_server(topk=...)` takes
+    each position (B, T; 0 at the last); with `vocab`, over the first `vocab` output rows. From the model's full logits; `make_server(topk=...)` takes
     another function with this signature (the language-model family's builds the log-probs a block
     of positions at a time)."""
     out = teacher(input_ids=input_ids, attention_mask=attention_mask)
     logits = out.logits if hasattr(out, "logits") else out
+    logits = logits[..., :vocab] if vocab else logits
     lp = F.log_softmax(logits.float() / temperature, dim=-1)
     top = lp.topk(min(k, lp.shape[-1]), dim=-1)
     result = CachedOutputs(top.indices, top.values)
@@ -111,8 +113,7 @@ def topk_logprobs(teacher: Teacher, input_ids: torch.Tensor, attention_mask: tor
     if not with_tokens:
         return result, rest
     nxt = next_token_ids(input_ids)
-    z = logits.float()[..., :with_tokens] if with_tokens is not True else logits.float()
-    tok = F.log_softmax(z, dim=-1).gather(-1, nxt[..., None].to(logits.device))[..., 0]
+    tok = F.log_softmax(logits.float(), dim=-1).gather(-1, nxt[..., None].to(logits.device))[..., 0]
     tok[:, -1] = 0.0
     return result, rest, tok
 
@@ -158,7 +159,8 @@ def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: 
                        max_tokens: int = 1 << 16) -> tuple[list[list[int]], list[list[int]] | None, int, float]:
     """Check a POST /v1/topk body; (input_ids, attention_mask or None, k, temperature), or a
     RequestError naming the field (413 when there are more than `max_tokens` tokens in all).
-    `token_logprobs` (a boolean) and `vocab` are checked here and read by `wants_token_logprobs`."""
+    `token_logprobs` (a boolean) and `vocab` are checked here and read by `wants_token_logprobs` and
+    `request_vocab`."""
     if not isinstance(req, dict):
         raise RequestError(f"the body must be a JSON object with input_ids (and optionally "
                            f"{', '.join(TOPK_FIELDS[1:])}), got {type(req).__name__}")
@@ -202,12 +204,12 @@ def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: 
         raise RequestError(f"token_logprobs must be true or false, got {req['token_logprobs']!r}")
     if req.get("vocab") is not None:
         n = req["vocab"]
-        if not req.get("token_logprobs", False):
-            raise RequestError("vocab applies to token_logprobs only: send \"token_logprobs\": true with it, or drop it")
         if not _is_int(n) or not 1 <= n <= vocab_size:
-            raise RequestError(f"vocab must be an integer in [1, {vocab_size}] (the rows token_logprobs are "
+            raise RequestError(f"vocab must be an integer in [1, {vocab_size}] (the output rows the log-probs are "
                                f"normalised over), got {n!r}")
-        for i, row in enumerate(ids):
+        if k > n:
+            raise RequestError(f"k ({k}) is more than vocab ({n}): there are only {n} tokens to rank")
+        for i, row in enumerate(ids if req.get("token_logprobs", False) else []):
             for j, v in enumerate(row[1:], 1):
                 if v >= n:
                     raise RequestError(f"input_ids[{i}][{j}] = {v} is outside vocab ({n}): its log-prob over the "
@@ -215,19 +217,22 @@ def parse_topk_request(req: Any, *, vocab_size: int, max_k: int, max_positions: 
     return ids, mask, int(k), float(temperature)
 
 
-def wants_token_logprobs(req: dict[str, Any]) -> int | bool:
-    """What a (checked) request asks of the next input tokens' log-probs: False (nothing), True
-    (normalised over every output row) or n (over the first n rows)."""
-    if not req.get("token_logprobs", False):
-        return False
-    return int(req["vocab"]) if req.get("vocab") is not None else True
+def wants_token_logprobs(req: dict[str, Any]) -> bool:
+    """Whether a (checked) request asks for the log-prob of each next input token as well."""
+    return bool(req.get("token_logprobs", False))
+
+
+def request_vocab(req: dict[str, Any]) -> int | None:
+    """The output rows a (checked) request's log-probs are normalised over; None: all of them."""
+    return int(req["vocab"]) if req.get("vocab") is not None else None
 
 
 class _Job:
-    __slots__ = ("ids", "mask", "k", "temperature", "tokens", "done", "result", "error")
+    __slots__ = ("ids", "mask", "k", "temperature", "tokens", "vocab", "done", "result", "error")
 
-    def __init__(self, ids, mask, k, temperature, tokens=False):
+    def __init__(self, ids, mask, k, temperature, tokens=False, vocab=None):
         self.ids, self.mask, self.k, self.temperature, self.tokens = ids, mask, k, temperature, tokens
+        self.vocab = vocab
         self.done = threading.Event()
         self.result = self.error = None
 
@@ -253,12 +258,13 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="distill-serve-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, ids, mask, k, temperature, timeout: float = 600.0, tokens: bool = False):
+    def submit(self, ids, mask, k, temperature, timeout: float = 600.0, tokens: bool = False,
+               vocab: int | None = None):
         """(indices, log-probs, log tail) lists of the request, and with `tokens` the next tokens'
-        log-probs as a fourth."""
+        log-probs as a fourth; over the first `vocab` output rows when given."""
         import queue
 
-        job = _Job(ids, mask, k, temperature, tokens)
+        job = _Job(ids, mask, k, temperature, tokens, vocab)
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -299,7 +305,8 @@ class Batcher:
                 if job is None:
                     break
                 w = max(width, len(job.ids[0]))
-                if (job.k, job.temperature, repr(job.tokens)) != (first.k, first.temperature, repr(first.tokens)) \
+                if (job.k, job.temperature, job.tokens, job.vocab) != (first.k, first.temperature, first.tokens,
+                                                                       first.vocab) \
                         or rows + len(job.ids) > self.max_rows \
                         or (rows + len(job.ids)) * w > self.max_tokens:
                     skipped.append(job)
@@ -321,9 +328,9 @@ class Batcher:
             need_mask = padded or any(j.mask is not None for j in batch)
             t_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
             t_mask = torch.tensor(mask, dtype=torch.long, device=self.device) if need_mask else None
-            tokens = batch[0].tokens
+            tokens, vocab = batch[0].tokens, batch[0].vocab
             got = self.topk(self.teacher, t_ids, t_mask, batch[0].k, batch[0].temperature, with_tail=True,
-                            **({"with_tokens": tokens} if tokens else {}))
+                            **({"with_tokens": True} if tokens else {}), **({"vocab": vocab} if vocab else {}))
             out, tail = got[0], got[1]
             self.forwards += 1
             self.requests += len(batch)
@@ -446,7 +453,8 @@ def _handler(teacher: Teacher, max_k: int, batcher: Batcher, tokenizer: dict[str
                 ids, mask, k, temperature = parse_topk_request(req, vocab_size=vocab_size, max_k=max_k,
                                                                max_positions=max_positions, max_tokens=max_tokens)
                 tokens = wants_token_logprobs(req)
-                indices, logprobs, tail, *tok = batcher.submit(ids, mask, k, temperature, tokens=tokens)
+                indices, logprobs, tail, *tok = batcher.submit(ids, mask, k, temperature, tokens=tokens,
+                                                               vocab=request_vocab(req))
             except RequestError as e:
                 if e.status in (411, 413):
                     self.close_connection = True  # the body was not read
@@ -586,15 +594,15 @@ class RemoteTeacher:
 
     def topk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, k: int = 32,
              temperature: float = 1.0, device: str | torch.device = "cpu", with_tail: bool = False,
-             with_tokens: bool | int = False):
+             with_tokens: bool = False, vocab: int | None = None):
         """The served top-k (as `topk_logprobs`); with `with_tail` also the log tail, with
-        `with_tokens` (and `with_tail`) also the next input tokens' log-probs at temperature 1
-        (over the first `with_tokens` output rows when it is an int)."""
+        `with_tokens` (and `with_tail`) also the next input tokens' log-probs at temperature 1; with
+        `vocab`, normalised over the first `vocab` output rows."""
         body = {"input_ids": input_ids.tolist(), "k": k, "temperature": temperature}
         if with_tokens:
             body["token_logprobs"] = True
-            if with_tokens is not True:
-                body["vocab"] = int(with_tokens)
+        if vocab:
+            body["vocab"] = int(vocab)
         if attention_mask is not None:
             body["attention_mask"] = attention_mask.tolist()
         out = self._call("POST", "/v1/topk", body)

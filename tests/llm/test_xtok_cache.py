@@ -252,7 +252,7 @@ def test_a_served_teacher_with_a_padded_head_normalises_over_its_tokenizer(tmp_p
         remote.cache = ServedAligned(url, vocab=len(t_tok))
         every_row = _method(student, None, t_tok, s_tok, tau=1.0)
         every_row.cache = ServedAligned(url)
-        assert remote.cache.vocab == len(t_tok) and every_row.cache.vocab is True
+        assert remote.cache.vocab == len(t_tok) and every_row.cache.vocab is None
         batch = _batches(exs, s_tok)[0]
         want, got, off = live(batch)["alm"], remote(batch)["alm"], every_row(batch)["alm"]
         assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)

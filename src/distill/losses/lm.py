@@ -77,19 +77,20 @@ def head_logits(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitM
 
 @torch.no_grad()
 def head_topk(h: Tensor, w: Tensor, b: Tensor | None = None, logit_map: LogitMap | None = None, *, k: int,
-              temperature: float = 1.0, chunk_size: int = 1024, tail_floor: float | None = None
-              ) -> tuple[Tensor, Tensor, Tensor]:
+              temperature: float = 1.0, chunk_size: int = 1024, tail_floor: float | None = None,
+              vocab: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k of the log-softmax at `temperature` of the logits of hidden states `h` (N, D) under head
-    (V, D): (indices (N, k) int64, log-probs (N, k) fp32, exact log of the remaining mass (N,) fp32,
-    clamped below at `tail_floor` when given), `chunk_size` rows at a time, so that at most one
-    (chunk_size, V) fp32 block of log-probs exists (the full (N, V) logits never do)."""
-    k = min(k, w.shape[0])
+    (V, D) (its first `vocab` rows when given: a head padded past its tokenizer): (indices (N, k)
+    int64, log-probs (N, k) fp32, exact log of the remaining mass (N,) fp32, clamped below at
+    `tail_floor` when given), `chunk_size` rows at a time, so that at most one (chunk_size, V) fp32
+    block of log-probs exists (the full (N, V) logits never do)."""
+    k = min(k, vocab or w.shape[0], w.shape[0])
     idx = torch.empty(h.shape[0], k, dtype=torch.long, device=h.device)
     val = torch.empty(h.shape[0], k, dtype=torch.float32, device=h.device)
     tail = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
     for i in range(0, h.shape[0], chunk_size):
         j = min(i + chunk_size, h.shape[0])
-        lp = F.log_softmax(head_logits(h[i:j], w, b, logit_map).float() / temperature, dim=-1)
+        lp = F.log_softmax(head_logits(h[i:j], w, b, logit_map)[..., :vocab].float() / temperature, dim=-1)
         top = lp.topk(k, dim=-1)
         idx[i:j], val[i:j] = top.indices, top.values
         tail[i:j] = lp.scatter_(-1, top.indices, float("-inf")).logsumexp(-1)  # in place: no second block

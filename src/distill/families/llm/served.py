@@ -29,12 +29,12 @@ NOT_EVALUATED = "teacher served: not evaluated locally"
 
 @torch.no_grad()
 def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None, k: int, temperature: float = 1.0,
-                       with_tail: bool = False, with_tokens: bool | int = False):
+                       with_tail: bool = False, with_tokens: bool = False, vocab: int | None = None):
     """`distill.serve.topk_logprobs` for a transformers causal LM (what `distill serve-teacher`
     answers with): its final hidden states, then the output layer (and the model's output transform)
     1024 positions at a time, so that one (1024, V) block of log-probs exists, not the batch's
-    (B, T, V) logits; `with_tokens` adds the next input tokens' log-probs (temperature 1; over the
-    first `with_tokens` output rows when it is an int), from the same hidden states."""
+    (B, T, V) logits; `with_tokens` adds the next input tokens' log-probs (temperature 1), from the
+    same hidden states; with `vocab`, all over the first `vocab` output rows."""
     from distill.families.llm.models import body_of, output_head
     from distill.losses.lm import head_topk
     from distill.teacher import CachedOutputs
@@ -46,7 +46,7 @@ def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None
     h = body_of(module)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
     B, T = input_ids.shape
     ids, lps, rest = head_topk(h.reshape(B * T, -1).to(w.device), w, b, f, k=k, temperature=temperature,
-                               tail_floor=-1.0e4)
+                               tail_floor=-1.0e4, vocab=vocab)
     out = CachedOutputs(ids.view(B, T, -1).to(input_ids.device), lps.view(B, T, -1).to(input_ids.device))
     if not with_tail:
         return out
@@ -56,7 +56,6 @@ def head_topk_logprobs(teacher, input_ids: Tensor, attention_mask: Tensor | None
     from distill.serve import next_token_ids
 
     nxt = next_token_ids(input_ids).reshape(-1).to(w.device)
-    vocab = None if with_tokens is True else int(with_tokens)
     tok = hidden_token_logprobs(h.reshape(B * T, -1).to(w.device), w, nxt, bias=b, vocab=vocab,
                                 logit_map=f).view(B, T)
     tok[:, -1] = 0.0

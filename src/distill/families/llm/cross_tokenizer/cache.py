@@ -150,7 +150,7 @@ class ServedAligned:
         self.remote = remote if remote is not None else RemoteTeacher(url, timeout=timeout)
         self.pad_id = pad_id
         served = int(self.remote.info.get("vocab_size") or 0)
-        self.vocab = int(vocab) if vocab and served and int(vocab) < served else True
+        self.vocab = int(vocab) if vocab and served and int(vocab) < served else None
         self.meta = {"fingerprint": self.remote.fingerprint()}
 
     def chunk_logprobs(self, p, n: int) -> Tensor:
@@ -160,7 +160,7 @@ class ServedAligned:
         if not exs:
             return torch.zeros(n, device=p.t_pos.device)
         rows, mask = padded_rows(exs, self.pad_id)
-        _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=self.vocab)
+        _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=True, vocab=self.vocab)
         return fill_chunks(p, n, [tok[r, :len(ids) - 1] for r, ids in enumerate(exs)])
 
 
