@@ -126,33 +126,40 @@ def test_served_sentencepiece_tokenizer_matches_the_converted_one(tmp_path):
         server.server_close()
 
 
-def test_url_only_alm_into_a_byte_student_equals_in_process_teacher(tmp_path, served_teacher):
-    """alm with only teacher.url and a student with its own tokenizer: the teacher's tokenizer comes
-    from the server, its token log-probs too, and the losses equal those with the teacher here; its
-    hidden-state term, which needs the teacher's hidden states, is refused."""
+@pytest.mark.parametrize("method", ["alm", "uld"])
+def test_url_only_cross_tokenizer_student_equals_in_process_teacher(tmp_path, served_teacher, method):
+    """alm or uld with only teacher.url and a student with its own tokenizer: the teacher's tokenizer
+    comes from the server, its token log-probs (alm) or top-k (uld, k covering its vocabulary) too,
+    and the losses equal those with the teacher here; alm's hidden-state term, which needs the
+    teacher's hidden states, is refused."""
     import json
 
     from distill.config import load_config
 
     s = served_teacher
 
-    def alm_losses(name):
+    def losses(name):
         rows = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss/alm"] for r in rows if r.get("phase") == "alm" and "loss/alm" in r]
+        return [r[f"loss/{method}"] for r in rows if r.get("phase") == method and f"loss/{method}" in r]
 
+    params = {"tau": 1.0} if method == "alm" else {"temperature": 1.5}
     over = {"student": {"arch": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "tokenizer": "byte"},
-            "methods": [{"name": "alm", "params": {"tau": 1.0}}]}
+            "methods": [{"name": method, "params": params}]}
     distill.run(dict(_recipe(tmp_path, s, {"path": str(s["dir"])}, **over), name="local"), log=lambda m: None)
     logs: list[str] = []
     hidden = s["dir"].with_name("teacher_moved_away")
     s["dir"].rename(hidden)  # nothing of the teacher may be read from disk here
     try:
-        distill.run(dict(_recipe(tmp_path, s, {"url": s["url"]}, **over), name="served"), log=logs.append)
+        distill.run(dict(_recipe(tmp_path, s, {"url": s["url"], "served_top_k": s["vocab"]}, **over), name="served"),
+                    log=logs.append)
     finally:
         hidden.rename(s["dir"])
-    assert any("token log-probs from the served teacher" in line for line in logs), logs
-    a, b = alm_losses("local"), alm_losses("served")
+    what = "token log-probs" if method == "alm" else "top-k"
+    assert any(f"{what} from the served teacher" in line for line in logs), logs
+    a, b = losses("local"), losses("served")
     assert len(a) == 3 and a == pytest.approx(b, rel=1e-5)
+    if method != "alm":
+        return
     bad = dict(over, methods=[{"name": "alm", "params": {"hidden_weight": 1.0}}])
     with pytest.raises(ConfigError, match=r"methods\.0\.params\.hidden_weight: .*give teacher\.path"):
         load_config(_recipe(tmp_path, s, {"url": s["url"]}, **bad))

@@ -155,12 +155,15 @@ def test_a_cross_tokenizer_run_builds_and_reuses_the_aligned_cache(tmp_path, tin
                 "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "tokenizer": "byte"},
                 "data": {"source": "text", "path": str(text), "seq_len": 64, "batch_size": 4, "eval_batch_size": 8},
                 "train": {"epochs": 1, "max_steps": 3}, "engine": {"device": "cpu", "progress": False, "log_every": 1},
-                "eval": {"samples": 0}, "methods": [{"name": "alm", "params": {"tau": 1.0}}, {"name": "hybrid"}]}
+                "eval": {"samples": 0}, "methods": [{"name": "alm", "params": {"tau": 1.0}}, {"name": "hybrid"},
+                                                    {"name": "uld", "params": {"temperature": 2.0}}]}
 
     lines: list[str] = []
     cached = distill.run(recipe("cached", cache_top_k=8), log=lines.append)
     assert any(m.startswith("aligned teacher cache: ") for m in lines), lines
     assert any("hybrid reads no teacher cache" in m for m in lines), lines
+    topk = [m for m in lines if m.startswith("aligned top-k teacher cache: ")]  # uld's, at its temperature
+    assert len(topk) == 1 and "-aligned-topk-T2.0-k8" in topk[0], lines
     live = distill.run(recipe("live"), log=lambda m: None)
     a, b = alm_losses(Path(cached["run_dir"])), alm_losses(Path(live["run_dir"]))
     assert len(a) == 3 and a == pytest.approx(b, rel=1e-5)
@@ -185,16 +188,18 @@ def test_the_planner_counts_no_teacher_forward_for_alm_from_the_cache_or_a_serve
     text = tmp_path / "train.txt"
     text.write_text("\n\n".join(corpus(10)))
 
-    def placements(params):
+    def placements(params, name="alm"):
         return {p.name: p for p in plan(load_config({
             "name": "p", "family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
             "teacher": {"path": str(d), "cache_top_k": 8},
             "student": {"arch": "gpt2", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "tokenizer": "byte"},
             "data": {"source": "text", "path": str(text), "seq_len": 64, "batch_size": 4},
-            "methods": [{"name": "alm", "params": params}]}), 1)[0]}
+            "methods": [{"name": name, "params": params}]}), 1)[0]}
 
     plain, hidden = placements({}), placements({"hidden_weight": 1.0})
     assert plain["cached"].parts["teacher forward"] == 0 < hidden["cached"].parts["teacher forward"]
+    uld = placements({}, name="uld")
+    assert uld["cached"].parts["teacher forward"] == 0 and uld["served"].available
     assert plain["served"].available and not hidden["served"].available  # the server sends no hidden states
 
 
@@ -257,6 +262,139 @@ def test_a_served_teacher_with_a_padded_head_normalises_over_its_tokenizer(tmp_p
         want, got, off = live(batch)["alm"], remote(batch)["alm"], every_row(batch)["alm"]
         assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
         assert abs(float(off.detach()) - float(want.detach())) > 1e-3 * abs(float(want.detach()))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- uld from the teacher's top-k
+
+def _uld(student, teacher, t_tok, s_tok, **params):
+    m = methods.get("uld", "llm").builder(student, teacher, **params)
+    m.pad_id, m.eos_id = s_tok.pad_token_id, s_tok.eos_token_id
+    m.set_tokenizers(t_tok, s_tok)
+    return m.eval()
+
+
+def _reference_w1(p_s, p_t):
+    """The paper's sorted Wasserstein-1 (both sorted decreasingly, zero-padded), with numpy."""
+    import numpy as np
+
+    a, b = -np.sort(-p_s.double().numpy(), axis=-1), -np.sort(-p_t.double().numpy(), axis=-1)
+    v = max(a.shape[-1], b.shape[-1])
+    a = np.pad(a, ((0, 0), (0, v - a.shape[-1])))
+    b = np.pad(b, ((0, 0), (0, v - b.shape[-1])))
+    return torch.from_numpy(np.abs(a - b).sum(-1))
+
+
+def test_topk_wasserstein_is_exact_at_full_k_and_a_tight_lower_bound_below_it():
+    from distill.families.llm.cross_tokenizer.uld import topk_sorted_wasserstein
+
+    g = torch.Generator().manual_seed(0)
+    for vs, vt in [(40, 60), (60, 40), (50, 50)]:
+        p_s = torch.softmax(3 * torch.randn(64, vs, generator=g), -1)
+        p_t = torch.softmax(3 * torch.randn(64, vt, generator=g), -1)
+        exact = _reference_w1(p_s, p_t)
+        top = p_t.topk(vt, -1).values
+        full = topk_sorted_wasserstein(p_s, top, torch.zeros(64)).double()
+        assert torch.allclose(full, exact, atol=1e-6)
+        for k in (1, 4, 16):
+            t = p_t.topk(k, -1).values
+            r = (1 - t.sum(-1)).clamp(min=0)
+            approx = topk_sorted_wasserstein(p_s, t, r).double()
+            s_tail = (1 - p_s.topk(min(k, vs), -1).values.sum(-1)).clamp(min=0).double()
+            assert (approx <= exact + 1e-6).all()
+            assert (approx >= exact - 2 * torch.minimum(s_tail, r.double()) - 1e-6).all()
+    # a hand-computed case: student (0.5, 0.3, 0.2), teacher top-1 0.6 and 0.4 elsewhere
+    got = topk_sorted_wasserstein(torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor([[0.6]]), torch.tensor([0.4]))
+    assert float(got) == pytest.approx(0.1 + abs(0.5 - 0.4))
+
+
+@pytest.mark.parametrize("k", [400, 8])
+def test_uld_from_the_top_k_cache(tmp_path, setup, k):
+    """k covering the teacher's vocabulary: the same loss and gradients as ULD with the teacher
+    running; a small k: a lower bound of it (the bound's width is tested above). The teacher never
+    runs."""
+    from distill.families.llm.cross_tokenizer.cache import AlignedTopKCache
+
+    t_tok, teacher, texts = setup
+    s_tok = byte_tokenizer()
+    exs = _examples(t_tok, s_tok, texts)
+    student = tiny_lm("gpt2", len(s_tok), seed=2)
+    live = _uld(student, teacher, t_tok, s_tok, temperature=2.0, ce_weight=0.0)
+    cached = _uld(student, teacher, t_tok, s_tok, temperature=2.0, ce_weight=0.0)
+    keys = teacher_keys(cached, exs)
+    cached.cache = AlignedTopKCache.build(tmp_path / "c", cached, exs, keys, k=k, temperature=2.0, batch_size=3,
+                                          device="cpu")
+    assert cached.cache.meta["examples"] == len(keys) > 0
+    assert cached.cache.bytes_per_token() < 2 * min(k, len(t_tok)) + 8  # fp16 values + the fp32 tail + index
+
+    def run_teacher_fails(*a, **kw):
+        raise AssertionError("the teacher ran")
+    cached.teacher_hidden = run_teacher_fails
+    for batch in _batches(exs, s_tok):
+        want, got = live(batch)["uld"], cached(batch)["uld"]
+        assert float(want.detach()) > 1e-3
+        if k >= len(t_tok):
+            assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-3)  # fp16 values
+            g_want = torch.autograd.grad(want, student.get_output_embeddings().weight)[0]
+            g_got = torch.autograd.grad(got, student.get_output_embeddings().weight)[0]
+            # fp16 values move |s - t| terms with s close to t across 0, flipping a few of their gradients
+            cos = torch.nn.functional.cosine_similarity(g_got.flatten(), g_want.flatten(), dim=0)
+            assert float(cos) > 0.99 and float(g_got.norm() / g_want.norm()) == pytest.approx(1.0, abs=0.05)
+        else:
+            assert 0 < float(got.detach()) <= float(want.detach()) * (1 + 1e-3)
+
+
+def test_top_k_cache_values_are_the_teacher_models_own(tmp_path, setup):
+    """The cached values at each position of a text are the k largest of
+    log_softmax(model(ids).logits / T), and the tail the log of the rest, from the model's forward."""
+    from distill.families.llm.cross_tokenizer.cache import AlignedTopKCache
+
+    t_tok, teacher, texts = setup
+    s_tok = byte_tokenizer()
+    exs = _examples(t_tok, s_tok, texts[:3])
+    m = _uld(tiny_lm("gpt2", len(s_tok), seed=2), teacher, t_tok, s_tok, temperature=2.0)
+    keys = teacher_keys(m, exs)
+    cache = AlignedTopKCache.build(tmp_path / "c", m, exs, keys, k=5, temperature=2.0, batch_size=2, device="cpu")
+    for text in texts[:3]:
+        ids = [t_tok.bos_token_id] + t_tok(text, add_special_tokens=False)["input_ids"]
+        if example_key(ids, 1) not in cache._where:
+            ids = ids + [t_tok.eos_token_id]
+        a, z = cache._where[example_key(ids, 1)]
+        with torch.no_grad():
+            lp = torch.log_softmax(teacher.module(torch.tensor([ids])).logits[0, :-1].float() / 2.0, -1)
+        top = lp.topk(5, -1).values
+        assert torch.allclose(cache.logprobs[a:z].float(), top, atol=2e-3)
+        assert torch.allclose(cache.log_tail[a:z], torch.log1p(-top.exp().sum(-1)), atol=1e-4)
+    with pytest.raises(CacheMismatchError, match="temperature"):
+        cache.first_topk(None, torch.zeros(0, dtype=torch.long), temperature=1.0)
+    with pytest.raises(CacheMismatchError, match="k"):
+        AlignedTopKCache.load(tmp_path / "c", AlignedTopKCache.expected_meta(teacher, t_tok, keys, k=6,
+                                                                             temperature=2.0))
+
+
+def test_uld_from_a_served_teacher_equals_uld_with_the_teacher(tmp_path, setup):
+    import threading
+
+    from distill.families.llm.cross_tokenizer.cache import ServedAligned
+    from distill.families.llm.served import head_topk_logprobs
+    from distill.serve import make_server
+
+    t_tok, teacher, texts = setup
+    s_tok = byte_tokenizer()
+    exs = _examples(t_tok, s_tok, texts[:6])
+    server = make_server(teacher, "127.0.0.1", 0, max_k=len(t_tok), topk=head_topk_logprobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        student = tiny_lm("gpt2", len(s_tok), seed=2)
+        live = _uld(student, teacher, t_tok, s_tok, temperature=1.5)
+        remote = _uld(student, None, t_tok, s_tok, temperature=1.5)  # no teacher in this process
+        remote.cache = ServedAligned(f"http://127.0.0.1:{server.server_address[1]}", top_k=len(t_tok))
+        for batch in _batches(exs, s_tok):
+            want, got = live(batch), remote(batch)
+            assert float(got["uld"].detach()) == pytest.approx(float(want["uld"].detach()), rel=1e-5)
+            assert float(got["ce"].detach()) == pytest.approx(float(want["ce"].detach()), rel=1e-6)
     finally:
         server.shutdown()
         server.server_close()

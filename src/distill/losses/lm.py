@@ -441,6 +441,26 @@ def paired_rows(fn, student_hidden: Tensor, student_head: tuple, teacher_hidden:
     return torch.cat(parts) if parts else student_hidden.new_zeros(0, dtype=torch.float32)
 
 
+def _student_chunk(fn, hs: Tensor, ws: Tensor, bs: Tensor | None, fs: LogitMap | None, vs: int | None,
+                   *targets: Tensor) -> Tensor:
+    return fn(head_logits(hs, ws, bs, fs)[..., :vs].float(), *targets)
+
+
+def student_rows(fn, student_hidden: Tensor, student_head: tuple, *targets: Tensor, student_vocab: int | None = None,
+                 chunk_size: int = 1024) -> Tensor:
+    """`fn(z_student (n, Vs), *targets[rows]) -> (n,)` over rows of hidden states (N, D), each target
+    a tensor of N rows (what a cached or served teacher gave for them), (chunk, V) logits at a time,
+    checkpointed when gradients flow. `student_head`: (weight, bias or None, LogitMap or None)."""
+    ws, bs, fs = student_head
+    grad = torch.is_grad_enabled() and (student_hidden.requires_grad or ws.requires_grad)
+    parts = []
+    for i in range(0, student_hidden.shape[0], chunk_size):
+        args = (fn, student_hidden[i:i + chunk_size], ws, bs, fs, student_vocab,
+                *(t[i:i + chunk_size].detach() for t in targets))
+        parts.append(checkpoint(_student_chunk, *args, use_reentrant=False) if grad else _student_chunk(*args))
+    return torch.cat(parts) if parts else student_hidden.new_zeros(0, dtype=torch.float32)
+
+
 def token_mean(total: Tensor, num_tokens: Tensor | float) -> Tensor:
     """`total` (a "sum" loss) divided by the number of counted tokens (at least 1)."""
     n = torch.as_tensor(num_tokens, dtype=torch.float32, device=total.device)

@@ -272,7 +272,9 @@ class LLMRunConfig(RunConfig):
                 raise ConfigError(f"methods.{i}.name: {m.name!r} generates its training text with the teacher, which "
                                   "needs the model here, but the recipe gives only teacher.url (a served teacher "
                                   "answers log-probs, it does not generate); give teacher.path as well, or use a "
-                                  "method that reads served targets (token_kd).")
+                                  "method that reads served targets (token_kd; alm or uld for a student with another "
+                                  "tokenizer).")
             raise ConfigError(f"methods.{i}.name: {m.name!r} runs the teacher in this process and cannot read the "
                               "served teacher's targets; give teacher.path as well, or use a method that reads "
-                              "served targets (token_kd) or needs no teacher (sft, redi).")
+                              "served targets (token_kd; alm or uld for a student with another tokenizer) or needs "
+                              "no teacher (sft, redi).")

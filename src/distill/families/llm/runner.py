@@ -337,11 +337,13 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 from distill.families.llm.cross_tokenizer.cache import ServedAligned
 
                 method.cache = ServedAligned(cfg.teacher.url, remote=served.remote if served is not None else None,
-                                             pad_id=tok.pad_token_id or 0, vocab=method.t_vocab)
+                                             pad_id=tok.pad_token_id or 0, vocab=method.t_vocab,
+                                             top_k=cfg.teacher.served_top_k)
                 if teacher is not None and method.cache.meta["fingerprint"] != teacher.fingerprint():
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")
-                log(f"student {label}: the teacher's token log-probs from the served teacher at {cfg.teacher.url}")
+                what = "top-k" if getattr(method, "aligned_cache_kind", "") == "topk" else "token log-probs"
+                log(f"student {label}: the teacher's {what} from the served teacher at {cfg.teacher.url}")
             elif cfg.teacher.cache_top_k and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.cache import attach_cache
 

@@ -15,6 +15,12 @@ hidden states, `chunk_size` positions' logits at a time, so neither model's full
 Files: `aligned.safetensors` (log-probs, per-example offsets and keys) and `meta.json` (teacher
 fingerprint, teacher tokenizer hash, the hash of the teacher examples' keys, sha256 of the tensor
 file); a cache whose metadata differs from the run's is refused (`CacheMismatchError`).
+
+`uld` reads the aligned top-k cache (`AlignedTopKCache`) instead: for every position of each
+teacher example, the teacher's k largest next-token log-probs at the method's temperature (fp16,
+sorted; ULD compares sorted distributions, so the token ids are not kept) and the exact log of the
+remaining mass (fp32): 2k + 4 bytes per teacher token, keyed as above, so it too serves students of
+any tokenizer. ULD then reads it at each chunk's first teacher position (see `uld.topk_sorted_wasserstein`).
 """
 from __future__ import annotations
 
@@ -115,15 +121,21 @@ class AlignedTeacherCache(CheckedCache):
     def chunk_logprobs(self, p, n: int) -> Tensor:
         """The teacher's log-likelihood of each of the `n` chunks of a paired batch `p` (what ALM
         computes from the teacher's forward), from the cache."""
-        parts = []
-        for _, ids, start in p.t_examples:
-            where = self._where.get(example_key(ids, start))
-            if where is None or where[1] - where[0] != len(ids) - 1:
-                raise CacheMismatchError(f"aligned teacher cache {self.folder}: a text of this batch is not in the "
-                                         "cache (the data or the teacher's tokenisation changed since it was built); "
-                                         "delete the folder.")
-            parts.append(self.logprobs[where[0]:where[1]])
-        return fill_chunks(p, n, parts)
+        return fill_chunks(p, n, [self.logprobs[a:z] for a, z in example_rows(self, p)])
+
+
+def example_rows(cache, p) -> list[tuple[int, int]]:
+    """The (first, end) rows of `cache` (an aligned cache) of each teacher example of paired batch
+    `p`, in order; a text the cache does not hold is refused."""
+    out = []
+    for _, ids, start in p.t_examples:
+        where = cache._where.get(example_key(ids, start))
+        if where is None or where[1] - where[0] != len(ids) - 1:
+            raise CacheMismatchError(f"{cache.WHAT} {cache.folder}: a text of this batch is not in the cache (the "
+                                     "data or the teacher's tokenisation changed since it was built); delete the "
+                                     "folder.")
+        out.append(where)
+    return out
 
 
 def fill_chunks(p, n: int, per_example) -> Tensor:
@@ -137,18 +149,108 @@ def fill_chunks(p, n: int, per_example) -> Tensor:
     return torch.zeros(n, device=dev).index_add(0, p.t_chunk, flat.to(dev)[p.t_pos])
 
 
+class AlignedTopKCache(CheckedCache):
+    """What `uld` reads instead of running the teacher (see the module docstring)."""
+    FILE, WHAT = "aligned_topk.safetensors", "aligned top-k teacher cache"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
+        self.folder, self.meta = folder, meta
+        self.logprobs = tensors["logprobs"]    # (N, k) fp16, sorted decreasingly, at the cache temperature
+        self.log_tail = tensors["log_tail"]    # (N,) fp32: log of the mass outside the top-k
+        self._where = rows_of_keys(tensors)
+
+    @classmethod
+    def expected_meta(cls, teacher: Teacher, t_tok, keys: Sequence[bytes], *, k: int, temperature: float
+                      ) -> dict[str, Any]:
+        return {"format": ALIGNED_CACHE_FORMAT, "kind": "aligned_topk", "teacher": teacher.fingerprint(),
+                "tokenizer": tokenizer_hash(t_tok), "data": keys_hash(keys), "k": int(k),
+                "temperature": float(temperature)}
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, folder: str | os.PathLike, method, examples: Sequence[Example], keys: Sequence[bytes], *,
+              k: int, temperature: float, batch_size: int, device, progress: bool = False) -> AlignedTopKCache:
+        """Run the teacher once over every distinct teacher example of `examples` (one per row) and
+        write its top-k and log tail at every position (a progress bar with `progress`)."""
+        from distill.losses.lm import head_topk
+        from distill.utils import ProgressBar
+
+        w, b, f = method.teacher_head()
+        done: dict[bytes, tuple[Tensor, Tensor]] = {}
+        with ProgressBar(progress, "aligned top-k teacher cache", len(keys)) as bar:
+            for p in _paired_batches(method, examples, batch_size, device):
+                todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
+                todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
+                if todo:
+                    h = method.teacher_hidden(p.teacher_batch)
+                    h = h.reshape(-1, h.shape[-1])
+                    pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
+                    _, lp, tail = head_topk(h[pos].to(w.device), w, b, f, k=k, temperature=temperature,
+                                            chunk_size=method.chunk_size, tail_floor=-1.0e4, vocab=method.t_vocab)
+                    o = 0
+                    for _, ids, key in todo:
+                        done[key] = (lp[o:o + len(ids) - 1].half().cpu(), tail[o:o + len(ids) - 1].float().cpu())
+                        o += len(ids) - 1
+                bar.update(len(done))
+        order = [key for key in keys if key in done]
+        counts = [done[key][1].numel() for key in order]
+        kk = min(k, method.t_vocab)
+        tensors = {"logprobs": torch.cat([done[key][0] for key in order]) if order else torch.zeros(0, kk).half(),
+                   "log_tail": torch.cat([done[key][1] for key in order]) if order else torch.zeros(0),
+                   **record_index(order, counts)}
+        meta = cls.expected_meta(method.teacher, method.t_tok, keys, k=k, temperature=temperature)
+        meta.update(tokens=int(sum(counts)), examples=len(order))
+        meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
+        return cls(Path(folder), meta, tensors)
+
+    def bytes_per_token(self) -> float:
+        return self.size_bytes() / max(int(self.meta["tokens"]), 1)
+
+    def first_topk(self, p, keep: Tensor, k: int | None = None, temperature: float | None = None
+                   ) -> tuple[Tensor, Tensor]:
+        """(top-k log-probs (n, k), log tail (n,)) of the teacher at the first teacher position of
+        each chunk `keep` of paired batch `p` (what ULD compares), from the cache."""
+        if temperature is not None and float(temperature) != float(self.meta["temperature"]):
+            raise CacheMismatchError(f"{self.WHAT} {self.folder}: written at temperature {self.meta['temperature']}, "
+                                     f"read at {temperature}; delete the folder.")
+        return first_positions(p, keep, [(self.logprobs[a:z].float(), self.log_tail[a:z])
+                                         for a, z in example_rows(self, p)])
+
+
+def first_positions(p, keep: Tensor, per_example) -> tuple[Tensor, Tensor]:
+    """Rows of `per_example` ((len(ids) - 1, k) top-k log-probs, (len(ids) - 1,) log tails, one pair per
+    teacher example of `p.t_examples`, in order) at the first teacher position of chunks `keep`."""
+    Bt, Tt = p.teacher_batch["input_ids"].shape
+    dev = p.t_first.device
+    k = per_example[0][0].shape[-1] if per_example else 1
+    top = torch.zeros(Bt * Tt, k)
+    tail = torch.zeros(Bt * Tt)
+    filled = torch.zeros(Bt * Tt, dtype=torch.bool)
+    for (start_flat, ids, _), (lp, lt) in zip(p.t_examples, per_example):
+        n = len(ids) - 1
+        top[start_flat:start_flat + n], tail[start_flat:start_flat + n] = lp, lt
+        filled[start_flat:start_flat + n] = True
+    at = p.t_first[keep].cpu()
+    if not bool(filled[at].all()):
+        raise RuntimeError("a chunk's first teacher position is outside its teacher example")
+    return top[at].to(dev), tail[at].to(dev)
+
+
 class ServedAligned:
     """What `alm` reads from a served teacher (`teacher.url`): the next tokens' log-probs of each
     teacher example of a batch, asked of `distill serve-teacher` (POST /v1/topk with
-    token_logprobs), one example per row; `chunk_logprobs` as `AlignedTeacherCache`'s. With `vocab`
+    token_logprobs), one example per row; `chunk_logprobs` as `AlignedTeacherCache`'s; and what
+    `uld` reads, the top-k and log tail at each chunk's first teacher position (`first_topk`, as
+    `AlignedTopKCache`'s, `top_k` of them at the method's temperature). With `vocab`
     (the teacher tokenizer's length) below the served vocabulary, the server normalises over that
     many rows, as the in-process alm does for a head padded past its tokenizer."""
 
-    def __init__(self, url: str, remote=None, timeout: float = 120.0, pad_id: int = 0, vocab: int | None = None):
+    def __init__(self, url: str, remote=None, timeout: float = 120.0, pad_id: int = 0, vocab: int | None = None,
+                 top_k: int = 32):
         from distill.serve import RemoteTeacher
 
         self.remote = remote if remote is not None else RemoteTeacher(url, timeout=timeout)
-        self.pad_id = pad_id
+        self.pad_id, self.top_k = pad_id, int(top_k)
         served = int(self.remote.info.get("vocab_size") or 0)
         self.vocab = int(vocab) if vocab and served and int(vocab) < served else None
         self.meta = {"fingerprint": self.remote.fingerprint()}
@@ -163,6 +265,19 @@ class ServedAligned:
         _, _, tok = self.remote.topk(rows, mask, k=1, with_tail=True, with_tokens=True, vocab=self.vocab)
         return fill_chunks(p, n, [tok[r, :len(ids) - 1] for r, ids in enumerate(exs)])
 
+    def first_topk(self, p, keep: Tensor, k: int | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        from distill.families.llm.served import padded_rows
+
+        exs = [ids for _, ids, _ in p.t_examples]
+        if not exs or keep.numel() == 0:
+            kk = k or self.top_k
+            return torch.zeros(keep.numel(), kk, device=p.t_first.device), torch.zeros(keep.numel(), device=p.t_first.device)
+        rows, mask = padded_rows(exs, self.pad_id)
+        top, tail = self.remote.topk(rows, mask, k=k or self.top_k, temperature=temperature, with_tail=True,
+                                     vocab=self.vocab)
+        return first_positions(p, keep, [(top.logprobs[r, :len(ids) - 1], tail[r, :len(ids) - 1])
+                                         for r, ids in enumerate(exs)])
+
 
 def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Example], device, log) -> None:
     """Give `method` (one with `reads_aligned_cache`) the aligned cache of `examples`, built on the
@@ -172,6 +287,8 @@ def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Examp
     method.accept_aligned_cache()
     keys = teacher_keys(method, examples)
     name = f"{teacher.fingerprint()}-{keys_hash(keys)}-aligned"
+    if getattr(method, "aligned_cache_kind", "token_logprobs") == "topk":
+        return _attach_topk(method, cfg, teacher, examples, keys, f"{name}-topk", device, log)
     folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / name
     expected = lambda: AlignedTeacherCache.expected_meta(teacher, method.t_tok, keys)  # noqa: E731
     for turn in ("main", "others"):
@@ -183,3 +300,23 @@ def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Examp
         barrier()
     c = method.cache
     log(f"aligned teacher cache: {folder} ({c.meta['tokens']:,} teacher tokens, {c.bytes_per_token():.1f} bytes/token)")
+
+
+def _attach_topk(method, cfg, teacher: Teacher, examples: Sequence[Example], keys: list[bytes], name: str, device,
+                 log) -> None:
+    from distill.dist import barrier, is_main, world_size
+
+    k, t = int(cfg.teacher.cache_top_k), float(method.temperature)
+    folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / f"{name}-T{t}-k{k}"
+    expected = lambda: AlignedTopKCache.expected_meta(teacher, method.t_tok, keys, k=k, temperature=t)  # noqa: E731
+    for turn in ("main", "others"):
+        if (turn == "main") == is_main():
+            method.cache = AlignedTopKCache.open_or_build(
+                folder, expected, lambda: AlignedTopKCache.build(
+                    folder, method, examples, keys, k=k, temperature=t,
+                    batch_size=max(cfg.data.batch_size // world_size(), 1), device=device,
+                    progress=bool(cfg.engine.progress and is_main())))
+        barrier()
+    c = method.cache
+    log(f"aligned top-k teacher cache: {folder} ({c.meta['tokens']:,} teacher tokens, k={k}, "
+        f"{c.bytes_per_token():.1f} bytes/token)")
