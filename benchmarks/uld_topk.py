@@ -12,6 +12,14 @@ mean +- std over seeds; the teacher's mass past rank k beside them.
 
     OMP_NUM_THREADS=2 python benchmarks/uld_topk.py --seeds 0 1 2
 
+`--train`: end to end instead, on recipes/llm/cross_tokenizer_alm.yaml (stories260K into a
+byte-level student; its sampled texts, sizes and optimiser): `sft` (the baseline), `uld` with the
+teacher running (the paper's loss) and `uld` from the aligned top-k cache at each `--ks`, one run
+per seed; held-out and tinyshakespeare bits per byte of the final weights (no model selection),
+mean +- std over seeds.
+
+    OMP_NUM_THREADS=2 python benchmarks/uld_topk.py --train --seeds 0 1 2 --ks 8 32
+
 Assets: $DISTILL_ASSETS (default ../shared/assets).
 """
 from __future__ import annotations
@@ -45,7 +53,11 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[8, 32, 64, 128])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--train", action="store_true", help="end-to-end runs instead (see above)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-uld-topk")
     args = ap.parse_args()
+    if args.train:
+        return train(args)
     assets = assets_dir()
     with tempfile.TemporaryDirectory() as tmp:
         convert_llama2c(assets / "stories260K" / "stories260K.bin", tmp, assets / "stories260K" / "tok512.model")
@@ -79,6 +91,31 @@ def main() -> None:
             gap_u = [a - b for a, b in zip(res["uni"], res["ex"])]
             print(f"| {T:g} | {k} | {statistics.mean(res['tail']):.3f} | {_ms(res['ex'])} | {_ms(res['lb'])} | "
                   f"{_ms(gap_lb)} | {_ms(res['uni'])} | {_ms(gap_u)} |")
+    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    print(f"\ncode {code.strip()}; command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}")
+
+
+def train(args) -> None:
+    import yaml
+
+    import distill
+
+    base = yaml.safe_load((ROOT / "recipes" / "llm" / "cross_tokenizer_alm.yaml").read_text())
+    variants = [("sft", {}, {"name": "sft"}), ("uld, teacher running", {}, {"name": "uld"})]
+    variants += [(f"uld, top-{k} cache", {"cache_top_k": k}, {"name": "uld"}) for k in args.ks]
+    got: dict[str, list[tuple[float, float]]] = {v[0]: [] for v in variants}
+    for seed in args.seeds:
+        for label, teacher, method in variants:
+            r = dict(base, name=f"uld-topk-s{seed}-{len(got[label])}-{label.split(',')[0]}", seed=seed,
+                     output_dir=str(args.out / "runs"), cache_dir=str(args.out / "cache"),
+                     teacher={**base["teacher"], **teacher}, methods=[dict(method, label="m")],
+                     eval={"samples": 0})
+            s = distill.run(r, overwrite=True, show_table=False, log=lambda m: None)["students"]["m"]
+            got[label].append((s["bits_per_byte"], s["ood_bits_per_byte"]))
+            print(f"seed {seed} {label}: {s['bits_per_byte']:.4f} / {s['ood_bits_per_byte']:.4f}", flush=True)
+    print("\n| student | seeds | held-out bits/byte | tinyshakespeare bits/byte |\n|---|---|---|---|")
+    for label, runs in got.items():
+        print(f"| {label} | {len(runs)} | {_ms([a for a, _ in runs])} | {_ms([b for _, b in runs])} |")
     code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"\ncode {code.strip()}; command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}")
 
