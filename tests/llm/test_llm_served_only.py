@@ -163,3 +163,17 @@ def test_url_only_cross_tokenizer_student_equals_in_process_teacher(tmp_path, se
     bad = dict(over, methods=[{"name": "alm", "params": {"hidden_weight": 1.0}}])
     with pytest.raises(ConfigError, match=r"methods\.0\.params\.hidden_weight: .*give teacher\.path"):
         load_config(_recipe(tmp_path, s, {"url": s["url"]}, **bad))
+
+
+def test_a_served_top_k_above_the_servers_limit_is_refused_before_training(tmp_path, served_teacher):
+    s = served_teacher
+    teacher = {"url": s["url"], "served_top_k": s["vocab"] + 1}
+    for methods in ([{"name": "token_kd"}],
+                    [{"name": "uld"}]):
+        over = {"methods": methods}
+        if methods[0]["name"] == "uld":
+            over["student"] = {"arch": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "tokenizer": "byte"}
+        with pytest.raises(ConfigError, match=rf"teacher\.served_top_k: {s['vocab'] + 1}, but the served teacher .* "
+                                              rf"answers at most k = {s['vocab']}"):
+            distill.run(dict(_recipe(tmp_path, s, teacher, **over), name=methods[0]["name"]), log=lambda m: None)
+        assert not list((tmp_path / "runs").glob(f"{methods[0]['name']}*/students/*/checkpoints"))

@@ -235,6 +235,15 @@ def evaluate_model(model, tok, held, ood, cfg: LLMRunConfig, device, teacher: Te
     return m
 
 
+def _check_served_k(cfg: LLMRunConfig, remote) -> None:
+    """Refuse, before training, a teacher.served_top_k above what the server answers."""
+    most = int(remote.info.get("max_k") or 0)
+    if most and cfg.teacher.served_top_k > most:
+        raise ConfigError(f"teacher.served_top_k: {cfg.teacher.served_top_k}, but the served teacher at "
+                          f"{cfg.teacher.url} answers at most k = {most}; set teacher.served_top_k <= {most}, or "
+                          "restart `distill serve-teacher` with a larger --max-k.")
+
+
 @register_runner("llm")
 def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     probe = Engine(cfg.engine, None, seed=cfg.seed)
@@ -332,6 +341,7 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                 if teacher is not None and method.cache.meta["fingerprint"] != teacher.fingerprint():
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")
+                _check_served_k(cfg, method.cache.remote)
                 log(f"student {label}: targets from the served teacher at {cfg.teacher.url}")
             elif cfg.teacher.url and getattr(method, "reads_aligned_cache", False) and method.reads_aligned(mcfg.params):
                 from distill.families.llm.cross_tokenizer.cache import ServedAligned
@@ -343,6 +353,8 @@ def run_llm(cfg: LLMRunConfig, *, run_dir: Path, log: Callable[[str], None] = pr
                     raise ConfigError(f"teacher.url: the served teacher ({method.cache.meta['fingerprint']}) is not "
                                       f"teacher.path ({teacher.fingerprint()}); serve the same model.")
                 what = "top-k" if getattr(method, "aligned_cache_kind", "") == "topk" else "token log-probs"
+                if what == "top-k":
+                    _check_served_k(cfg, method.cache.remote)
                 log(f"student {label}: the teacher's {what} from the served teacher at {cfg.teacher.url}")
             elif cfg.teacher.cache_top_k and getattr(method, "reads_teacher_cache", False):
                 from distill.families.llm.cache import attach_cache
