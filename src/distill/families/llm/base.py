@@ -10,8 +10,10 @@ Class attributes the runner reads (never method names):
 - `reads_teacher_cache`: the method can take its targets from the offline cache or a served
   teacher (`method.cache`) instead of the teacher; it is then built with `teacher=None` when the
   recipe has only `teacher.url`;
-- `reads_aligned_cache`: (alm) the method can take the teacher's token log-probs per text from the
-  aligned cache or a served teacher (`method.cache.chunk_logprobs`);
+- `reads_aligned_cache`: (cross-tokenizer) the method can take the teacher's outputs per text from
+  an aligned cache or a served teacher instead of the teacher: alm its token log-probs
+  (`method.cache.chunk_logprobs`), uld (`aligned_cache_kind = "topk"`) its top-k and log tail at
+  each chunk start (`method.cache.first_topk`);
 - `generates_with_teacher`: the method generates text with the teacher (so it needs the model
   here, not a served teacher);
 - `uses_prompts`: batches are one example per row with left-padded `prompt_ids` (generation);
