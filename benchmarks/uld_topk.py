@@ -14,9 +14,10 @@ mean +- std over seeds; the teacher's mass past rank k beside them.
 
 `--train`: end to end instead, on recipes/llm/cross_tokenizer_alm.yaml (stories260K into a
 byte-level student; its sampled texts, sizes and optimiser): `sft` (the baseline), `uld` with the
-teacher running (the paper's loss) and `uld` from the aligned top-k cache at each `--ks`, one run
-per seed; held-out and tinyshakespeare bits per byte of the final weights (no model selection),
-mean +- std over seeds.
+teacher running (the paper's loss) and `uld` from the aligned top-k cache at each `--ks`, and
+`alm` (ce_weight 1) with the teacher running and from the aligned cache, one run per seed;
+held-out and tinyshakespeare bits per byte of the final weights (no model selection) and the wall
+time of each run (teacher load, cache build, training and evaluation), mean +- std over seeds.
 
     OMP_NUM_THREADS=2 python benchmarks/uld_topk.py --train --seeds 0 1 2 --ks 8 32
 
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -103,19 +105,23 @@ def train(args) -> None:
     base = yaml.safe_load((ROOT / "recipes" / "llm" / "cross_tokenizer_alm.yaml").read_text())
     variants = [("sft", {}, {"name": "sft"}), ("uld, teacher running", {}, {"name": "uld"})]
     variants += [(f"uld, top-{k} cache", {"cache_top_k": k}, {"name": "uld"}) for k in args.ks]
-    got: dict[str, list[tuple[float, float]]] = {v[0]: [] for v in variants}
+    alm = {"name": "alm", "params": {"ce_weight": 1.0}}
+    variants += [("alm, teacher running", {}, alm), ("alm, aligned cache", {"cache_top_k": 1}, alm)]
+    got: dict[str, list[tuple[float, float, float]]] = {v[0]: [] for v in variants}
     for seed in args.seeds:
         for label, teacher, method in variants:
             r = dict(base, name=f"uld-topk-s{seed}-{len(got[label])}-{label.split(',')[0]}", seed=seed,
                      output_dir=str(args.out / "runs"), cache_dir=str(args.out / "cache"),
                      teacher={**base["teacher"], **teacher}, methods=[dict(method, label="m")],
                      eval={"samples": 0})
+            t0 = time.perf_counter()
             s = distill.run(r, overwrite=True, show_table=False, log=lambda m: None)["students"]["m"]
-            got[label].append((s["bits_per_byte"], s["ood_bits_per_byte"]))
+            got[label].append((s["bits_per_byte"], s["ood_bits_per_byte"], time.perf_counter() - t0))
             print(f"seed {seed} {label}: {s['bits_per_byte']:.4f} / {s['ood_bits_per_byte']:.4f}", flush=True)
-    print("\n| student | seeds | held-out bits/byte | tinyshakespeare bits/byte |\n|---|---|---|---|")
+    print("\n| student | seeds | held-out bits/byte | tinyshakespeare bits/byte | run wall s |\n|---|---|---|---|---|")
     for label, runs in got.items():
-        print(f"| {label} | {len(runs)} | {_ms([a for a, _ in runs])} | {_ms([b for _, b in runs])} |")
+        print(f"| {label} | {len(runs)} | {_ms([a for a, _, _ in runs])} | {_ms([b for _, b, _ in runs])} | "
+              f"{statistics.mean([w for _, _, w in runs]):.1f} |")
     code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"\ncode {code.strip()}; command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}")
 
