@@ -61,7 +61,55 @@ def teacher_keys(method, examples: Sequence[Example], batch_size: int = 64) -> l
     return list(seen)
 
 
-class AlignedTeacherCache(CheckedCache):
+@torch.no_grad()
+def _teacher_pass(method, examples: Sequence[Example], keys: Sequence[bytes], rows, empty: tuple[Tensor, ...], *,
+                  what: str, batch_size: int, device, progress: bool) -> tuple[list[bytes], list[int], list[Tensor]]:
+    """Run the teacher once over every distinct teacher example of `examples` (one per row, a
+    progress bar with `progress`): `rows(hidden (n, D), next tokens (n,))` -> a tuple of (n, ...)
+    tensors at every position of those examples. Returns (the keys found, in the order of `keys`;
+    their row counts; each output concatenated over them in that order, or `empty`'s)."""
+    from distill.utils import ProgressBar
+
+    done: dict[bytes, tuple[Tensor, ...]] = {}
+    with ProgressBar(progress, what, len(keys)) as bar:
+        for p in _paired_batches(method, examples, batch_size, device):
+            todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
+            todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
+            if todo:
+                h = method.teacher_hidden(p.teacher_batch)
+                h = h.reshape(-1, h.shape[-1])
+                pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
+                tok = torch.tensor([t for _, ids, _ in todo for t in ids[1:]], dtype=torch.long, device=h.device)
+                out = rows(h[pos], tok)
+                o = 0
+                for _, ids, key in todo:
+                    done[key] = tuple(x[o:o + len(ids) - 1] for x in out)
+                    o += len(ids) - 1
+            bar.update(len(done))
+    order = [key for key in keys if key in done]
+    counts = [done[key][0].shape[0] for key in order]
+    cols = [torch.cat([done[key][j] for key in order]) if order else e for j, e in enumerate(empty)]
+    return order, counts, cols
+
+
+class _AlignedCache(CheckedCache):
+    """What both aligned caches share: rows per teacher example (`record_index`), written with
+    their metadata."""
+
+    @classmethod
+    def _write(cls, folder, method, keys: Sequence[bytes], order: list[bytes], counts: list[int],
+               tensors: dict[str, Tensor], **spec):
+        meta = cls.expected_meta(method.teacher, method.t_tok, keys, **spec)
+        meta.update(tokens=int(sum(counts)), examples=len(order))
+        tensors = {**tensors, **record_index(order, counts)}
+        meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
+        return cls(Path(folder), meta, tensors)
+
+    def bytes_per_token(self) -> float:
+        return self.size_bytes() / max(int(self.meta["tokens"]), 1)
+
+
+class AlignedTeacherCache(_AlignedCache):
     FILE, WHAT = "aligned.safetensors", "aligned teacher cache"
 
     def __init__(self, folder: Path, meta: dict[str, Any], tensors: dict[str, Tensor]):
@@ -75,48 +123,19 @@ class AlignedTeacherCache(CheckedCache):
                 "tokenizer": tokenizer_hash(t_tok), "data": keys_hash(keys)}
 
     @classmethod
-    @torch.no_grad()
     def build(cls, folder: str | os.PathLike, method, examples: Sequence[Example], keys: Sequence[bytes], *,
               batch_size: int, device, progress: bool = False) -> AlignedTeacherCache:
         """Run the teacher once over every distinct teacher example of `examples` (one per row) and
         write the log-prob of each of its tokens (a progress bar with `progress`)."""
-        from distill.utils import ProgressBar
-
         w, b, f = method.teacher_head()
-        done: dict[bytes, Tensor] = {}
-        with ProgressBar(progress, "aligned teacher cache", len(keys)) as bar:
-            for p in _paired_batches(method, examples, batch_size, device):
-                cls._add(method, p, w, b, f, done)
-                bar.update(len(done))
-        order = [k for k in keys if k in done]
-        counts = [done[k].numel() for k in order]
-        tensors = {"logprobs": torch.cat([done[k] for k in order]) if order else torch.zeros(0),
-                   **record_index(order, counts)}
-        meta = cls.expected_meta(method.teacher, method.t_tok, keys)
-        meta.update(tokens=int(sum(counts)), examples=len(order))
-        meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
-        return cls(Path(folder), meta, tensors)
 
-    @staticmethod
-    def _add(method, p, w, b, f, done: dict[bytes, Tensor]) -> None:
-        """The log-probs of the teacher examples of paired batch `p` not yet in `done`."""
-        todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
-        todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
-        if not todo:
-            return
-        h = method.teacher_hidden(p.teacher_batch)
-        h = h.reshape(-1, h.shape[-1])
-        pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
-        tok = torch.tensor([t for _, ids, _ in todo for t in ids[1:]], dtype=torch.long, device=h.device)
-        lp = hidden_token_logprobs(h[pos], w, tok.to(w.device), bias=b, vocab=method.t_vocab,
-                                   chunk_size=method.chunk_size, logit_map=f).float().cpu()
-        o = 0
-        for _, ids, key in todo:
-            done[key] = lp[o:o + len(ids) - 1]
-            o += len(ids) - 1
+        def rows(h, tok):
+            return (hidden_token_logprobs(h, w, tok.to(w.device), bias=b, vocab=method.t_vocab,
+                                          chunk_size=method.chunk_size, logit_map=f).float().cpu(),)
 
-    def bytes_per_token(self) -> float:
-        return self.size_bytes() / max(int(self.meta["tokens"]), 1)
+        order, counts, (lp,) = _teacher_pass(method, examples, keys, rows, (torch.zeros(0),), what=cls.WHAT,
+                                             batch_size=batch_size, device=device, progress=progress)
+        return cls._write(folder, method, keys, order, counts, {"logprobs": lp})
 
     def chunk_logprobs(self, p, n: int) -> Tensor:
         """The teacher's log-likelihood of each of the `n` chunks of a paired batch `p` (what ALM
@@ -149,7 +168,7 @@ def fill_chunks(p, n: int, per_example) -> Tensor:
     return torch.zeros(n, device=dev).index_add(0, p.t_chunk, flat.to(dev)[p.t_pos])
 
 
-class AlignedTopKCache(CheckedCache):
+class AlignedTopKCache(_AlignedCache):
     """What `uld` reads instead of running the teacher (see the module docstring)."""
     FILE, WHAT = "aligned_topk.safetensors", "aligned top-k teacher cache"
 
@@ -167,44 +186,24 @@ class AlignedTopKCache(CheckedCache):
                 "temperature": float(temperature)}
 
     @classmethod
-    @torch.no_grad()
     def build(cls, folder: str | os.PathLike, method, examples: Sequence[Example], keys: Sequence[bytes], *,
               k: int, temperature: float, batch_size: int, device, progress: bool = False) -> AlignedTopKCache:
         """Run the teacher once over every distinct teacher example of `examples` (one per row) and
         write its top-k and log tail at every position (a progress bar with `progress`)."""
         from distill.losses.lm import head_topk
-        from distill.utils import ProgressBar
 
         w, b, f = method.teacher_head()
-        done: dict[bytes, tuple[Tensor, Tensor]] = {}
-        with ProgressBar(progress, "aligned top-k teacher cache", len(keys)) as bar:
-            for p in _paired_batches(method, examples, batch_size, device):
-                todo = [(flat, ids, example_key(ids, start)) for flat, ids, start in p.t_examples]
-                todo = [t for t in todo if t[2] not in done and len(t[1]) > 1]
-                if todo:
-                    h = method.teacher_hidden(p.teacher_batch)
-                    h = h.reshape(-1, h.shape[-1])
-                    pos = torch.cat([torch.arange(flat, flat + len(ids) - 1) for flat, ids, _ in todo]).to(h.device)
-                    _, lp, tail = head_topk(h[pos].to(w.device), w, b, f, k=k, temperature=temperature,
-                                            chunk_size=method.chunk_size, tail_floor=-1.0e4, vocab=method.t_vocab)
-                    o = 0
-                    for _, ids, key in todo:
-                        done[key] = (lp[o:o + len(ids) - 1].half().cpu(), tail[o:o + len(ids) - 1].float().cpu())
-                        o += len(ids) - 1
-                bar.update(len(done))
-        order = [key for key in keys if key in done]
-        counts = [done[key][1].numel() for key in order]
-        kk = min(k, method.t_vocab)
-        tensors = {"logprobs": torch.cat([done[key][0] for key in order]) if order else torch.zeros(0, kk).half(),
-                   "log_tail": torch.cat([done[key][1] for key in order]) if order else torch.zeros(0),
-                   **record_index(order, counts)}
-        meta = cls.expected_meta(method.teacher, method.t_tok, keys, k=k, temperature=temperature)
-        meta.update(tokens=int(sum(counts)), examples=len(order))
-        meta = write_checked(Path(folder), cls.FILE, cls.META, tensors, meta)
-        return cls(Path(folder), meta, tensors)
 
-    def bytes_per_token(self) -> float:
-        return self.size_bytes() / max(int(self.meta["tokens"]), 1)
+        def rows(h, tok):
+            _, lp, tail = head_topk(h.to(w.device), w, b, f, k=k, temperature=temperature,
+                                    chunk_size=method.chunk_size, tail_floor=-1.0e4, vocab=method.t_vocab)
+            return lp.half().cpu(), tail.float().cpu()
+
+        empty = (torch.zeros(0, min(k, method.t_vocab)).half(), torch.zeros(0))
+        order, counts, (lp, tail) = _teacher_pass(method, examples, keys, rows, empty, what=cls.WHAT,
+                                                  batch_size=batch_size, device=device, progress=progress)
+        return cls._write(folder, method, keys, order, counts, {"logprobs": lp, "log_tail": tail}, k=k,
+                          temperature=temperature)
 
     def first_topk(self, p, keep: Tensor, k: int | None = None, temperature: float | None = None
                    ) -> tuple[Tensor, Tensor]:
@@ -280,43 +279,28 @@ class ServedAligned:
 
 
 def attach_aligned_cache(method, cfg, teacher: Teacher, examples: Sequence[Example], device, log) -> None:
-    """Give `method` (one with `reads_aligned_cache`) the aligned cache of `examples`, built on the
-    main process first; the others then read it."""
+    """Give `method` (one with `reads_aligned_cache`) its aligned cache of `examples` (the top-k one
+    for `aligned_cache_kind = "topk"`, at its temperature and teacher.cache_top_k), built on the main
+    process first; the others then read it."""
     from distill.dist import barrier, is_main, world_size
 
     method.accept_aligned_cache()
     keys = teacher_keys(method, examples)
     name = f"{teacher.fingerprint()}-{keys_hash(keys)}-aligned"
+    cls: type[_AlignedCache] = AlignedTeacherCache
+    spec: dict[str, Any] = {}
     if getattr(method, "aligned_cache_kind", "token_logprobs") == "topk":
-        return _attach_topk(method, cfg, teacher, examples, keys, f"{name}-topk", device, log)
+        cls, spec = AlignedTopKCache, {"k": int(cfg.teacher.cache_top_k), "temperature": float(method.temperature)}
+        name += f"-topk-T{spec['temperature']}-k{spec['k']}"
     folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / name
-    expected = lambda: AlignedTeacherCache.expected_meta(teacher, method.t_tok, keys)  # noqa: E731
+    kw = dict(batch_size=max(cfg.data.batch_size // world_size(), 1), device=device,
+              progress=bool(cfg.engine.progress and is_main()))
     for turn in ("main", "others"):
         if (turn == "main") == is_main():
-            method.cache = AlignedTeacherCache.open_or_build(
-                folder, expected, lambda: AlignedTeacherCache.build(
-                    folder, method, examples, keys, batch_size=max(cfg.data.batch_size // world_size(), 1),
-                    device=device, progress=bool(cfg.engine.progress and is_main())))
+            method.cache = cls.open_or_build(
+                folder, lambda: cls.expected_meta(teacher, method.t_tok, keys, **spec),
+                lambda: cls.build(folder, method, examples, keys, **spec, **kw))
         barrier()
     c = method.cache
-    log(f"aligned teacher cache: {folder} ({c.meta['tokens']:,} teacher tokens, {c.bytes_per_token():.1f} bytes/token)")
-
-
-def _attach_topk(method, cfg, teacher: Teacher, examples: Sequence[Example], keys: list[bytes], name: str, device,
-                 log) -> None:
-    from distill.dist import barrier, is_main, world_size
-
-    k, t = int(cfg.teacher.cache_top_k), float(method.temperature)
-    folder = Path(cfg.cache_dir) / "llm_teacher_outputs" / f"{name}-T{t}-k{k}"
-    expected = lambda: AlignedTopKCache.expected_meta(teacher, method.t_tok, keys, k=k, temperature=t)  # noqa: E731
-    for turn in ("main", "others"):
-        if (turn == "main") == is_main():
-            method.cache = AlignedTopKCache.open_or_build(
-                folder, expected, lambda: AlignedTopKCache.build(
-                    folder, method, examples, keys, k=k, temperature=t,
-                    batch_size=max(cfg.data.batch_size // world_size(), 1), device=device,
-                    progress=bool(cfg.engine.progress and is_main())))
-        barrier()
-    c = method.cache
-    log(f"aligned top-k teacher cache: {folder} ({c.meta['tokens']:,} teacher tokens, k={k}, "
-        f"{c.bytes_per_token():.1f} bytes/token)")
+    k_note = f", k={spec['k']}" if spec else ""
+    log(f"{cls.WHAT}: {folder} ({c.meta['tokens']:,} teacher tokens{k_note}, {c.bytes_per_token():.1f} bytes/token)")
