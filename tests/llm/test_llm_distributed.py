@@ -22,30 +22,42 @@ def _run(tmp_path, recipe, name, *extra, env=None, fails=False):
     return tmp_path / "runs" / name
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_for_token_kd(tmp_path, tiny_tok):
+def _recipe(tmp_path, teacher: dict, student: dict, *, steps: int, ce_weight: float, **engine) -> dict:
+    """A tiny text recipe (40 short documents, unpacked rows of 48, SGD) with this teacher and student."""
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(corpus(40)))
+    return {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+            "teacher": teacher, "student": student,
+            "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8,
+                     "prompt_tokens": 4, "pack": False},
+            "train": {"epochs": 1, "max_steps": steps, "optimizer": {"name": "sgd", "lr": 0.5}},
+            "engine": {"device": "cpu", "progress": False, **engine},
+            "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"ce_weight": ce_weight}}]}
+
+
+def _assert_same(one, two, name: str, atol: float) -> dict:
+    """The file `name` of the token_kd student of runs `one` and `two`: same tensors (to `atol`)."""
     import torch
     from safetensors.torch import load_file
 
+    a, b = (load_file(str(r / "students" / "token_kd" / name)) for r in (one, two))
+    assert a and set(a) == set(b), name
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), (name, k, (a[k] - b[k]).abs().max())
+    return a
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_for_token_kd(tmp_path, tiny_tok):
     teacher = tmp_path / "teacher"
     tiny_lm("llama", len(tiny_tok), hidden=24, seed=3).save_pretrained(teacher)
     tiny_tok.save_pretrained(teacher)
-    text = tmp_path / "train.txt"
-    text.write_text("\n\n".join(corpus(40)))
-    recipe = {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
-              "teacher": {"path": str(teacher)},
-              "student": {"arch": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1},
-              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8,
-                       "prompt_tokens": 4, "pack": False},
-              "train": {"epochs": 1, "max_steps": 4, "optimizer": {"name": "sgd", "lr": 0.5}},
-              "engine": {"device": "cpu", "progress": False, "grad_accum": 2},
-              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"ce_weight": 0.5}}]}
+    recipe = _recipe(tmp_path, {"path": str(teacher)},
+                     {"arch": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1},
+                     steps=4, ce_weight=0.5, grad_accum=2)
     one = _run(tmp_path, recipe, "one")
     two = _run(tmp_path, recipe, "two", "--nproc", "2")
-    a = load_file(str(one / "students" / "token_kd" / "model.safetensors"))
-    b = load_file(str(two / "students" / "token_kd" / "model.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), (k, (a[k] - b[k]).abs().max())
+    _assert_same(one, two, "model.safetensors", atol=1e-6)
     # and training did change the weights (not a vacuous equality of two untouched models)
     import json
 
@@ -59,30 +71,15 @@ def test_two_processes_equal_one_for_a_qlora_student(tmp_path, tiny_tok):
     itself, only the adapter's gradients are reduced, and the saved adapter equals 1 process's."""
     pytest.importorskip("peft")
     pytest.importorskip("bitsandbytes")
-    import torch
-    from safetensors.torch import load_file
-
     base = tmp_path / "base"
     tiny_lm("llama", len(tiny_tok), hidden=64, seed=3).save_pretrained(base)
     tiny_tok.save_pretrained(base)
-    text = tmp_path / "train.txt"
-    text.write_text("\n\n".join(corpus(40)))
-    recipe = {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
-              "teacher": {"student_base": True, "tokenizer": str(base)},
-              "student": {"path": str(base), "lora": {"r": 4, "quantize": "nf4"}},
-              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8,
-                       "prompt_tokens": 4, "pack": False},
-              "train": {"epochs": 1, "max_steps": 3, "optimizer": {"name": "sgd", "lr": 0.5}},
-              "engine": {"device": "cpu", "progress": False},
-              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"ce_weight": 1.0}}]}
+    recipe = _recipe(tmp_path, {"student_base": True, "tokenizer": str(base)},
+                     {"path": str(base), "lora": {"r": 4, "quantize": "nf4"}}, steps=3, ce_weight=1.0)
     one = _run(tmp_path, recipe, "one")
     two = _run(tmp_path, recipe, "two", "--nproc", "2")
-    a = load_file(str(one / "students" / "token_kd" / "adapter_model.safetensors"))
-    b = load_file(str(two / "students" / "token_kd" / "adapter_model.safetensors"))
-    assert a and set(a) == set(b)
+    a = _assert_same(one, two, "adapter_model.safetensors", atol=1e-5)
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # the adapter trained
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
 
 
 @pytest.mark.slow
@@ -92,7 +89,6 @@ def test_fsdp_lora_student_killed_and_resumed_equals_one_process(tmp_path, tiny_
     the merged model equal 1 process's, and the merged model keeps its tied embeddings (one tensor
     in the file, as the base has)."""
     pytest.importorskip("peft")
-    import torch
     from safetensors.torch import load_file
 
     teacher, base = tmp_path / "teacher", tmp_path / "base"
@@ -100,15 +96,8 @@ def test_fsdp_lora_student_killed_and_resumed_equals_one_process(tmp_path, tiny_
     tiny_lm("llama", len(tiny_tok), hidden=16, seed=5).save_pretrained(base)
     for d in (teacher, base):
         tiny_tok.save_pretrained(d)
-    text = tmp_path / "train.txt"
-    text.write_text("\n\n".join(corpus(40)))
-    recipe = {"family": "llm", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
-              "teacher": {"path": str(teacher)}, "student": {"path": str(base), "lora": {"r": 4, "merge": True}},
-              "data": {"source": "text", "path": str(text), "seq_len": 48, "batch_size": 4, "eval_batch_size": 8,
-                       "prompt_tokens": 4, "pack": False},
-              "train": {"epochs": 1, "max_steps": 4, "optimizer": {"name": "sgd", "lr": 0.5}},
-              "engine": {"device": "cpu", "progress": False},
-              "eval": {"samples": 0}, "methods": [{"name": "token_kd", "params": {"ce_weight": 0.5}}]}
+    recipe = _recipe(tmp_path, {"path": str(teacher)}, {"path": str(base), "lora": {"r": 4, "merge": True}},
+                     steps=4, ce_weight=0.5)
     one = _run(tmp_path, recipe, "one")
     fsdp = ("--nproc", "2", "engine.strategy=fsdp", "engine.checkpoint_every=2")
     killed = _run(tmp_path, recipe, "two", *fsdp, env={"DISTILL_FAULT_STEP": "3"}, fails=True)
@@ -117,12 +106,8 @@ def test_fsdp_lora_student_killed_and_resumed_equals_one_process(tmp_path, tiny_
     assert not (out / "adapter_model.safetensors").exists()
     two = _run(tmp_path, recipe, "two", *fsdp, "--resume")
     assert two == killed
-    for f in ("adapter_model.safetensors", "merged/model.safetensors"):
-        a, b = (load_file(str(r / "students" / "token_kd" / f)) for r in (one, two))
-        assert a and set(a) == set(b), f
-        for k in a:
-            assert torch.allclose(a[k], b[k], atol=1e-5), (f, k, (a[k] - b[k]).abs().max())
-    adapter = load_file(str(one / "students" / "token_kd" / "adapter_model.safetensors"))
+    adapter = _assert_same(one, two, "adapter_model.safetensors", atol=1e-5)
+    _assert_same(one, two, "merged/model.safetensors", atol=1e-5)
     assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # the adapter trained
     merged = load_file(str(two / "students" / "token_kd" / "merged" / "model.safetensors"))
     assert set(merged) == set(load_file(str(base / "model.safetensors")))  # tied: no separate lm_head.weight
